@@ -1,0 +1,39 @@
+//! Criterion benchmarks of the numeric core on synthetic clustered embeddings.
+//! `cargo bench --bench numeric`; the same-run comparison with scikit-learn is `segclust bench`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use segclust::bench::synthetic_embeddings;
+use segclust::cluster::{HdbscanParams, hdbscan_cpu};
+use segclust::reduce::{PcaParams, pca_cpu};
+use std::hint::black_box;
+
+fn pca(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pca_3072_to_100");
+    g.sample_size(10);
+    for n in [2_000usize, 10_000] {
+        let (x, _) = synthetic_embeddings(n, 3072, 42);
+        g.bench_function(format!("n={n}"), |b| {
+            b.iter(|| pca_cpu(black_box(&x), &PcaParams::default()).map(|p| p.projected.rows()))
+        });
+    }
+    g.finish();
+}
+
+fn hdbscan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hdbscan_100d");
+    g.sample_size(10);
+    for n in [2_000usize, 10_000] {
+        let (x, _) = synthetic_embeddings(n, 3072, 42);
+        let y = match pca_cpu(&x, &PcaParams::default()) {
+            Ok(p) => p.projected,
+            Err(e) => panic!("PCA failed in the benchmark setup: {e:#}"),
+        };
+        g.bench_function(format!("n={n}"), |b| {
+            b.iter(|| hdbscan_cpu(black_box(&y), &HdbscanParams::default()).map(|c| c.n_clusters()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pca, hdbscan);
+criterion_main!(benches);

@@ -1,0 +1,242 @@
+//! `segclust bench`: times PCA and HDBSCAN separately on synthetic clustered embeddings and, in
+//! the same run, the Python reference (scikit-learn) on the very same input, printing ratios.
+//!
+//! Same-run ratios are what count on a shared machine: absolute seconds drift with load, the
+//! ratio between two programs timed back to back on one input much less.
+
+use crate::cluster::HdbscanParams;
+use crate::device::Device;
+use crate::matrix::Matrix;
+use crate::reduce::PcaParams;
+use anyhow::{Context, Result};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+/// Synthetic embeddings shaped like replay descriptions: `n / 25` problems of skewed sizes
+/// (a few large, a long tail), 20% unrelated noise rows, every row unit length.
+/// Rows are generated in parallel from per-row seeds, so the data does not depend on threads.
+pub fn synthetic_embeddings(n: usize, dim: usize, seed: u64) -> (Matrix, Vec<i64>) {
+    let clusters = (n / 25).max(1);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centers: Vec<Vec<f32>> = (0..clusters)
+        .map(|_| gaussian_unit(&mut rng, dim))
+        .collect();
+    // Zipf-like sizes: cluster c gets weight 1/(c+1); 20% of rows are noise.
+    let weights: Vec<f64> = (0..clusters).map(|c| 1.0 / (c as f64 + 1.0)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut truth = Vec::with_capacity(n);
+    for _ in 0..n {
+        if rng.random::<f64>() < 0.2 {
+            truth.push(-1);
+            continue;
+        }
+        let mut u = rng.random::<f64>() * total;
+        let mut c = 0;
+        while c + 1 < clusters && u > weights[c] {
+            u -= weights[c];
+            c += 1;
+        }
+        truth.push(c as i64);
+    }
+    let mut data = vec![0.0f32; n * dim];
+    data.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
+        let mut r = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        match truth[i] {
+            -1 => row.copy_from_slice(&gaussian_unit(&mut r, dim)),
+            c => {
+                // Spread so members sit at cosine distance ~0.1 from their centre.
+                let s = 0.5 / (dim as f32).sqrt();
+                for (v, &m) in row.iter_mut().zip(&centers[c as usize]) {
+                    *v = m + s * r.sample::<f32, _>(StandardNormal);
+                }
+            }
+        }
+        crate::matrix::normalize(row);
+    });
+    (
+        Matrix::new(n, dim, data).expect("shape is n x dim by construction"),
+        truth,
+    )
+}
+
+fn gaussian_unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dim).map(|_| rng.sample(StandardNormal)).collect();
+    crate::matrix::normalize(&mut v);
+    v
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchRow {
+    pub n: usize,
+    pub dim: usize,
+    pub device: String,
+    pub pca_s: f64,
+    pub hdbscan_s: f64,
+    pub clusters: usize,
+    pub sklearn_pca_s: Option<f64>,
+    pub sklearn_hdbscan_s: Option<f64>,
+}
+
+pub struct BenchOptions {
+    pub sizes: Vec<usize>,
+    pub dim: usize,
+    pub pca: PcaParams,
+    pub hdbscan: HdbscanParams,
+    /// Python with scikit-learn for the reference, or None to skip it.
+    pub python: Option<String>,
+    /// Largest N for which scikit-learn's HDBSCAN is run (it is O(N^2) in 100 dims).
+    pub sklearn_hdbscan_max_n: usize,
+}
+
+pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for &n in &opts.sizes {
+        let span = tracing::info_span!("bench", n, dim = opts.dim);
+        let _g = span.enter();
+        let (x, _) = synthetic_embeddings(n, opts.dim, 42);
+        let t = Instant::now();
+        let pca = device.pca(&x, &opts.pca)?;
+        let pca_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let clustering = device.hdbscan(&pca.projected, &opts.hdbscan)?;
+        let hdbscan_s = t.elapsed().as_secs_f64();
+        tracing::info!(
+            pca_s,
+            hdbscan_s,
+            clusters = clustering.n_clusters(),
+            "segclust done"
+        );
+        let mut row = BenchRow {
+            n,
+            dim: opts.dim,
+            device: device.name(),
+            pca_s,
+            hdbscan_s,
+            clusters: clustering.n_clusters(),
+            sklearn_pca_s: None,
+            sklearn_hdbscan_s: None,
+        };
+        if let Some(py) = &opts.python {
+            let path = workdir.join(format!("bench-{n}x{}.npy", opts.dim));
+            crate::npy::write_matrix(&path, &x)?;
+            drop(x);
+            let (p, h) = sklearn(py, &path, opts, n > opts.sklearn_hdbscan_max_n)?;
+            row.sklearn_pca_s = Some(p);
+            row.sklearn_hdbscan_s = h;
+            let _ = std::fs::remove_file(&path);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn sklearn(
+    py: &str,
+    x: &Path,
+    opts: &BenchOptions,
+    skip_hdbscan: bool,
+) -> Result<(f64, Option<f64>)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_sklearn.py");
+    let mut cmd = Command::new(py);
+    cmd.arg(&script)
+        .arg(x)
+        .args(["--components", &opts.pca.components.to_string()])
+        .args([
+            "--min-cluster-size",
+            &opts.hdbscan.min_cluster_size.to_string(),
+        ])
+        .args(["--min-samples", &opts.hdbscan.min_samples.to_string()])
+        .args([
+            "--selection",
+            if opts.hdbscan.selection == crate::cluster::Selection::Leaf {
+                "leaf"
+            } else {
+                "eom"
+            },
+        ]);
+    if skip_hdbscan {
+        cmd.arg("--skip-hdbscan");
+    }
+    let out = cmd.output().with_context(|| {
+        format!(
+            "could not start {py} for the scikit-learn reference (pass --no-sklearn to skip it)"
+        )
+    })?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the scikit-learn reference failed (is scikit-learn installed? `pip install -r tools/requirements.txt`): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .context("unexpected output from tools/bench_sklearn.py")?;
+    let pca = v["pca_s"]
+        .as_f64()
+        .context("no pca_s from tools/bench_sklearn.py")?;
+    Ok((pca, v["hdbscan_s"].as_f64()))
+}
+
+/// The table printed by `segclust bench` (Markdown, so it can go straight into BENCHMARKS.md).
+pub fn table(rows: &[BenchRow]) -> String {
+    let ratio = |a: Option<f64>, b: f64| a.map_or("-".to_string(), |a| format!("{:.1}x", a / b));
+    let secs = |a: Option<f64>| a.map_or("not run".to_string(), |a| format!("{a:.2}"));
+    let mut s = String::from(
+        "| N | D | device | PCA s | HDBSCAN s | total s | clusters | sklearn PCA s | sklearn HDBSCAN s | PCA speed-up | HDBSCAN speed-up | total speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let total = r.pca_s + r.hdbscan_s;
+        let sk_total = r.sklearn_pca_s.zip(r.sklearn_hdbscan_s).map(|(a, b)| a + b);
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
+            r.n,
+            r.dim,
+            r.device,
+            r.pca_s,
+            r.hdbscan_s,
+            total,
+            r.clusters,
+            secs(r.sklearn_pca_s),
+            secs(r.sklearn_hdbscan_s),
+            ratio(r.sklearn_pca_s, r.pca_s),
+            ratio(r.sklearn_hdbscan_s, r.hdbscan_s),
+            ratio(sk_total, total),
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_data_is_deterministic_unit_and_clustered() {
+        let (a, truth) = synthetic_embeddings(500, 64, 7);
+        let (b, _) = synthetic_embeddings(500, 64, 7);
+        assert_eq!(a, b);
+        for i in 0..a.rows() {
+            let n: f32 = a.row(i).iter().map(|x| x * x).sum();
+            assert!((n - 1.0).abs() < 1e-4);
+        }
+        let noise = truth.iter().filter(|&&t| t < 0).count();
+        assert!(noise > 50 && noise < 150, "about 20% noise, got {noise}");
+        // Members of one cluster are much closer to each other than to other clusters.
+        let pair = |c: i64| {
+            truth
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| **t == c)
+                .map(|(i, _)| i)
+                .take(2)
+                .collect::<Vec<_>>()
+        };
+        let (p0, p1) = (pair(0), pair(1));
+        let d = |i: usize, j: usize| crate::matrix::cosine_distance_unit(a.row(i), a.row(j));
+        assert!(d(p0[0], p0[1]) < 0.5 && d(p0[0], p1[0]) > 0.7);
+    }
+}

@@ -1,0 +1,294 @@
+//! The command line: argument definitions and one function per command. `main.rs` only calls
+//! `cli::main`.
+
+use crate::bench::{self, BenchOptions};
+use crate::cluster::{HdbscanParams, Selection};
+use crate::device::{Device, DeviceChoice};
+use crate::matrix::Matrix;
+use crate::reduce::PcaParams;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+const ABOUT: &str = "Finds recurring user problems in session-replay segments and turns each into one prioritized Task.
+
+segclust reads segments (an AI-written description and its embedding per replay video segment)
+after a per-team watermark, clusters them with exact HDBSCAN on PCA-reduced embeddings, matches
+clusters to the Tasks it already made, and commits Tasks, links and the watermark in one
+transaction.";
+
+const EXAMPLES: &str = "Examples:
+  segclust demo                                   # demo data -> Tasks in segclust-demo.db, then list them
+  segclust run --source segments.parquet --store sqlite://segclust.db --team 1
+  segclust tasks --store sqlite://segclust.db --team 1 --json
+  segclust cluster --input X.npy --output labels.npy --selection eom
+  segclust bench --sizes 2000,10000,50000";
+
+#[derive(Parser, Debug)]
+#[command(name = "segclust", version, about = ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Log filter (tracing's EnvFilter syntax, e.g. `info`, `segclust=debug`). Env: SEGCLUST_LOG.
+    #[arg(long, global = true, env = "SEGCLUST_LOG", default_value = "info")]
+    pub log: String,
+    /// Structured JSON logs on stderr instead of human-readable lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Cluster a matrix (.npy) or a segments file and write labels: the numeric core as a tool.
+    Cluster(ClusterArgs),
+    /// Process new segments of a team: cluster, match, label, commit Tasks (the main job).
+    Run(crate::pipeline::RunArgs),
+    /// List a team's Tasks by priority.
+    Tasks(crate::pipeline::TasksArgs),
+    /// Write the demo segments file (if missing), run the main job on it and list the Tasks.
+    Demo(crate::pipeline::DemoArgs),
+    /// Time PCA and HDBSCAN on synthetic data, next to scikit-learn on the same input.
+    Bench(BenchArgs),
+}
+
+/// Options of the numeric core shared by `cluster`, `run` and `bench`.
+#[derive(Args, Debug, Clone)]
+pub struct NumericArgs {
+    /// Reduce to this many dimensions with PCA (randomized SVD); capped at min(N-1, D).
+    #[arg(long, default_value_t = 100)]
+    pub pca_components: usize,
+    /// Skip PCA and cluster the input as it is.
+    #[arg(long)]
+    pub no_reduce: bool,
+    /// PCA power iterations (more: closer to the exact SVD, slower).
+    #[arg(long, default_value_t = PcaParams::default().power_iterations)]
+    pub power_iterations: usize,
+    /// Seed of the randomized SVD.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// HDBSCAN min_cluster_size.
+    #[arg(long, default_value_t = 2)]
+    pub min_cluster_size: usize,
+    /// HDBSCAN min_samples, scikit-learn's convention (the point itself counts).
+    #[arg(long, default_value_t = 2)]
+    pub min_samples: usize,
+    /// How clusters are chosen from the condensed tree.
+    #[arg(long, value_enum, default_value_t = Selection::Leaf)]
+    pub selection: Selection,
+    /// cluster_selection_epsilon: clusters split below this distance are merged back.
+    #[arg(long, default_value_t = 0.0)]
+    pub epsilon: f64,
+    /// Where the numeric core runs: the GPU when usable (auto), or forced.
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, env = "SEGCLUST_DEVICE")]
+    pub device: DeviceChoice,
+}
+
+impl NumericArgs {
+    pub fn pca(&self) -> PcaParams {
+        PcaParams {
+            components: self.pca_components,
+            power_iterations: self.power_iterations,
+            seed: self.seed,
+            ..PcaParams::default()
+        }
+    }
+
+    pub fn hdbscan(&self) -> HdbscanParams {
+        HdbscanParams {
+            min_cluster_size: self.min_cluster_size,
+            min_samples: self.min_samples,
+            selection: self.selection,
+            epsilon: self.epsilon,
+            allow_single_cluster: false,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// N x D float32/float64 .npy, or a segments file (.parquet, .jsonl).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Labels as an int64 .npy (-1 = noise).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Membership probabilities as a float64 .npy.
+    #[arg(long)]
+    pub probabilities: Option<PathBuf>,
+    /// L2-normalize rows first (always done for segments files, as the pipeline does).
+    #[arg(long)]
+    pub normalize: bool,
+    /// Team to read from a segments file (rows without team_id belong to it).
+    #[arg(long, default_value_t = 1)]
+    pub team: i64,
+    #[command(flatten)]
+    pub numeric: NumericArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Numbers of rows to time, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2000,10000,50000")]
+    pub sizes: Vec<usize>,
+    /// Embedding dimension of the synthetic data.
+    #[arg(long, default_value_t = 3072)]
+    pub dim: usize,
+    /// Python interpreter with scikit-learn for the same-run reference.
+    #[arg(long, default_value = "python3", env = "SEGCLUST_PYTHON")]
+    pub python: String,
+    /// Do not run the scikit-learn reference.
+    #[arg(long)]
+    pub no_sklearn: bool,
+    /// Largest N at which scikit-learn's HDBSCAN is run (its time grows ~N^2 in 100 dims).
+    #[arg(long, default_value_t = 10_000)]
+    pub sklearn_hdbscan_max_n: usize,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub numeric: NumericArgs,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(args: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.with_target(false).compact().init();
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Cluster(a) => cluster(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(a) => bench_cmd(a).map(|()| ExitCode::SUCCESS),
+        Command::Run(a) => runtime()?.block_on(crate::pipeline::run_cmd(a)),
+        Command::Tasks(a) => runtime()?
+            .block_on(crate::pipeline::tasks_cmd(a))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Demo(a) => runtime()?.block_on(crate::pipeline::demo_cmd(a)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")
+}
+
+fn load_input(a: &ClusterArgs) -> Result<Matrix> {
+    let ext = a
+        .input
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    if ext == "npy" {
+        let mut x = crate::npy::read_matrix(&a.input)?;
+        if a.normalize {
+            x.normalize_rows();
+        }
+        return Ok(x);
+    }
+    let source = crate::source::FileSource::open(&a.input, a.team)?;
+    let page = source.read_after(a.team, None, usize::MAX)?;
+    let v = crate::validate::validate(page.rows, None);
+    let bad = page.rejected.len() + v.quarantined.len();
+    if bad > 0 {
+        tracing::warn!("{bad} rows set aside (unparseable or invalid); clustering the rest");
+    }
+    let mut x = v.embeddings;
+    x.normalize_rows();
+    Ok(x)
+}
+
+fn cluster(a: ClusterArgs) -> Result<()> {
+    let t = Instant::now();
+    let x = load_input(&a)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let device = Device::open(a.numeric.device)?;
+    let t = Instant::now();
+    let reduced = if a.numeric.no_reduce {
+        None
+    } else {
+        Some(device.pca(&x, &a.numeric.pca())?.projected)
+    };
+    let pca_s = t.elapsed().as_secs_f64();
+    let input = reduced.as_ref().unwrap_or(&x);
+    let t = Instant::now();
+    let c = device.hdbscan(input, &a.numeric.hdbscan())?;
+    let hdbscan_s = t.elapsed().as_secs_f64();
+    crate::npy::write_i64(&a.output, &c.labels)?;
+    if let Some(p) = &a.probabilities {
+        crate::npy::write_f64(p, &c.probabilities)?;
+    }
+    let noise = c.labels.iter().filter(|&&l| l < 0).count();
+    let share = if c.labels.is_empty() {
+        0.0
+    } else {
+        100.0 * noise as f64 / c.labels.len() as f64
+    };
+    println!(
+        "rows {}  dims {} -> {}  clusters {}  noise {} ({share:.1}%)  device {}\n\
+         time: load {load_s:.2}s  pca {pca_s:.2}s  hdbscan {hdbscan_s:.2}s\nlabels -> {}",
+        x.rows(),
+        x.cols(),
+        input.cols(),
+        c.n_clusters(),
+        noise,
+        device.name(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let device = Device::open(a.numeric.device)?;
+    let opts = BenchOptions {
+        sizes: a.sizes,
+        dim: a.dim,
+        pca: a.numeric.pca(),
+        hdbscan: a.numeric.hdbscan(),
+        python: (!a.no_sklearn).then_some(a.python),
+        sklearn_hdbscan_max_n: a.sklearn_hdbscan_max_n,
+    };
+    let dir = tempfile_dir()?;
+    let rows = bench::run(&device, &opts, &dir)?;
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    print!("{}", bench::table(&rows));
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("segclust-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,470 @@
+//! Exact minimum spanning tree of the complete mutual-reachability graph, by Boruvka rounds over
+//! the leaf index of `super::knn`.
+//!
+//! Each round finds, for every component, its lightest outgoing edge, and adds them all. What
+//! makes a round cheap is that most points never need a search:
+//! - every point's exact k nearest neighbours are known (k = `LIST_K`, at least `min_samples - 1`).
+//!   Any point not listed is at least `d_k(p)` away, so its mutual reachability from `p` is at
+//!   least `lb(p) = max(core p, d_k p)`. If the best listed neighbour outside `p`'s component is
+//!   no heavier than `lb(p)`, it *is* `p`'s best outgoing edge;
+//! - a point whose `lb(p)` is not below its component's best candidate so far cannot improve it
+//!   and is skipped;
+//! - the remaining points search the leaves nearest first, skipping leaves wholly inside their
+//!   component, pruning by the triangle inequality, by core distances and by the component's
+//!   best so far, and screening in f32 before computing the exact f64 distance.
+//!
+//! Determinism: within a round, work is split by leaf (not by thread), each task starts from the
+//! same round-start bests, and results are merged by the total order (weight, lower position,
+//! higher position), so the tree does not depend on the number of threads. Ties between exactly
+//! equal weights may pick a different (equally minimal) tree than Prim does.
+//!
+//! With `min_samples <= 2` mutual reachability is the plain distance (a core distance is the
+//! distance to the nearest other point, never more than any pair's distance); no special path
+//! is needed, the core distance bounds just never prune.
+
+use super::MstEdge;
+use super::knn::{LeafIndex, PositionKnn, knn_positions};
+use crate::matrix::Matrix;
+use anyhow::Result;
+use rayon::prelude::*;
+
+/// Neighbours listed per point: enough that most points prove their best edge in the early
+/// rounds, few enough that the kNN stays cheap.
+const LIST_K: usize = 16;
+
+/// A candidate edge between positions, ordered by (weight, lo, hi).
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    w: f64,
+    lo: u32,
+    hi: u32,
+}
+
+const NONE: Cand = Cand {
+    w: f64::INFINITY,
+    lo: u32::MAX,
+    hi: u32::MAX,
+};
+
+impl Cand {
+    fn new(w: f64, a: usize, b: usize) -> Self {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        Self {
+            w,
+            lo: lo as u32,
+            hi: hi as u32,
+        }
+    }
+
+    fn less(&self, o: &Cand) -> bool {
+        self.w.total_cmp(&o.w).then(self.lo.cmp(&o.lo)).then(self.hi.cmp(&o.hi)).is_lt()
+    }
+}
+
+/// The exact MST of the mutual-reachability graph of the rows of `x` (Euclidean), `N - 1` edges
+/// sorted by (weight, a, b). `min_samples` follows scikit-learn (the point itself counts; values
+/// above N are clamped to N, like `prim::mst`).
+pub fn mst(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+    let n = x.rows();
+    if n < 2 {
+        return Ok(Vec::new());
+    }
+    anyhow::ensure!(
+        x.as_slice().iter().all(|v| v.is_finite()),
+        "the matrix to cluster holds NaN or infinite values; validate the input first"
+    );
+    let m = min_samples.clamp(1, n);
+    // The f32 screen would overflow on astronomically large coordinates; such input (never
+    // produced by normalization + PCA) takes the dense exact path instead.
+    let max_abs = x.as_slice().iter().fold(0f32, |a, v| a.max(v.abs()));
+    if 4.0 * f64::from(max_abs).powi(2) * x.cols() as f64 > 1e37 {
+        tracing::warn!("coordinates up to {max_abs:e}: using the dense O(N^2) MST");
+        let mut e = super::prim::mst(x, m);
+        sort_edges(&mut e);
+        return Ok(e);
+    }
+    let ix = LeafIndex::build(x)?;
+    let k = LIST_K.max(m - 1).min(n - 1);
+    let nn = knn_positions(&ix, k);
+    let core: Vec<f64> = (0..n).map(|p| if m == 1 { 0.0 } else { nn.dist[p * k + m - 2] }).collect();
+    let mut edges: Vec<MstEdge> = boruvka(&ix, &nn, &core)
+        .into_iter()
+        .map(|c| MstEdge {
+            a: ix.perm[c.lo as usize],
+            b: ix.perm[c.hi as usize],
+            weight: c.w,
+        })
+        .map(|e| if e.a < e.b { e } else { MstEdge { a: e.b, b: e.a, ..e } })
+        .collect();
+    sort_edges(&mut edges);
+    Ok(edges)
+}
+
+fn sort_edges(e: &mut [MstEdge]) {
+    e.sort_by(|x, y| x.weight.total_cmp(&y.weight).then(x.a.cmp(&y.a)).then(x.b.cmp(&y.b)));
+}
+
+struct UnionFind {
+    parent: Vec<u32>,
+    size: Vec<u32>,
+}
+
+impl UnionFind {
+    fn new(n: usize) -> Self {
+        Self {
+            parent: (0..n as u32).collect(),
+            size: vec![1; n],
+        }
+    }
+
+    fn find(&mut self, mut a: usize) -> usize {
+        while self.parent[a] as usize != a {
+            let g = self.parent[self.parent[a] as usize];
+            self.parent[a] = g;
+            a = g as usize;
+        }
+        a
+    }
+
+    fn union(&mut self, a: usize, b: usize) -> bool {
+        let (mut a, mut b) = (self.find(a), self.find(b));
+        if a == b {
+            return false;
+        }
+        if self.size[a] < self.size[b] {
+            std::mem::swap(&mut a, &mut b);
+        }
+        self.parent[b] = a as u32;
+        self.size[a] += self.size[b];
+        true
+    }
+}
+
+/// The Boruvka rounds, in position space.
+fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
+    let n = ix.n;
+    let nl = ix.leaves();
+    let k = nn.k;
+    // Mutual reachability to any unlisted point is at least this.
+    let lb: Vec<f64> = (0..n)
+        .map(|p| {
+            if k + 1 >= n {
+                f64::INFINITY
+            } else {
+                core[p].max(nn.dist[p * k + k - 1])
+            }
+        })
+        .collect();
+    let min_core: Vec<f64> = (0..nl)
+        .map(|l| core[ix.start[l]..ix.start[l + 1]].iter().fold(f64::INFINITY, |m, &c| m.min(c)))
+        .collect();
+    let mut uf = UnionFind::new(n);
+    let mut comp = vec![0u32; n];
+    let mut tree = Vec::with_capacity(n - 1);
+    let mut round = 0usize;
+    while tree.len() + 1 < n {
+        round += 1;
+        for (p, c) in comp.iter_mut().enumerate() {
+            *c = uf.find(p) as u32;
+        }
+        // A leaf wholly inside one component is skipped by that component's searches.
+        let leaf_comp: Vec<u32> = (0..nl)
+            .map(|l| {
+                let c = &comp[ix.start[l]..ix.start[l + 1]];
+                if c.iter().all(|&v| v == c[0]) { c[0] } else { u32::MAX }
+            })
+            .collect();
+        // Best listed neighbour outside the component, per point.
+        let listed: Vec<Cand> = (0..n)
+            .into_par_iter()
+            .map(|p| {
+                let mut best = NONE;
+                for j in 0..k {
+                    let d = nn.dist[p * k + j];
+                    if d > best.w {
+                        break;
+                    }
+                    let o = nn.idx[p * k + j] as usize;
+                    if comp[o] != comp[p] {
+                        let c = Cand::new(core[p].max(core[o]).max(d), p, o);
+                        if c.less(&best) {
+                            best = c;
+                        }
+                    }
+                }
+                best
+            })
+            .collect();
+        let mut comp_best = vec![NONE; n];
+        for p in 0..n {
+            let c = comp[p] as usize;
+            if listed[p].less(&comp_best[c]) {
+                comp_best[c] = listed[p];
+            }
+        }
+        // Points whose best edge is neither proven by their list nor ruled out.
+        let mut need: Vec<Vec<u32>> = vec![Vec::new(); nl];
+        let mut n_need = 0usize;
+        for p in 0..n {
+            if listed[p].w > lb[p] && lb[p] < comp_best[comp[p] as usize].w {
+                need[ix.leaf_of[p] as usize].push(p as u32);
+                n_need += 1;
+            }
+        }
+        let found: Vec<(u32, Cand)> = need
+            .par_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .flat_map_iter(|(q, pts)| search_leaf(ix, q, pts, &comp, &leaf_comp, core, &min_core, &comp_best))
+            .collect();
+        for (c, cand) in found {
+            if cand.less(&comp_best[c as usize]) {
+                comp_best[c as usize] = cand;
+            }
+        }
+        let before = tree.len();
+        for c in 0..n {
+            let e = comp_best[c];
+            if e.lo != u32::MAX && uf.union(e.lo as usize, e.hi as usize) {
+                tree.push(e);
+            }
+        }
+        tracing::debug!(round, searched = n_need, added = tree.len() - before, "boruvka round");
+        assert!(tree.len() > before, "a Boruvka round always adds an edge while the graph is split");
+    }
+    tree
+}
+
+/// Exact best outgoing edges for the given points of leaf `q`; returns, per component met,
+/// the best edge found if it beats the round-start best.
+#[allow(clippy::too_many_arguments)]
+fn search_leaf(
+    ix: &LeafIndex,
+    q: usize,
+    pts: &[u32],
+    comp: &[u32],
+    leaf_comp: &[u32],
+    core: &[f64],
+    min_core: &[f64],
+    comp_best: &[Cand],
+) -> Vec<(u32, Cand)> {
+    let nl = ix.leaves();
+    let mut local: Vec<(u32, Cand)> = Vec::new();
+    let mut buf = [0usize; 4];
+    for &p in pts {
+        let p = p as usize;
+        let c = comp[p];
+        let slot = match local.iter().position(|l| l.0 == c) {
+            Some(i) => i,
+            None => {
+                local.push((c, comp_best[c as usize]));
+                local.len() - 1
+            }
+        };
+        let mut best = local[slot].1;
+        let cp = core[p];
+        let pr = ix.row(p);
+        for &r in &ix.order[q * nl..(q + 1) * nl] {
+            let r = r as usize;
+            if leaf_comp[r] == c {
+                continue;
+            }
+            if ix.rest_lb(p, q, r) >= best.w {
+                break;
+            }
+            if cp.max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best.w {
+                continue;
+            }
+            let mut nb = 0;
+            let (s, e) = (ix.start[r], ix.start[r + 1]);
+            for o in s..=e {
+                let flush = o == e;
+                if !flush {
+                    if comp[o] == c || cp.max(core[o]) >= best.w {
+                        continue;
+                    }
+                    buf[nb] = o;
+                    nb += 1;
+                    if nb < 4 {
+                        continue;
+                    }
+                } else if nb == 0 {
+                    break;
+                }
+                for j in nb..4 {
+                    buf[j] = buf[0];
+                }
+                let sq = (ix.kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
+                for j in 0..nb {
+                    if !ix.kern.may_be_within(sq[j], best.w) {
+                        continue;
+                    }
+                    let o = buf[j];
+                    let d = (ix.kern.exact)(pr, ix.row(o));
+                    let cand = Cand::new(cp.max(core[o]).max(d), p, o);
+                    if cand.less(&best) {
+                        best = cand;
+                    }
+                }
+                nb = 0;
+            }
+        }
+        local[slot].1 = best;
+    }
+    local.retain(|(c, b)| b.less(&comp_best[*c as usize]));
+    local
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use rand_distr::{Distribution, Normal};
+
+    /// The simplest possible oracle: O(N^2) Prim in f64, independent of everything above.
+    fn oracle(x: &Matrix, min_samples: usize) -> Vec<f64> {
+        let n = x.rows();
+        let dist = |i: usize, j: usize| -> f64 {
+            x.row(i)
+                .iter()
+                .zip(x.row(j))
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let m = min_samples.clamp(1, n);
+        let core: Vec<f64> = (0..n)
+            .map(|i| {
+                let mut d: Vec<f64> = (0..n).map(|j| if i == j { 0.0 } else { dist(i, j) }).collect();
+                d.sort_by(f64::total_cmp);
+                d[m - 1]
+            })
+            .collect();
+        let mrd = |i: usize, j: usize| core[i].max(core[j]).max(dist(i, j));
+        let mut in_tree = vec![false; n];
+        let mut best = vec![f64::INFINITY; n];
+        let mut w = Vec::new();
+        let mut cur = 0;
+        in_tree[0] = true;
+        for _ in 1..n {
+            for j in 0..n {
+                if !in_tree[j] {
+                    best[j] = best[j].min(mrd(cur, j));
+                }
+            }
+            let next = (0..n).filter(|&j| !in_tree[j]).min_by(|&a, &b| best[a].total_cmp(&best[b])).unwrap();
+            w.push(best[next]);
+            in_tree[next] = true;
+            cur = next;
+        }
+        w.sort_by(f64::total_cmp);
+        w
+    }
+
+    fn check(x: &Matrix, min_samples: usize, what: &str) {
+        let n = x.rows();
+        let e = mst(x, min_samples).unwrap();
+        assert_eq!(e.len(), n.saturating_sub(1), "{what}: edge count");
+        // Spanning: the edges connect every point.
+        let mut uf = UnionFind::new(n);
+        for ed in &e {
+            assert!((ed.a as usize) < n && (ed.b as usize) < n);
+            assert!(uf.union(ed.a as usize, ed.b as usize), "{what}: edge closes a cycle");
+        }
+        let want = oracle(x, min_samples);
+        let mut got: Vec<f64> = e.iter().map(|e| e.weight).collect();
+        got.sort_by(f64::total_cmp);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "{what}: weight {i}: {g} vs {w}");
+        }
+        let (sg, sw): (f64, f64) = (got.iter().sum(), want.iter().sum());
+        assert!((sg - sw).abs() <= 1e-9 * (1.0 + sw.abs()), "{what}: total {sg} vs {sw}");
+    }
+
+    fn uniform(n: usize, d: usize, seed: u64) -> Matrix {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Matrix::new(n, d, (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
+    }
+
+    pub(crate) fn blobs(n: usize, d: usize, centres: usize, noise: f64, seed: u64) -> Matrix {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let c: Vec<f32> = (0..centres * d).map(|_| rng.random_range(-10.0f32..10.0)).collect();
+        let g = Normal::new(0.0f32, 1.0).unwrap();
+        let mut data = Vec::with_capacity(n * d);
+        for _ in 0..n {
+            if rng.random_bool(noise) {
+                data.extend((0..d).map(|_| rng.random_range(-10.0f32..10.0)));
+            } else {
+                let k = rng.random_range(0..centres);
+                data.extend((0..d).map(|j| c[k * d + j] + g.sample(&mut rng)));
+            }
+        }
+        Matrix::new(n, d, data).unwrap()
+    }
+
+    #[test]
+    fn matches_prim_on_random_shapes() {
+        for ms in [1, 2, 3, 5, 10] {
+            check(&uniform(400, 8, ms as u64), ms, &format!("uniform 400x8 ms={ms}"));
+            check(&blobs(600, 20, 6, 0.1, ms as u64), ms, &format!("blobs 600x20 ms={ms}"));
+        }
+        check(&uniform(300, 1, 7), 2, "1-dim");
+        check(&uniform(150, 3072, 8), 3, "3072-dim");
+        check(&uniform(3, 2, 9), 2, "three points");
+        check(&uniform(40, 5, 10), 100, "min_samples above N");
+    }
+
+    #[test]
+    fn matches_prim_with_ties_and_duplicates() {
+        let mut rng = StdRng::seed_from_u64(11);
+        // Integer grid: many exactly equal distances.
+        let grid = Matrix::new(500, 3, (0..1500).map(|_| rng.random_range(0..6) as f32).collect()).unwrap();
+        // Each point repeated several times: zero distances and zero core distances.
+        let base = uniform(60, 4, 12);
+        let dup = base.select_rows(&(0..600).map(|i| i % 60).collect::<Vec<_>>());
+        for ms in [1, 2, 3, 5, 10] {
+            check(&grid, ms, &format!("grid ms={ms}"));
+            check(&dup, ms, &format!("duplicates ms={ms}"));
+        }
+        check(&Matrix::zeros(300, 5), 2, "all identical");
+    }
+
+    #[test]
+    fn is_deterministic_across_thread_counts() {
+        let x = blobs(3000, 30, 12, 0.05, 13);
+        let run = |t: usize| {
+            rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| mst(&x, 3).unwrap())
+        };
+        let one = run(1);
+        assert_eq!(one, run(3));
+        check(&x, 3, "blobs 3000x30");
+    }
+
+    #[test]
+    fn rejects_non_finite_input() {
+        let x = Matrix::new(3, 1, vec![0.0, f32::INFINITY, 1.0]).unwrap();
+        assert!(mst(&x, 2).is_err());
+        assert!(mst(&Matrix::zeros(1, 4), 2).unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn timing_blobs() {
+        let _ = tracing_subscriber::fmt().with_env_filter("segclust=debug").try_init();
+        for (n, c) in [(10_000usize, 50usize), (50_000, 100)] {
+            let x = super::tests::blobs(n, 100, c, 0.05, 1);
+            let t = std::time::Instant::now();
+            let ix = LeafIndex::build(&x).unwrap();
+            let t1 = t.elapsed();
+            let nn = knn_positions(&ix, 16);
+            let t2 = t.elapsed();
+            let e = mst(&x, 2).unwrap();
+            let t3 = t.elapsed();
+            eprintln!("n={n} c={c}: index {t1:?} knn {:?} full mst {:?} ({} edges, {})", t2 - t1, t3 - t2, e.len(), nn.k);
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! Exact k nearest neighbours (Euclidean), and the leaf index that both the kNN search and the
+//! Boruvka MST (`super::boruvka`) search with.
+//!
+//! Why a flat list of leaves and not a deep tree: in ~100 dimensions a ball tree prunes little
+//! below the leaf level, while a leaf of ~100 points makes the inner loop a long, SIMD-friendly
+//! scan of contiguous rows. Leaves come from recursive balanced bisection (the line through two
+//! far-apart points, split at the median), so a leaf is a compact ball; the centre-to-centre
+//! distances and a per-leaf visiting order (nearest leaves first) are computed once.
+//!
+//! Why two precisions: every distance that decides a result is the exact f64 one (`exact`: the
+//! sum of squared f32 -> f64 differences, then `sqrt`). Candidates are screened first with an
+//! f32 squared distance summed from differences (`sq4`), whose error has a rigorous *relative*
+//! bound (`Kernels::rel`: every term is positive, so the sum's relative error is at most about
+//! D units of f32 round-off). A candidate is dropped only when even the most favourable rounding
+//! puts it beyond the cutoff, so screening never changes a result. The f32 path is 2-3x faster
+//! and is dispatched to AVX2+FMA at run time where the CPU has it.
+
+use crate::matrix::Matrix;
+use anyhow::{Result, ensure};
+use rayon::prelude::*;
+
+/// Target leaf size; leaves hold between half of it and all of it.
+const LEAF_SIZE: usize = 128;
+/// Leaves are enlarged for very large inputs so that the leaf-by-leaf tables stay small.
+const MAX_LEAVES: usize = 2048;
+/// Absolute slack on f32 squared distances: covers underflow of tiny differences.
+const ABS_SLACK: f64 = 1e-30;
+
+/// The SIMD kernels, chosen once for the running CPU.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernels {
+    /// f32 squared distances from `q` to four rows, with the error bound `rel`.
+    pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
+    /// The exact f64 distance.
+    pub exact: fn(&[f32], &[f32]) -> f64,
+    /// Relative error bound of `sq4` (generous: twice the worst case, plus f64 round-off).
+    pub rel: f64,
+}
+
+impl Kernels {
+    pub fn new(dim: usize) -> Self {
+        // Recursive summation of n positive terms has relative error below (n + 2) u, u = 2^-24;
+        // f32::EPSILON is 2u, so this is twice that, plus room for f64 round-off in the exact
+        // distances the screen is compared against.
+        let rel = (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Self {
+                    sq4: simd::sq4_avx2,
+                    exact: simd::exact_avx2,
+                    rel,
+                };
+            }
+        }
+        Self {
+            sq4: sq4_generic::<false>,
+            exact: exact_generic,
+            rel,
+        }
+    }
+
+    /// Whether an f32 squared distance `s` may belong to a pair whose exact distance is
+    /// `<= cutoff` (never false for such a pair).
+    #[inline]
+    pub fn may_be_within(&self, s: f32, cutoff: f64) -> bool {
+        f64::from(s) <= cutoff * cutoff * (1.0 + self.rel) + ABS_SLACK
+    }
+
+    /// A lower bound on the exact distance of a pair whose f32 squared distance is `s`.
+    #[inline]
+    pub fn lower_bound(&self, s: f32) -> f64 {
+        ((f64::from(s) - ABS_SLACK).max(0.0) / (1.0 + self.rel)).sqrt()
+    }
+}
+
+/// Shrinks a lower bound computed in f64 by far more than its round-off, so that a bound never
+/// exceeds the exact f64 distance it stands for.
+#[inline]
+pub(crate) fn safe_lb(x: f64) -> f64 {
+    x - x.abs() * 1e-10 - 1e-300
+}
+
+#[inline(always)]
+fn sq4_generic<const FMA: bool>(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+    let d = q.len();
+    let (r0, r1, r2, r3) = (&r[0][..d], &r[1][..d], &r[2][..d], &r[3][..d]);
+    let mut acc = [[0f32; 8]; 4];
+    let chunks = q
+        .chunks_exact(8)
+        .zip(r0.chunks_exact(8))
+        .zip(r1.chunks_exact(8))
+        .zip(r2.chunks_exact(8))
+        .zip(r3.chunks_exact(8));
+    for ((((a, b0), b1), b2), b3) in chunks {
+        for j in 0..8 {
+            let x = a[j];
+            let t0 = x - b0[j];
+            let t1 = x - b1[j];
+            let t2 = x - b2[j];
+            let t3 = x - b3[j];
+            if FMA {
+                acc[0][j] = t0.mul_add(t0, acc[0][j]);
+                acc[1][j] = t1.mul_add(t1, acc[1][j]);
+                acc[2][j] = t2.mul_add(t2, acc[2][j]);
+                acc[3][j] = t3.mul_add(t3, acc[3][j]);
+            } else {
+                acc[0][j] += t0 * t0;
+                acc[1][j] += t1 * t1;
+                acc[2][j] += t2 * t2;
+                acc[3][j] += t3 * t3;
+            }
+        }
+    }
+    let tail = d - d % 8;
+    let mut out = [0f32; 4];
+    for (i, rr) in [r0, r1, r2, r3].into_iter().enumerate() {
+        let a = &acc[i];
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for j in tail..d {
+            let t = q[j] - rr[j];
+            s += t * t;
+        }
+        out[i] = s;
+    }
+    out
+}
+
+#[inline(always)]
+fn exact_generic(a: &[f32], b: &[f32]) -> f64 {
+    let b = &b[..a.len()];
+    let mut acc = [0f64; 4];
+    for (x, y) in a.chunks_exact(4).zip(b.chunks_exact(4)) {
+        for j in 0..4 {
+            let t = f64::from(x[j]) - f64::from(y[j]);
+            acc[j] += t * t;
+        }
+    }
+    let mut s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    let tail = a.len() - a.len() % 4;
+    for j in tail..a.len() {
+        let t = f64::from(a[j]) - f64::from(b[j]);
+        s += t * t;
+    }
+    s.sqrt()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    //! The same kernels compiled for AVX2+FMA; `Kernels::new` hands them out only after
+    //! `is_x86_feature_detected!` confirmed both features.
+
+    #[target_feature(enable = "avx2,fma")]
+    fn sq4_impl(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+        super::sq4_generic::<true>(q, r)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn exact_impl(a: &[f32], b: &[f32]) -> f64 {
+        super::exact_generic(a, b)
+    }
+
+    pub fn sq4_avx2(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: only reachable through `Kernels::new`, after AVX2 and FMA were detected.
+        unsafe { sq4_impl(q, r) }
+    }
+
+    pub fn exact_avx2(a: &[f32], b: &[f32]) -> f64 {
+        // SAFETY: as above.
+        unsafe { exact_impl(a, b) }
+    }
+}
+
+/// Points regrouped into compact leaves; everything is indexed by *position* (row order inside
+/// `data`), `perm` maps a position back to the caller's row.
+pub(crate) struct LeafIndex {
+    pub n: usize,
+    pub dim: usize,
+    pub kern: Kernels,
+    /// position -> original row.
+    pub perm: Vec<u32>,
+    /// The rows in position order (a copy, for contiguous scans).
+    pub data: Vec<f32>,
+    /// Leaf `l` holds positions `start[l]..start[l + 1]`.
+    pub start: Vec<usize>,
+    pub leaf_of: Vec<u32>,
+    /// Upper bound on the distance of any of the leaf's points to its centre.
+    pub radius: Vec<f64>,
+    pub max_radius: f64,
+    /// Exact distance of each position to its own leaf's centre.
+    pub to_centre: Vec<f64>,
+    /// `cc[q * leaves + r]`: distance between the centres of leaves q and r.
+    pub cc: Vec<f64>,
+    /// `order[q * leaves + i]`: the i-th nearest leaf to leaf q (by centre distance; q first).
+    pub order: Vec<u32>,
+}
+
+impl LeafIndex {
+    pub fn build(x: &Matrix) -> Result<Self> {
+        let (n, dim) = (x.rows(), x.cols());
+        ensure!(n <= u32::MAX as usize, "{n} rows are more than this clustering supports (2^32 - 1)");
+        ensure!(
+            x.as_slice().iter().all(|v| v.is_finite()),
+            "the matrix to cluster holds NaN or infinite values; validate the input first"
+        );
+        let kern = Kernels::new(dim);
+        let leaf_size = LEAF_SIZE.max((2 * n).div_ceil(MAX_LEAVES));
+        let leaves = if n == 0 {
+            Vec::new()
+        } else {
+            split(x, (0..n as u32).collect(), leaf_size, &kern)
+        };
+        let mut perm = Vec::with_capacity(n);
+        let mut start = vec![0];
+        for leaf in &leaves {
+            perm.extend_from_slice(leaf);
+            start.push(perm.len());
+        }
+        let mut data = Vec::with_capacity(n * dim);
+        for &p in &perm {
+            data.extend_from_slice(x.row(p as usize));
+        }
+        let nl = leaves.len();
+        let mut leaf_of = vec![0u32; n];
+        for l in 0..nl {
+            leaf_of[start[l]..start[l + 1]].fill(l as u32);
+        }
+        let row = |p: usize| &data[p * dim..(p + 1) * dim];
+        // Centres are stored as f32 rows so that the same kernels serve them; the radius is
+        // measured exactly from the stored centre, so the bounds hold whatever the rounding.
+        let centres: Vec<f32> = (0..nl)
+            .into_par_iter()
+            .flat_map_iter(|l| {
+                let mut c = vec![0f64; dim];
+                for p in start[l]..start[l + 1] {
+                    for (cj, &v) in c.iter_mut().zip(row(p)) {
+                        *cj += f64::from(v);
+                    }
+                }
+                let cnt = (start[l + 1] - start[l]) as f64;
+                c.into_iter().map(move |v| (v / cnt) as f32)
+            })
+            .collect();
+        let centre = |l: usize| &centres[l * dim..(l + 1) * dim];
+        let to_centre: Vec<f64> = (0..n)
+            .into_par_iter()
+            .map(|p| (kern.exact)(row(p), centre(leaf_of[p] as usize)))
+            .collect();
+        let radius: Vec<f64> = (0..nl)
+            .map(|l| to_centre[start[l]..start[l + 1]].iter().fold(0.0f64, |m, &d| m.max(d)) * (1.0 + 1e-12))
+            .collect();
+        let max_radius = radius.iter().fold(0.0f64, |m, &r| m.max(r));
+        let cc: Vec<f64> = (0..nl * nl)
+            .into_par_iter()
+            .map(|i| {
+                let (q, r) = (i / nl, i % nl);
+                if q == r {
+                    0.0
+                } else {
+                    (kern.exact)(centre(q), centre(r))
+                }
+            })
+            .collect();
+        let order: Vec<u32> = (0..nl)
+            .into_par_iter()
+            .flat_map_iter(|q| {
+                let mut o: Vec<u32> = (0..nl as u32).collect();
+                o.sort_by(|&a, &b| cc[q * nl + a as usize].total_cmp(&cc[q * nl + b as usize]).then(a.cmp(&b)));
+                // The leaf itself first, even when another centre coincides with its own.
+                if let Some(i) = o.iter().position(|&l| l as usize == q) {
+                    o[..=i].rotate_right(1);
+                }
+                o.into_iter()
+            })
+            .collect();
+        Ok(Self {
+            n,
+            dim,
+            kern,
+            perm,
+            data,
+            start,
+            leaf_of,
+            radius,
+            max_radius,
+            to_centre,
+            cc,
+            order,
+        })
+    }
+
+    pub fn leaves(&self) -> usize {
+        self.radius.len()
+    }
+
+    #[inline]
+    pub fn row(&self, p: usize) -> &[f32] {
+        &self.data[p * self.dim..(p + 1) * self.dim]
+    }
+
+    /// A lower bound on the distance from position `p` (in leaf `q`) to any point of leaf `r`,
+    /// by the triangle inequality through both centres.
+    #[inline]
+    pub fn leaf_lb(&self, p: usize, q: usize, r: usize) -> f64 {
+        safe_lb(self.cc[q * self.leaves() + r] - self.to_centre[p] - self.radius[r])
+    }
+
+    /// The same bound for the leaves after `r` in `q`'s order (they are no nearer): once it
+    /// passes a cutoff, the scan can stop.
+    #[inline]
+    pub fn rest_lb(&self, p: usize, q: usize, r: usize) -> f64 {
+        safe_lb(self.cc[q * self.leaves() + r] - self.to_centre[p] - self.max_radius)
+    }
+}
+
+/// Recursive balanced bisection into leaves of at most `leaf` points (deterministic).
+fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>> {
+    if idx.len() <= leaf {
+        return vec![idx];
+    }
+    let farthest = |from: u32| -> u32 {
+        let f = x.row(from as usize);
+        let mut best = (f64::NEG_INFINITY, from);
+        for &i in &idx {
+            let d = (kern.exact)(f, x.row(i as usize));
+            if d > best.0 {
+                best = (d, i);
+            }
+        }
+        best.1
+    };
+    let a = farthest(idx[0]);
+    let b = farthest(a);
+    let (ra, rb) = (x.row(a as usize), x.row(b as usize));
+    let dir: Vec<f64> = rb.iter().zip(ra).map(|(&u, &v)| f64::from(u) - f64::from(v)).collect();
+    let mut keyed: Vec<(f64, u32)> = idx
+        .iter()
+        .map(|&i| {
+            let r = x.row(i as usize);
+            (r.iter().zip(&dir).map(|(&v, &w)| f64::from(v) * w).sum(), i)
+        })
+        .collect();
+    let mid = keyed.len() / 2;
+    keyed.select_nth_unstable_by(mid, |p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+    let right: Vec<u32> = keyed[mid..].iter().map(|k| k.1).collect();
+    keyed.truncate(mid);
+    let left: Vec<u32> = keyed.into_iter().map(|k| k.1).collect();
+    let (mut l, r) = if left.len() + right.len() > 8192 {
+        rayon::join(|| split(x, left, leaf, kern), || split(x, right, leaf, kern))
+    } else {
+        (split(x, left, leaf, kern), split(x, right, leaf, kern))
+    };
+    l.extend(r);
+    l
+}
+
+/// Exact nearest neighbours of every position: `k` per point, sorted by (distance, position),
+/// the point itself excluded (its duplicates are not). Row `p` lives at `[p * k, (p + 1) * k)`.
+pub(crate) struct PositionKnn {
+    pub k: usize,
+    pub idx: Vec<u32>,
+    pub dist: Vec<f64>,
+}
+
+/// All-points exact kNN over the index, `k <= n - 1`.
+pub(crate) fn knn_positions(ix: &LeafIndex, k: usize) -> PositionKnn {
+    let n = ix.n;
+    debug_assert!(k < n.max(1));
+    let nl = ix.leaves();
+    let per_leaf: Vec<(Vec<u32>, Vec<f64>)> = (0..nl)
+        .into_par_iter()
+        .map(|q| {
+            let (s, e) = (ix.start[q], ix.start[q + 1]);
+            let mut idx = Vec::with_capacity((e - s) * k);
+            let mut dist = Vec::with_capacity((e - s) * k);
+            let mut best: Vec<(f64, u32)> = Vec::with_capacity(k + 1);
+            for p in s..e {
+                best.clear();
+                knn_one(ix, p, q, k, &mut best);
+                idx.extend(best.iter().map(|b| b.1));
+                dist.extend(best.iter().map(|b| b.0));
+            }
+            (idx, dist)
+        })
+        .collect();
+    let mut idx = Vec::with_capacity(n * k);
+    let mut dist = Vec::with_capacity(n * k);
+    for (i, d) in per_leaf {
+        idx.extend(i);
+        dist.extend(d);
+    }
+    PositionKnn { k, idx, dist }
+}
+
+/// The k nearest of one position, by (distance, position), into `best` (sorted).
+fn knn_one(ix: &LeafIndex, p: usize, q: usize, k: usize, best: &mut Vec<(f64, u32)>) {
+    if k == 0 {
+        return;
+    }
+    let nl = ix.leaves();
+    let pr = ix.row(p);
+    let mut kth = f64::INFINITY;
+    for &r in &ix.order[q * nl..(q + 1) * nl] {
+        let r = r as usize;
+        // Strict comparisons: a point exactly at the k-th distance may still win on position.
+        if ix.rest_lb(p, q, r) > kth {
+            break;
+        }
+        if ix.leaf_lb(p, q, r) > kth {
+            continue;
+        }
+        let (s, e) = (ix.start[r], ix.start[r + 1]);
+        let mut c = s;
+        while c < e {
+            let ids = [c, (c + 1).min(e - 1), (c + 2).min(e - 1), (c + 3).min(e - 1)];
+            let sq = (ix.kern.sq4)(pr, [ix.row(ids[0]), ix.row(ids[1]), ix.row(ids[2]), ix.row(ids[3])]);
+            for j in 0..4.min(e - c) {
+                let o = ids[j];
+                if o == p || !ix.kern.may_be_within(sq[j], kth) {
+                    continue;
+                }
+                let d = (ix.kern.exact)(pr, ix.row(o));
+                let cand = (d, o as u32);
+                if best.len() == k {
+                    let last = best[k - 1];
+                    if (cand.0, cand.1) >= (last.0, last.1) {
+                        continue;
+                    }
+                    best.pop();
+                }
+                let at = best.partition_point(|b| (b.0, b.1) < (cand.0, cand.1));
+                best.insert(at, cand);
+                if best.len() == k {
+                    kth = best[k - 1].0;
+                }
+            }
+            c += 4;
+        }
+    }
+}
+
+/// Exact k nearest neighbours of every row, by original row index: `indices[i * k + j]` is the
+/// j-th nearest other row of row i, `distances` the matching exact f64 distances (ascending).
+pub struct Neighbours {
+    pub k: usize,
+    pub indices: Vec<u32>,
+    pub distances: Vec<f64>,
+}
+
+/// Exact kNN of every row of `x` (Euclidean, the row itself excluded; `k` is capped at N - 1).
+pub fn knn(x: &Matrix, k: usize) -> Result<Neighbours> {
+    let n = x.rows();
+    let k = k.min(n.saturating_sub(1));
+    let ix = LeafIndex::build(x)?;
+    let pk = knn_positions(&ix, k);
+    let mut indices = vec![0u32; n * k];
+    let mut distances = vec![0f64; n * k];
+    for p in 0..n {
+        let orig = ix.perm[p] as usize;
+        for j in 0..k {
+            indices[orig * k + j] = ix.perm[pk.idx[p * k + j] as usize];
+            distances[orig * k + j] = pk.dist[p * k + j];
+        }
+    }
+    Ok(Neighbours { k, indices, distances })
+}
+
+/// Core distances (scikit-learn's convention: the `min_samples`-th nearest neighbour with the
+/// point itself counted first, so 1 gives 0; `min_samples` above N is clamped to N like
+/// `prim::core_distances`), by original row.
+pub fn core_distances(x: &Matrix, min_samples: usize) -> Result<Vec<f64>> {
+    let n = x.rows();
+    let m = min_samples.clamp(1, n.max(1));
+    if m == 1 {
+        return Ok(vec![0.0; n]);
+    }
+    let nb = knn(x, m - 1)?;
+    Ok((0..n).map(|i| nb.distances[i * nb.k + m - 2]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn random(n: usize, d: usize, seed: u64, grid: bool) -> Matrix {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let data = (0..n * d)
+            .map(|_| {
+                if grid {
+                    rng.random_range(0..4) as f32
+                } else {
+                    rng.random_range(-1.0f32..1.0)
+                }
+            })
+            .collect();
+        Matrix::new(n, d, data).unwrap()
+    }
+
+    #[test]
+    fn knn_matches_brute_force() {
+        for (n, d, grid) in [(300, 5, false), (500, 100, false), (400, 2, true), (50, 1, false), (7, 3, false)] {
+            let x = random(n, d, n as u64 + d as u64, grid);
+            let k = 10.min(n - 1);
+            let nb = knn(&x, k).unwrap();
+            for i in 0..n {
+                let mut all: Vec<f64> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| super::super::prim::euclidean(x.row(i), x.row(j)))
+                    .collect();
+                all.sort_by(f64::total_cmp);
+                for j in 0..k {
+                    let got = nb.distances[i * k + j];
+                    assert!((got - all[j]).abs() <= 1e-12 * (1.0 + all[j]), "n={n} d={d} row {i} nn {j}: {got} vs {}", all[j]);
+                    let o = nb.indices[i * k + j] as usize;
+                    assert_ne!(o, i);
+                    let again = super::super::prim::euclidean(x.row(i), x.row(o));
+                    assert!((again - got).abs() <= 1e-12 * (1.0 + got));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn screen_never_drops_a_closer_point() {
+        let k = Kernels::new(3);
+        let a = [1.0f32, 2.0, 3.0];
+        let b = [1.0f32 + 1e-6, 2.0, 3.0 - 1e-6];
+        let s = (k.sq4)(&a, [&b, &a, &b, &b]);
+        let e = (k.exact)(&a, &b);
+        assert!(k.may_be_within(s[0], e));
+        assert!(k.lower_bound(s[0]) <= e);
+        assert_eq!(s[1], 0.0);
+        assert!(core_distances(&Matrix::zeros(3, 2), 2).unwrap().iter().all(|&c| c == 0.0));
+    }
+
+    #[test]
+    fn rejects_non_finite_input() {
+        let x = Matrix::new(3, 1, vec![0.0, f32::NAN, 1.0]).unwrap();
+        assert!(knn(&x, 1).is_err());
+    }
+}

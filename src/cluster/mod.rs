@@ -1,0 +1,127 @@
+//! Exact HDBSCAN, one module per stage, matching scikit-learn's `sklearn.cluster.HDBSCAN`:
+//!
+//! - `knn`: exact k nearest neighbours, hence core distances (the point itself counts as the first);
+//! - `boruvka`: minimum spanning tree of the complete mutual-reachability graph;
+//! - `prim`: a dense O(N^2) Prim, the small-input path and the oracle the fast path is tested against;
+//! - `linkage`: single-linkage tree from the MST;
+//! - `condense`: condensed tree for `min_cluster_size`;
+//! - `select`: leaf / excess-of-mass selection, epsilon, labels and probabilities.
+
+pub mod boruvka;
+pub mod condense;
+pub mod knn;
+pub mod linkage;
+pub mod prim;
+pub mod select;
+
+use crate::matrix::Matrix;
+use anyhow::Result;
+
+/// How clusters are chosen from the condensed tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The leaves of the condensed tree: many small, tight clusters (the Python system's choice).
+    Leaf,
+    /// Excess of mass: the most stable clusters, fewer and larger.
+    Eom,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HdbscanParams {
+    pub min_cluster_size: usize,
+    /// scikit-learn's convention: the point itself counts, so 2 means "nearest other point".
+    pub min_samples: usize,
+    pub selection: Selection,
+    /// `cluster_selection_epsilon`: clusters split below this distance are merged back.
+    pub epsilon: f64,
+    pub allow_single_cluster: bool,
+}
+
+impl Default for HdbscanParams {
+    fn default() -> Self {
+        Self {
+            min_cluster_size: 2,
+            min_samples: 2,
+            selection: Selection::Leaf,
+            epsilon: 0.0,
+            allow_single_cluster: false,
+        }
+    }
+}
+
+/// One edge of the mutual-reachability minimum spanning tree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MstEdge {
+    pub a: u32,
+    pub b: u32,
+    /// Mutual-reachability distance, computed in f64 from the f32 coordinates.
+    pub weight: f64,
+}
+
+/// The result of a clustering: `labels[i]` is a cluster id `0..n_clusters` or -1 for noise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Clustering {
+    pub labels: Vec<i64>,
+    pub probabilities: Vec<f64>,
+}
+
+impl Clustering {
+    pub fn all_noise(n: usize) -> Self {
+        Self {
+            labels: vec![-1; n],
+            probabilities: vec![0.0; n],
+        }
+    }
+
+    pub fn n_clusters(&self) -> usize {
+        self.labels.iter().copied().max().map_or(0, |m| (m + 1).max(0) as usize)
+    }
+}
+
+/// Fewer rows than this are not clustered: every row is noise (DESIGN.md).
+pub const MIN_ROWS_TO_CLUSTER: usize = 3;
+
+/// The exact MST on the CPU: the fast Boruvka path for large inputs, dense Prim for small ones.
+pub fn mst_cpu(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+    boruvka::mst(x, min_samples)
+}
+
+/// Labels and probabilities from an MST: single linkage, condensing, selection.
+pub fn labels_from_mst(n: usize, mst: Vec<MstEdge>, params: &HdbscanParams) -> Clustering {
+    let tree = linkage::single_linkage(n, mst);
+    let condensed = condense::condense(&tree, params.min_cluster_size);
+    select::labels(&condensed, params)
+}
+
+/// HDBSCAN on the CPU. The device-agnostic entry point is `crate::device::Device::hdbscan`.
+pub fn hdbscan_cpu(x: &Matrix, params: &HdbscanParams) -> Result<Clustering> {
+    params.validate(x.rows())?;
+    if x.rows() < MIN_ROWS_TO_CLUSTER {
+        return Ok(Clustering::all_noise(x.rows()));
+    }
+    let mst = mst_cpu(x, params.min_samples)?;
+    Ok(labels_from_mst(x.rows(), mst, params))
+}
+
+impl HdbscanParams {
+    /// Rejects settings scikit-learn rejects, with a message that names the flag.
+    pub fn validate(&self, _n: usize) -> Result<()> {
+        anyhow::ensure!(
+            self.min_cluster_size >= 2,
+            "--min-cluster-size must be at least 2 (got {})",
+            self.min_cluster_size
+        );
+        anyhow::ensure!(
+            self.min_samples >= 1,
+            "--min-samples must be at least 1 (got {})",
+            self.min_samples
+        );
+        anyhow::ensure!(
+            self.epsilon >= 0.0 && self.epsilon.is_finite(),
+            "--epsilon must be a finite number >= 0 (got {})",
+            self.epsilon
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! CUDA backend: randomized PCA on cuBLAS and the exact mutual-reachability MST with
+//! brute-force NVRTC kernels, for `crate::device::Device`.
+//!
+//! Why it is shaped this way:
+//! - cudarc loads libcuda, NVRTC and cuBLAS at run time, so one binary runs on machines with
+//!   and without a GPU. `Gpu::open` probes the libraries before touching them (creating a
+//!   context without libcuda panics) and every failure afterwards is an `Err`: the `Device`
+//!   then redoes the batch on the CPU, so nothing here may panic or abort on bad luck
+//!   (no device, too little memory, a driver that rejects the PTX).
+//! - The GPU never decides the answer of the MST on its own: the kernels return f32
+//!   *candidates*, the host recomputes them in f64 and proves with an error bound that no
+//!   unseen edge can be lighter; where the proof fails the host computes that point exactly.
+//!   So the GPU MST has the same total weight as the CPU one by construction.
+//! - PCA follows `reduce` (centre implicitly, Gaussian test matrix drawn on the host from the
+//!   seed, power iterations re-orthonormalized, small SVD on the host, `svd_flip`-like signs),
+//!   so CPU and GPU scores agree to float tolerance.
+
+mod mst;
+mod pca;
+
+use crate::cluster::MstEdge;
+use crate::matrix::Matrix;
+use crate::reduce::{Pca, PcaParams};
+use anyhow::{Context, Result, anyhow, bail};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use std::sync::{Arc, Mutex};
+
+/// CUDA C++ source of the kernels, compiled by NVRTC when the GPU is opened.
+pub const KERNEL_SOURCE: &str = include_str!("../../kernels/nearest.cu");
+
+/// Most candidates one query may keep (`MAX_KEEP` in the kernel).
+pub(crate) const MAX_KEEP: usize = 64;
+/// Threads per block (`BLOCK` in the kernel; the kernel itself works with any block size).
+pub(crate) const BLOCK: u32 = 128;
+
+/// Compiles the kernels to PTX with NVRTC. Needs only the NVRTC library, no GPU or driver, so
+/// tools/check_kernels.sh can check the run-time compile path on a machine without a GPU.
+/// `compute_capability` picks `--gpu-architecture=compute_XY`; `None` means compute_90 (H100).
+pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
+    // SAFETY: only tries to dlopen the library; no symbol is called.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        bail!(
+            "the NVRTC library (libnvrtc.so) was not found; install the CUDA toolkit's NVRTC or \
+             put its lib directory on LD_LIBRARY_PATH"
+        );
+    }
+    let (major, minor) = compute_capability.unwrap_or((9, 0));
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        name: Some("nearest.cu".to_string()),
+        ..Default::default()
+    };
+    let compiled =
+        std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, opts))
+            .map_err(|_| anyhow!("NVRTC panicked while compiling kernels/nearest.cu"))?;
+    compiled.map_err(|e| {
+        anyhow!("NVRTC could not compile kernels/nearest.cu for compute_{major}{minor}: {e:?}")
+    })
+}
+
+/// An opened GPU: context, stream, cuBLAS handle and the compiled kernels.
+pub struct Gpu {
+    name: String,
+    /// One batch at a time: the stream and the cuBLAS handle are not for concurrent use, and a
+    /// batch sizes its allocations against the free memory it sees.
+    inner: Mutex<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    /// None when libcublas is missing: the MST still runs on the GPU, PCA falls back.
+    pub(crate) blas: Option<CudaBlas>,
+    pub(crate) nearest: CudaFunction,
+}
+
+impl Gpu {
+    pub fn open() -> Result<Self> {
+        // SAFETY: these only try to dlopen the libraries.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!("the CUDA driver library (libcuda.so) was not found: no NVIDIA driver installed");
+        }
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(0))
+            .map_err(|_| anyhow!("creating the CUDA context panicked"))?
+            .map_err(|e| anyhow!("creating a CUDA context on device 0: {e:?}"))?;
+        let name = ctx
+            .name()
+            .unwrap_or_else(|_| "unknown CUDA device".to_string());
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| anyhow!("querying the compute capability of {name}: {e:?}"))?;
+        let ptx = compile_kernels(Some(cc))?;
+        let module = ctx.load_module(ptx).map_err(|e| {
+            anyhow!("loading the compiled kernels on {name} (driver too old for this PTX?): {e:?}")
+        })?;
+        let nearest = module
+            .load_function("nearest_candidates")
+            .map_err(|e| anyhow!("kernel nearest_candidates missing from the module: {e:?}"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
+        // SAFETY: only tries to dlopen the library.
+        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            match CudaBlas::new(stream.clone()) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!("cuBLAS could not start ({e:?}); PCA will run on the CPU");
+                    None
+                }
+            }
+        } else {
+            tracing::warn!("libcublas not found; PCA will run on the CPU");
+            None
+        };
+        let name = format!("{name} (sm_{}{})", cc.0, cc.1);
+        Ok(Self {
+            name,
+            inner: Mutex::new(Inner {
+                ctx,
+                stream,
+                blas,
+                nearest,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pca(&self, x: &Matrix, p: &PcaParams) -> Result<Pca> {
+        let inner = self.lock()?;
+        pca::pca(&inner, x, p).context("GPU PCA")
+    }
+
+    pub fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+        let inner = self.lock()?;
+        mst::mst(&inner, x, min_samples).context("GPU MST")
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| anyhow!("an earlier GPU batch panicked; GPU disabled for this run"))
+    }
+}
+
+impl Inner {
+    /// Fails (so the batch goes to the CPU) unless `bytes` plus headroom fit in free memory.
+    pub(crate) fn ensure_free(&self, bytes: usize, what: &str) -> Result<()> {
+        let (free, total) = self
+            .ctx
+            .mem_get_info()
+            .map_err(|e| anyhow!("querying free GPU memory: {e:?}"))?;
+        let need = bytes.saturating_add(256 << 20);
+        if need > free {
+            bail!(
+                "{what} needs about {} MiB of GPU memory, {} MiB of {} MiB free",
+                need >> 20,
+                free >> 20,
+                total >> 20
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Rejects input the f32 kernels cannot represent (NaN, infinities, values whose squared
+/// distances would overflow f32), which would break the error bounds the proofs rely on.
+pub(crate) fn check_finite(x: &Matrix) -> Result<()> {
+    use rayon::prelude::*;
+    // Branch-free per chunk so it vectorizes (a scalar fold took 1 s at 100k x 3072).
+    let (max_abs, bad) = x
+        .as_slice()
+        .par_chunks(1 << 16)
+        .map(|c| {
+            let (mut m, mut bad) = (0.0f32, false);
+            for &v in c {
+                let a = v.abs();
+                bad |= !a.is_finite();
+                m = m.max(a);
+            }
+            (m, bad)
+        })
+        .reduce(|| (0.0, false), |a, b| (a.0.max(b.0), a.1 | b.1));
+    if bad {
+        bail!("input has NaN or infinite values");
+    }
+    // Squared distances reach 4 * d * max_abs^2; keep them far below f32::MAX.
+    let limit = (1e36 / (4.0 * x.cols().max(1) as f64)).sqrt();
+    if f64::from(max_abs) > limit {
+        bail!("input values up to {max_abs} are too large for f32 distances on the GPU");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_finite_rejects_what_f32_kernels_cannot_bound() {
+        let ok = Matrix::new(2, 2, vec![1.0, -2.0, 3.0, 0.5]).unwrap();
+        assert!(check_finite(&ok).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, 1e20] {
+            let m = Matrix::new(2, 2, vec![1.0, bad, 3.0, 0.5]).unwrap();
+            assert!(check_finite(&m).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn open_fails_cleanly_or_names_the_device() {
+        // On a machine without a GPU this must be an Err, never a panic.
+        match Gpu::open() {
+            Ok(g) => assert!(!g.name().is_empty()),
+            Err(e) => assert!(!format!("{e:#}").is_empty()),
+        }
+    }
+}

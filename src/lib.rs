@@ -1,0 +1,24 @@
+//! segclust: recurring user problems from session-replay segments.
+//!
+//! The modules follow the pipeline (see README.md and DESIGN.md): `source` -> `validate` ->
+//! `reduce` -> `cluster` -> `impact` -> `matching` -> `labeling` -> `priority` -> `store`, driven
+//! for one team by `pipeline`. `device` is the one numeric interface over the CPU and `gpu`.
+
+pub mod bench;
+pub mod cli;
+pub mod cluster;
+pub mod device;
+pub mod gpu;
+pub mod matrix;
+pub mod npy;
+pub mod reduce;
+pub mod segment;
+pub mod demo;
+pub mod impact;
+pub mod labeling;
+pub mod matching;
+pub mod pipeline;
+pub mod priority;
+pub mod source;
+pub mod store;
+pub mod validate;

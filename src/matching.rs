@@ -1,0 +1,275 @@
+//! Matching clusters to Tasks: one recurring problem, one Task.
+//!
+//! Centroids live in the original embedding space (L2-normalized rows), not the PCA space, so
+//! they stay comparable across batches whose PCA bases differ. A cluster joins the nearest
+//! existing Task within `threshold` cosine distance; new clusters within `threshold` of each
+//! other become one new Task, so a problem split by HDBSCAN in one batch is not filed twice.
+//! Every decision is made in a fixed order (clusters as given, Tasks by id), so a rerun of the
+//! same batch assigns exactly the same way.
+
+use crate::matrix::{Matrix, cosine_distance_unit, normalize};
+
+/// The mean of the member rows of `unit_rows` (already unit length), normalized again.
+pub fn centroid(unit_rows: &Matrix, members: &[usize]) -> Vec<f32> {
+    let mut acc = vec![0.0f64; unit_rows.cols()];
+    for &i in members {
+        for (a, &x) in acc.iter_mut().zip(unit_rows.row(i)) {
+            *a += f64::from(x);
+        }
+    }
+    unit_from_f64(&acc)
+}
+
+/// The count-weighted mean of two centroids, normalized: how a Task's centroid absorbs a cluster.
+pub fn merge_centroids(a: &[f32], wa: i64, b: &[f32], wb: i64) -> Vec<f32> {
+    let (wa, wb) = (wa.max(0) as f64, wb.max(0) as f64);
+    let acc: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| wa * f64::from(x) + wb * f64::from(y))
+        .collect();
+    unit_from_f64(&acc)
+}
+
+fn unit_from_f64(acc: &[f64]) -> Vec<f32> {
+    let mut v: Vec<f32> = acc.iter().map(|&x| x as f32).collect();
+    normalize(&mut v);
+    v
+}
+
+/// An existing Task as matching sees it.
+#[derive(Clone, Debug)]
+pub struct TaskCentroid {
+    pub task_id: i64,
+    pub centroid: Vec<f32>,
+    pub weight: i64,
+}
+
+/// A group of batch rows that should end up in one Task.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub members: Vec<usize>,
+    pub centroid: Vec<f32>,
+}
+
+/// Where a group went.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Existing(i64),
+    /// Index into `Plan::new_tasks`.
+    New(usize),
+}
+
+/// The outcome of matching one batch.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// New Tasks: their members and centroid (weight = members.len()).
+    pub new_tasks: Vec<Group>,
+    /// Existing Tasks that grew: (task_id, new centroid, new weight), in task-id order.
+    pub updated: Vec<TaskCentroid>,
+    /// (row, target) for every row that gets linked.
+    pub links: Vec<(usize, Target)>,
+}
+
+/// Nearest centroid among `candidates` strictly within `threshold`; ties go to the earlier one.
+fn nearest_within<'a>(
+    c: &[f32],
+    candidates: impl Iterator<Item = &'a [f32]>,
+    threshold: f64,
+) -> Option<(usize, f64)> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, t) in candidates.enumerate() {
+        let d = cosine_distance_unit(c, t);
+        if d < threshold && best.is_none_or(|(_, bd)| d < bd) {
+            best = Some((i, d));
+        }
+    }
+    best
+}
+
+/// Matches `clusters` (groups of rows of `unit_rows`) to `tasks`, merging close new clusters,
+/// then attaches `singles` (noise rows) to an existing or new Task within `threshold` when one is
+/// close; noise rows that match nothing are not linked. `rescue` rows (high-impact noise that
+/// matched nothing) become single-row Tasks of their own.
+pub fn plan(
+    unit_rows: &Matrix,
+    clusters: &[Vec<usize>],
+    noise: &[usize],
+    rescue: impl Fn(usize) -> bool,
+    tasks: &[TaskCentroid],
+    threshold: f64,
+) -> Plan {
+    let mut tasks: Vec<TaskCentroid> = tasks.to_vec();
+    tasks.sort_by_key(|t| t.task_id);
+    let mut grown = vec![false; tasks.len()];
+    let mut plan = Plan::default();
+
+    let mut absorb =
+        |plan: &mut Plan, tasks: &mut Vec<TaskCentroid>, members: &[usize], c: &[f32]| {
+            let w = members.len() as i64;
+            if let Some((i, _)) =
+                nearest_within(c, tasks.iter().map(|t| t.centroid.as_slice()), threshold)
+            {
+                let t = &mut tasks[i];
+                t.centroid = merge_centroids(&t.centroid, t.weight, c, w);
+                t.weight += w;
+                grown[i] = true;
+                plan.links
+                    .extend(members.iter().map(|&r| (r, Target::Existing(t.task_id))));
+                return true;
+            }
+            if let Some((j, _)) = nearest_within(
+                c,
+                plan.new_tasks.iter().map(|g| g.centroid.as_slice()),
+                threshold,
+            ) {
+                let g = &mut plan.new_tasks[j];
+                g.centroid = merge_centroids(&g.centroid, g.members.len() as i64, c, w);
+                g.members.extend_from_slice(members);
+                plan.links
+                    .extend(members.iter().map(|&r| (r, Target::New(j))));
+                return true;
+            }
+            false
+        };
+
+    for members in clusters.iter().filter(|m| !m.is_empty()) {
+        let c = centroid(unit_rows, members);
+        if !absorb(&mut plan, &mut tasks, members, &c) {
+            let j = plan.new_tasks.len();
+            plan.links
+                .extend(members.iter().map(|&r| (r, Target::New(j))));
+            plan.new_tasks.push(Group {
+                members: members.clone(),
+                centroid: c,
+            });
+        }
+    }
+    for &r in noise {
+        let c = unit_rows.row(r).to_vec();
+        if !absorb(&mut plan, &mut tasks, &[r], &c) && rescue(r) {
+            let j = plan.new_tasks.len();
+            plan.links.push((r, Target::New(j)));
+            plan.new_tasks.push(Group {
+                members: vec![r],
+                centroid: c,
+            });
+        }
+    }
+    plan.updated = tasks
+        .into_iter()
+        .zip(grown)
+        .filter_map(|(t, g)| g.then_some(t))
+        .collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let mut v = v.to_vec();
+        normalize(&mut v);
+        v
+    }
+
+    fn rows(vs: &[&[f32]]) -> Matrix {
+        let data: Vec<f32> = vs.iter().flat_map(|v| unit(v)).collect();
+        Matrix::new(vs.len(), vs[0].len(), data).unwrap()
+    }
+
+    #[test]
+    fn centroid_is_normalized_mean() {
+        let m = rows(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let c = centroid(&m, &[0, 1]);
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((c[0] - s).abs() < 1e-6 && (c[1] - s).abs() < 1e-6);
+    }
+
+    #[test]
+    fn merge_weights_by_count() {
+        let c = merge_centroids(&[1.0, 0.0], 3, &[0.0, 1.0], 1);
+        assert!((c[1] / c[0] - 1.0 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cluster_joins_nearest_existing_task_and_updates_it() {
+        let m = rows(&[
+            &[1.0, 0.05, 0.0],
+            &[1.0, -0.05, 0.0],
+            &[0.0, 0.0, 1.0],
+            &[0.0, 0.1, 1.0],
+        ]);
+        let tasks = vec![
+            TaskCentroid {
+                task_id: 7,
+                centroid: unit(&[0.0, 1.0, 0.0]),
+                weight: 4,
+            },
+            TaskCentroid {
+                task_id: 3,
+                centroid: unit(&[1.0, 0.1, 0.0]),
+                weight: 2,
+            },
+        ];
+        let p = plan(&m, &[vec![0, 1], vec![2, 3]], &[], |_| false, &tasks, 0.3);
+        assert_eq!(p.new_tasks.len(), 1);
+        assert_eq!(p.new_tasks[0].members, vec![2, 3]);
+        assert_eq!(p.updated.len(), 1);
+        assert_eq!(p.updated[0].task_id, 3);
+        assert_eq!(p.updated[0].weight, 4);
+        assert!(
+            p.links.contains(&(0, Target::Existing(3))) && p.links.contains(&(3, Target::New(0)))
+        );
+    }
+
+    #[test]
+    fn close_new_clusters_merge_and_far_ones_do_not() {
+        let m = rows(&[
+            &[1.0, 0.0, 0.0],
+            &[1.0, 0.1, 0.0],
+            &[1.0, 0.0, 0.1],
+            &[0.0, 1.0, 0.0],
+            &[0.1, 1.0, 0.0],
+        ]);
+        let p = plan(
+            &m,
+            &[vec![0, 1], vec![2], vec![3, 4]],
+            &[],
+            |_| false,
+            &[],
+            0.3,
+        );
+        assert_eq!(p.new_tasks.len(), 2);
+        assert_eq!(p.new_tasks[0].members, vec![0, 1, 2]);
+        assert_eq!(p.links.len(), 5);
+    }
+
+    #[test]
+    fn noise_joins_a_close_task_is_rescued_when_high_impact_or_dropped() {
+        let m = rows(&[&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0], &[0.0, 0.0, 1.0]]);
+        let tasks = vec![TaskCentroid {
+            task_id: 1,
+            centroid: unit(&[1.0, 0.1, 0.0]),
+            weight: 5,
+        }];
+        let p = plan(&m, &[], &[0, 1, 2], |r| r == 1, &tasks, 0.3);
+        assert_eq!(p.links, vec![(0, Target::Existing(1)), (1, Target::New(0))]);
+        assert_eq!(p.new_tasks.len(), 1);
+        assert_eq!(p.updated[0].weight, 6);
+    }
+
+    #[test]
+    fn threshold_is_strict() {
+        // cosine distance exactly 1.0 between orthogonal vectors: threshold 1.0 must not match.
+        let m = rows(&[&[1.0, 0.0]]);
+        let tasks = vec![TaskCentroid {
+            task_id: 1,
+            centroid: vec![0.0, 1.0],
+            weight: 1,
+        }];
+        let p = plan(&m, &[vec![0]], &[], |_| false, &tasks, 1.0);
+        assert_eq!(p.new_tasks.len(), 1);
+    }
+}

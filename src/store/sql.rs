@@ -1,0 +1,593 @@
+//! The store's SQL, written once and compiled for both backends (see the module docs of
+//! `store`). Every statement uses `$N` placeholders or `QueryBuilder` binds, never string
+//! interpolation of values.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use anyhow::{Context, Result, anyhow, bail};
+use sqlx::postgres::PgQueryResult;
+use sqlx::sqlite::SqliteQueryResult;
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row, Type,
+};
+
+use super::{
+    BatchCommit, CommitSummary, LabelSource, Link, PriorityFn, Quarantine, Task, TaskAggregates,
+    TaskRef, Watermark, centroid_from_bytes, centroid_to_bytes,
+};
+
+/// Rows per multi-row statement. The widest row (a link) has 9 binds: 4,500 per statement stays
+/// far below SQLite's 32,766 and PostgreSQL's 65,535 bind limits.
+const CHUNK: usize = 500;
+
+/// `rows_affected` is inherent on each backend's result type, not part of `sqlx::Database`.
+pub(super) trait RowsAffected {
+    fn affected(&self) -> u64;
+}
+
+impl RowsAffected for SqliteQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for PgQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+/// One backend's pool plus the statement that opens a write transaction on it.
+pub(super) struct Repo<DB: Database> {
+    pub(super) pool: Pool<DB>,
+    /// SQLite: `BEGIN IMMEDIATE` takes the write lock up front, so a concurrent writer waits on
+    /// the busy timeout instead of failing on a read-to-write upgrade. PostgreSQL: `BEGIN`.
+    begin_sql: &'static str,
+}
+
+impl<DB: Database> Clone for Repo<DB> {
+    fn clone(&self) -> Self {
+        Repo {
+            pool: self.pool.clone(),
+            begin_sql: self.begin_sql,
+        }
+    }
+}
+
+/// The columns `task_from_row` reads, in its order.
+macro_rules! task_columns {
+    () => {
+        "id, team_id, title, description, label_source, priority_score, priority_level, impact, \
+         segment_count, occurrence_count, distinct_user_count, first_seen_ms, last_seen_ms, \
+         centroid, centroid_weight, created_at_ms, updated_at_ms"
+    };
+}
+
+impl<DB> Repo<DB>
+where
+    DB: Database,
+    DB::QueryResult: RowsAffected,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    usize: ColumnIndex<DB::Row>,
+    i64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    f64: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    Vec<u8>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+{
+    pub(super) fn new(pool: Pool<DB>, begin_sql: &'static str) -> Self {
+        Repo { pool, begin_sql }
+    }
+
+    pub(super) async fn watermark(&self, team: i64) -> Result<Option<Watermark>> {
+        let row = sqlx::query(
+            "SELECT watermark_inserted_at_ms, watermark_document_id FROM clustering_state \
+             WHERE team_id = $1",
+        )
+        .bind(team)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Watermark {
+                inserted_at_ms: r.try_get(0)?,
+                document_id: r.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub(super) async fn tasks(&self, team: i64) -> Result<Vec<Task>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE team_id = $1 ORDER BY id"
+        ))
+        .bind(team)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row::<DB>).collect()
+    }
+
+    pub(super) async fn task(&self, team: i64, id: i64) -> Result<Option<Task>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE team_id = $1 AND id = $2"
+        ))
+        .bind(team)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(task_from_row::<DB>).transpose()
+    }
+
+    pub(super) async fn links(&self, team: i64, task_id: i64) -> Result<Vec<Link>> {
+        let rows = sqlx::query(
+            "SELECT task_id, team_id, document_id, session_id, distinct_id, distance, impact, \
+             timestamp_ms, created_at_ms FROM task_segment_links \
+             WHERE team_id = $1 AND task_id = $2 ORDER BY timestamp_ms, document_id",
+        )
+        .bind(team)
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Link {
+                    task_id: r.try_get(0)?,
+                    team_id: r.try_get(1)?,
+                    document_id: r.try_get(2)?,
+                    session_id: r.try_get(3)?,
+                    distinct_id: r.try_get(4)?,
+                    distance: r.try_get(5)?,
+                    impact: r.try_get(6)?,
+                    timestamp_ms: r.try_get(7)?,
+                    created_at_ms: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT document_id FROM task_segment_links WHERE team_id = ",
+            );
+            qb.push_bind(team).push(" AND document_id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            qb.push(")");
+            for row in qb.build().fetch_all(&self.pool).await? {
+                out.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn carry_over(&self, team: i64, since_ms: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT u.document_id FROM unlinked_segments u \
+             WHERE u.team_id = $1 AND u.timestamp_ms >= $2 AND NOT EXISTS ( \
+               SELECT 1 FROM task_segment_links l \
+               WHERE l.team_id = u.team_id AND l.document_id = u.document_id) \
+             ORDER BY u.timestamp_ms, u.document_id",
+        )
+        .bind(team)
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    pub(super) async fn quarantined(&self, team: i64) -> Result<Vec<Quarantine>> {
+        let rows = sqlx::query(
+            "SELECT team_id, document_id, reason FROM quarantined_segments \
+             WHERE team_id = $1 ORDER BY created_at_ms, document_id",
+        )
+        .bind(team)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Quarantine {
+                    team_id: r.try_get(0)?,
+                    document_id: r.try_get(1)?,
+                    reason: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn teams(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT team_id FROM clustering_state UNION SELECT team_id FROM tasks ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    pub(super) async fn commit_batch(&self, b: &BatchCommit) -> Result<CommitSummary> {
+        let team = b.team_id;
+        let now = b.now_ms;
+        let mut summary = CommitSummary::default();
+        // Dropping `tx` on any early return rolls everything back.
+        let mut tx = self.pool.begin_with(self.begin_sql).await?;
+
+        let mut new_ids = Vec::with_capacity(b.new_tasks.len());
+        for t in &b.new_tasks {
+            let row = sqlx::query(
+                "INSERT INTO tasks (team_id, title, description, label_source, centroid, \
+                 centroid_weight, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+            )
+            .bind(team)
+            .bind(t.title.as_str())
+            .bind(t.description.as_str())
+            .bind(t.label_source.as_str())
+            .bind(centroid_to_bytes(&t.centroid))
+            .bind(t.centroid_weight)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .with_context(|| format!("creating task {:?}", t.title))?;
+            new_ids.push(row.try_get::<i64, _>(0)?);
+        }
+
+        let mut resolved = Vec::with_capacity(b.links.len());
+        for l in &b.links {
+            let task_id = match l.task {
+                TaskRef::Existing(id) => id,
+                TaskRef::New(i) => *new_ids.get(i).ok_or_else(|| {
+                    anyhow!(
+                        "link of segment {} refers to new task #{i}, but the batch creates only {} \
+                         (a bug in the caller)",
+                        l.document_id,
+                        new_ids.len()
+                    )
+                })?,
+            };
+            resolved.push((task_id, l));
+        }
+        // New links per Task: which Tasks this commit really changes.
+        let mut gained: HashMap<i64, usize> = HashMap::new();
+        for chunk in resolved.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<DB>::new(
+                "INSERT INTO task_segment_links (task_id, team_id, document_id, session_id, \
+                 distinct_id, distance, impact, timestamp_ms, created_at_ms) ",
+            );
+            qb.push_values(chunk, |mut row, (task_id, l)| {
+                row.push_bind(*task_id)
+                    .push_bind(team)
+                    .push_bind(l.document_id.as_str())
+                    .push_bind(l.session_id.as_str())
+                    .push_bind(l.distinct_id.as_str())
+                    .push_bind(l.distance)
+                    .push_bind(l.impact)
+                    .push_bind(l.timestamp_ms)
+                    .push_bind(now);
+            });
+            qb.push(" ON CONFLICT (team_id, document_id) DO NOTHING RETURNING task_id");
+            let rows = qb.build().fetch_all(&mut *tx).await.context(
+                "inserting segment links (a link to a task that does not exist in this team fails here)",
+            )?;
+            for r in &rows {
+                *gained.entry(r.try_get::<i64, _>(0)?).or_default() += 1;
+            }
+            summary.links_inserted += rows.len();
+        }
+        summary.links_skipped = resolved.len() - summary.links_inserted;
+
+        let mut touched: BTreeSet<i64> = gained.keys().copied().collect();
+        let mut updated_existing: HashSet<i64> = HashSet::new();
+        for cu in &b.centroid_updates {
+            if !gained.contains_key(&cu.task_id) {
+                // Every segment behind this update is already linked: the update was applied
+                // when they were (a rerun); applying it again would double-count its weight.
+                continue;
+            }
+            let res = sqlx::query(
+                "UPDATE tasks SET centroid = $1, centroid_weight = $2, updated_at_ms = $3 \
+                 WHERE team_id = $4 AND id = $5",
+            )
+            .bind(centroid_to_bytes(&cu.centroid))
+            .bind(cu.centroid_weight)
+            .bind(now)
+            .bind(team)
+            .bind(cu.task_id)
+            .execute(&mut *tx)
+            .await?;
+            if res.affected() != 1 {
+                bail!(
+                    "centroid update for task {} which team {team} does not have",
+                    cu.task_id
+                );
+            }
+            updated_existing.insert(cu.task_id);
+        }
+
+        for (i, id) in new_ids.iter().enumerate() {
+            if gained.contains_key(id) {
+                summary.tasks_created += 1;
+                summary.new_task_ids.push(Some(*id));
+            } else {
+                // All its segments were linked by an earlier commit of the same batch.
+                sqlx::query("DELETE FROM tasks WHERE team_id = $1 AND id = $2")
+                    .bind(team)
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("dropping empty new task #{i}"))?;
+                summary.new_task_ids.push(None);
+                touched.remove(id);
+            }
+        }
+        let new_set: HashSet<i64> = new_ids.iter().copied().collect();
+        updated_existing.extend(gained.keys().filter(|id| !new_set.contains(id)));
+        summary.tasks_updated = updated_existing.len();
+        touched.extend(updated_existing.iter().copied());
+
+        let touched: Vec<i64> = touched.into_iter().collect();
+        for chunk in touched.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<DB>::new(
+                "SELECT task_id, COUNT(*), COUNT(DISTINCT session_id), COUNT(DISTINCT distinct_id), \
+                 AVG(impact), MIN(timestamp_ms), MAX(timestamp_ms) FROM task_segment_links \
+                 WHERE team_id = ",
+            );
+            qb.push_bind(team).push(" AND task_id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            qb.push(") GROUP BY task_id");
+            let rows = qb
+                .build()
+                .fetch_all(&mut *tx)
+                .await
+                .context("recomputing task aggregates")?;
+            for r in &rows {
+                let agg = TaskAggregates {
+                    task_id: r.try_get(0)?,
+                    segment_count: r.try_get(1)?,
+                    occurrence_count: r.try_get(2)?,
+                    distinct_user_count: r.try_get(3)?,
+                    impact: r.try_get::<Option<f64>, _>(4)?.unwrap_or(0.0),
+                    first_seen_ms: r.try_get(5)?,
+                    last_seen_ms: r.try_get(6)?,
+                };
+                let (score, level) = (b.priority)(&agg, now);
+                write_aggregates::<DB>(&mut *tx, team, &agg, score, &level, now).await?;
+            }
+        }
+
+        for chunk in b.quarantined.chunks(CHUNK) {
+            if let Some(q) = chunk.iter().find(|q| q.team_id != team) {
+                bail!(
+                    "quarantined row {} belongs to team {}, not to the batch's team {team}",
+                    q.document_id,
+                    q.team_id
+                );
+            }
+            let mut qb = QueryBuilder::<DB>::new(
+                "INSERT INTO quarantined_segments (team_id, document_id, reason, created_at_ms) ",
+            );
+            qb.push_values(chunk, |mut row, q| {
+                row.push_bind(team)
+                    .push_bind(q.document_id.as_str())
+                    .push_bind(q.reason.as_str())
+                    .push_bind(now);
+            });
+            qb.push(" ON CONFLICT (team_id, document_id) DO NOTHING");
+            let res = qb
+                .build()
+                .execute(&mut *tx)
+                .await
+                .context("recording quarantined rows")?;
+            summary.quarantined += res.affected() as usize;
+        }
+
+        for chunk in b.unlinked.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<DB>::new(
+                "INSERT INTO unlinked_segments (team_id, document_id, inserted_at_ms, timestamp_ms) ",
+            );
+            qb.push_values(chunk, |mut row, u| {
+                row.push_bind(team)
+                    .push_bind(u.document_id.as_str())
+                    .push_bind(u.inserted_at_ms)
+                    .push_bind(u.timestamp_ms);
+            });
+            qb.push(" ON CONFLICT (team_id, document_id) DO NOTHING");
+            let res = qb
+                .build()
+                .execute(&mut *tx)
+                .await
+                .context("recording unlinked segments")?;
+            summary.unlinked_added += res.affected() as usize;
+        }
+        let res = sqlx::query(
+            "DELETE FROM unlinked_segments WHERE team_id = $1 AND (timestamp_ms < $2 OR EXISTS ( \
+               SELECT 1 FROM task_segment_links l \
+               WHERE l.team_id = unlinked_segments.team_id \
+                 AND l.document_id = unlinked_segments.document_id))",
+        )
+        .bind(team)
+        .bind(b.carry_over_prune_before_ms)
+        .execute(&mut *tx)
+        .await
+        .context("pruning carried-over segments")?;
+        summary.unlinked_pruned = res.affected() as usize;
+
+        if let Some(w) = &b.watermark {
+            let res = sqlx::query(
+                "INSERT INTO clustering_state (team_id, watermark_inserted_at_ms, \
+                 watermark_document_id, updated_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (team_id) DO UPDATE SET \
+                   watermark_inserted_at_ms = excluded.watermark_inserted_at_ms, \
+                   watermark_document_id = excluded.watermark_document_id, \
+                   updated_at_ms = excluded.updated_at_ms \
+                 WHERE (excluded.watermark_inserted_at_ms, excluded.watermark_document_id) > \
+                       (clustering_state.watermark_inserted_at_ms, \
+                        clustering_state.watermark_document_id)",
+            )
+            .bind(team)
+            .bind(w.inserted_at_ms)
+            .bind(w.document_id.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .context("advancing the watermark")?;
+            summary.watermark_advanced = res.affected() == 1;
+        }
+
+        tx.commit().await.context("committing the transaction")?;
+        Ok(summary)
+    }
+
+    pub(super) async fn refresh_priorities(
+        &self,
+        team: i64,
+        now_ms: i64,
+        priority: &PriorityFn,
+    ) -> Result<usize> {
+        let mut tx = self.pool.begin_with(self.begin_sql).await?;
+        let rows = sqlx::query(
+            "SELECT id, segment_count, occurrence_count, distinct_user_count, impact, \
+             first_seen_ms, last_seen_ms, priority_score, priority_level \
+             FROM tasks WHERE team_id = $1 ORDER BY id",
+        )
+        .bind(team)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = 0;
+        for r in &rows {
+            let agg = TaskAggregates {
+                task_id: r.try_get(0)?,
+                segment_count: r.try_get(1)?,
+                occurrence_count: r.try_get(2)?,
+                distinct_user_count: r.try_get(3)?,
+                impact: r.try_get(4)?,
+                first_seen_ms: r.try_get(5)?,
+                last_seen_ms: r.try_get(6)?,
+            };
+            let old_score: f64 = r.try_get(7)?;
+            let old_level: String = r.try_get(8)?;
+            let (score, level) = priority(&agg, now_ms);
+            if score.to_bits() == old_score.to_bits() && level == old_level {
+                continue;
+            }
+            // Recency is not an edit of the Task: updated_at_ms is left alone.
+            sqlx::query(
+                "UPDATE tasks SET priority_score = $1, priority_level = $2 \
+                 WHERE team_id = $3 AND id = $4",
+            )
+            .bind(score)
+            .bind(level.as_str())
+            .bind(team)
+            .bind(agg.task_id)
+            .execute(&mut *tx)
+            .await?;
+            changed += 1;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    pub(super) async fn update_label(
+        &self,
+        team: i64,
+        id: i64,
+        title: &str,
+        description: &str,
+        label_source: LabelSource,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let res = sqlx::query(
+            "UPDATE tasks SET title = $1, description = $2, label_source = $3, updated_at_ms = $4 \
+             WHERE team_id = $5 AND id = $6",
+        )
+        .bind(title)
+        .bind(description)
+        .bind(label_source.as_str())
+        .bind(now_ms)
+        .bind(team)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.affected() == 1)
+    }
+}
+
+async fn write_aggregates<DB>(
+    conn: &mut DB::Connection,
+    team: i64,
+    agg: &TaskAggregates,
+    score: f64,
+    level: &str,
+    now: i64,
+) -> Result<()>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    f64: for<'q> Encode<'q, DB> + Type<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+{
+    sqlx::query(
+        "UPDATE tasks SET segment_count = $1, occurrence_count = $2, distinct_user_count = $3, \
+         impact = $4, first_seen_ms = $5, last_seen_ms = $6, priority_score = $7, \
+         priority_level = $8, updated_at_ms = $9 WHERE team_id = $10 AND id = $11",
+    )
+    .bind(agg.segment_count)
+    .bind(agg.occurrence_count)
+    .bind(agg.distinct_user_count)
+    .bind(agg.impact)
+    .bind(agg.first_seen_ms)
+    .bind(agg.last_seen_ms)
+    .bind(score)
+    .bind(level)
+    .bind(now)
+    .bind(team)
+    .bind(agg.task_id)
+    .execute(conn)
+    .await
+    .with_context(|| format!("updating aggregates of task {}", agg.task_id))?;
+    Ok(())
+}
+
+fn task_from_row<DB>(r: &DB::Row) -> Result<Task>
+where
+    DB: Database,
+    usize: ColumnIndex<DB::Row>,
+    i64: for<'r> Decode<'r, DB> + Type<DB>,
+    f64: for<'r> Decode<'r, DB> + Type<DB>,
+    String: for<'r> Decode<'r, DB> + Type<DB>,
+    Vec<u8>: for<'r> Decode<'r, DB> + Type<DB>,
+{
+    let id: i64 = r.try_get(0)?;
+    let label: String = r.try_get(4)?;
+    let centroid: Vec<u8> = r.try_get(13)?;
+    Ok(Task {
+        id,
+        team_id: r.try_get(1)?,
+        title: r.try_get(2)?,
+        description: r.try_get(3)?,
+        label_source: label.parse().with_context(|| format!("task {id}"))?,
+        priority_score: r.try_get(5)?,
+        priority_level: r.try_get(6)?,
+        impact: r.try_get(7)?,
+        segment_count: r.try_get(8)?,
+        occurrence_count: r.try_get(9)?,
+        distinct_user_count: r.try_get(10)?,
+        first_seen_ms: r.try_get(11)?,
+        last_seen_ms: r.try_get(12)?,
+        centroid: centroid_from_bytes(&centroid).with_context(|| format!("task {id}"))?,
+        centroid_weight: r.try_get(14)?,
+        created_at_ms: r.try_get(15)?,
+        updated_at_ms: r.try_get(16)?,
+    })
+}

@@ -1,0 +1,266 @@
+//! Validation: turns untrusted source rows into segments plus one embedding matrix, setting
+//! bad rows aside with a reason instead of failing the batch.
+//!
+//! | rule (checked in this order)         | outcome                                                        |
+//! |--------------------------------------|----------------------------------------------------------------|
+//! | document_id empty                    | quarantined: "document_id is empty"                            |
+//! | embedding empty                      | quarantined: "embedding is empty"                              |
+//! | embedding dimension != expected      | quarantined: "embedding has G dimensions, expected E"          |
+//! | embedding value NaN or infinite      | quarantined: "embedding value at index I is NaN" (first one)   |
+//! | embedding all zeros                  | quarantined: "embedding is a zero vector" (no direction)       |
+//! | metadata not a JSON object           | quarantined: "metadata is not a JSON object: ..."              |
+//! | metadata has no distinct_id          | quarantined: "metadata has no distinct_id" (users uncountable) |
+//! | metadata has no session_id           | session_id = the `{session_id}` part of a document_id shaped   |
+//! |                                      | `{session_id}:{start}:{end}`; quarantined if it is not shaped so|
+//! | document_id already accepted         | quarantined: "duplicate document_id in batch" (first kept)     |
+//!
+//! The expected dimension is the caller's (the model's, or the dimension of existing Task
+//! centroids) or, when none is given, the most common dimension in the batch, so one stray row
+//! of another model cannot set the dimension for everyone else. Ties go to the dimension seen
+//! first.
+//!
+//! session_id and distinct_id may be JSON strings or numbers (numbers are used as their decimal
+//! text); empty strings count as missing. Duplicates are checked last, against rows already
+//! accepted: a bad first copy does not cost the good second copy its place.
+//!
+//! Embeddings are not normalized here (the pipeline does that on the matrix). Memory: each row's
+//! embedding is copied into the matrix buffer and dropped at once, so live memory stays about
+//! one copy of the batch's embeddings. The buffer is reserved for the worst case up front; the
+//! pages that are never written are never touched, and the excess is released at the end.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::matrix::Matrix;
+use crate::segment::{Quarantine, RawSegment, Segment};
+
+/// The accepted rows of a batch (`segments[i]` is row `i` of `embeddings`) and the rest.
+#[derive(Debug)]
+pub struct Validated {
+    pub segments: Vec<Segment>,
+    pub embeddings: Matrix,
+    pub quarantined: Vec<Quarantine>,
+}
+
+/// Validates a batch; see the module table for the rules. Never fails: every row ends up either
+/// in `segments` or in `quarantined`.
+pub fn validate(rows: Vec<RawSegment>, expected_dim: Option<usize>) -> Validated {
+    let dim = expected_dim.unwrap_or_else(|| most_common_dim(&rows));
+    let mut data: Vec<f32> = Vec::with_capacity(rows.len().saturating_mul(dim));
+    let mut segments = Vec::new();
+    let mut quarantined = Vec::new();
+    let mut accepted_ids: HashSet<String> = HashSet::new();
+
+    for row in rows {
+        match check(&row, dim, &accepted_ids) {
+            Ok((session_id, distinct_id, metadata)) => {
+                data.extend_from_slice(&row.embedding);
+                let RawSegment {
+                    team_id,
+                    document_id,
+                    content,
+                    timestamp_ms,
+                    inserted_at_ms,
+                    ..
+                } = row; // the embedding is dropped here
+                accepted_ids.insert(document_id.clone());
+                segments.push(Segment {
+                    team_id,
+                    document_id,
+                    session_id,
+                    distinct_id,
+                    content,
+                    timestamp_ms,
+                    inserted_at_ms,
+                    metadata,
+                });
+            }
+            Err(reason) => quarantined.push(Quarantine {
+                team_id: row.team_id,
+                document_id: row.document_id,
+                reason,
+            }),
+        }
+    }
+    data.shrink_to_fit();
+    let embeddings = Matrix::new(segments.len(), dim, data)
+        .expect("one row of exactly `dim` values was pushed per accepted segment");
+    Validated {
+        segments,
+        embeddings,
+        quarantined,
+    }
+}
+
+/// The dimension most rows have (empty embeddings ignored); 0 for a batch with none.
+fn most_common_dim(rows: &[RawSegment]) -> usize {
+    let mut counts: HashMap<usize, (usize, usize)> = HashMap::new(); // dim -> (count, first seen)
+    for (i, r) in rows.iter().enumerate() {
+        let len = r.embedding.len();
+        if len > 0 {
+            counts.entry(len).or_insert((0, i)).0 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|(_, (ca, fa)), (_, (cb, fb))| ca.cmp(cb).then(fb.cmp(fa)))
+        .map_or(0, |(dim, _)| dim)
+}
+
+/// Applies the rules to one row; on success returns (session_id, distinct_id, parsed metadata).
+fn check(
+    row: &RawSegment,
+    dim: usize,
+    accepted: &HashSet<String>,
+) -> Result<(String, String, Value), String> {
+    if row.document_id.is_empty() {
+        return Err("document_id is empty".into());
+    }
+    let e = &row.embedding;
+    if e.is_empty() {
+        return Err("embedding is empty".into());
+    }
+    if e.len() != dim {
+        return Err(format!(
+            "embedding has {} dimensions, expected {dim}",
+            e.len()
+        ));
+    }
+    if let Some((i, v)) = e.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("embedding value at index {i} is {v}"));
+    }
+    if e.iter().all(|&v| v == 0.0) {
+        return Err("embedding is a zero vector (it has no direction to cluster by)".into());
+    }
+    let metadata: Value = match serde_json::from_str(&row.metadata) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(other) => {
+            return Err(format!(
+                "metadata is not a JSON object (found {})",
+                json_kind(&other)
+            ));
+        }
+        Err(err) => return Err(format!("metadata is not a JSON object: {err}")),
+    };
+    let Some(distinct_id) = id_field(&metadata, "distinct_id") else {
+        return Err("metadata has no distinct_id (needed to count affected users)".into());
+    };
+    let session_id = match id_field(&metadata, "session_id") {
+        Some(s) => s,
+        None => session_from_document_id(&row.document_id).ok_or_else(|| {
+            format!(
+                "metadata has no session_id and document_id '{}' is not shaped {{session_id}}:{{start}}:{{end}}",
+                row.document_id
+            )
+        })?,
+    };
+    if accepted.contains(&row.document_id) {
+        return Err("duplicate document_id in batch (the first copy was kept)".into());
+    }
+    Ok((session_id, distinct_id, metadata))
+}
+
+/// A non-empty string or a number from `metadata[key]`.
+fn id_field(metadata: &Value, key: &str) -> Option<String> {
+    match metadata.get(key)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `abc:1000:2000` -> `abc` (the session id may itself contain ':').
+fn session_from_document_id(document_id: &str) -> Option<String> {
+    let mut parts = document_id.rsplitn(3, ':');
+    let (_end, _start, session) = (parts.next()?, parts.next()?, parts.next()?);
+    (!session.is_empty()).then(|| session.to_string())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(id: &str, meta: &str, emb: Vec<f32>) -> RawSegment {
+        RawSegment {
+            team_id: 1,
+            document_id: id.into(),
+            content: format!("content of {id}"),
+            metadata: meta.into(),
+            timestamp_ms: 5,
+            inserted_at_ms: 6,
+            embedding: emb,
+        }
+    }
+
+    const META: &str = r#"{"session_id":"s1","distinct_id":"u1"}"#;
+
+    #[test]
+    fn most_common_dimension_wins_when_none_is_given() {
+        let rows = vec![
+            raw("a:0:1", META, vec![1.0; 4]),
+            raw("b:0:1", META, vec![1.0; 3]),
+            raw("c:0:1", META, vec![2.0; 3]),
+        ];
+        let v = validate(rows, None);
+        assert_eq!(v.embeddings.cols(), 3);
+        assert_eq!(v.segments.len(), 2);
+        assert_eq!(v.embeddings.row(1), &[2.0; 3]);
+        assert_eq!(v.quarantined.len(), 1);
+        assert_eq!(
+            v.quarantined[0].reason,
+            "embedding has 4 dimensions, expected 3"
+        );
+    }
+
+    #[test]
+    fn session_falls_back_to_document_id_prefix() {
+        let rows = vec![
+            raw(
+                "sess:with:colon:10:20",
+                r#"{"distinct_id":7}"#,
+                vec![1.0, 0.0],
+            ),
+            raw("nocolons", r#"{"distinct_id":"u"}"#, vec![1.0, 0.0]),
+        ];
+        let v = validate(rows, Some(2));
+        assert_eq!(v.segments.len(), 1);
+        assert_eq!(v.segments[0].session_id, "sess:with:colon");
+        assert_eq!(v.segments[0].distinct_id, "7");
+        assert!(v.quarantined[0].reason.contains("no session_id"));
+    }
+
+    #[test]
+    fn empty_batch_and_all_bad_batch_give_empty_matrix() {
+        let v = validate(Vec::new(), None);
+        assert_eq!((v.embeddings.rows(), v.embeddings.cols()), (0, 0));
+        let v = validate(vec![raw("a:0:1", "[]", vec![1.0])], Some(8));
+        assert_eq!((v.embeddings.rows(), v.embeddings.cols()), (0, 8));
+        assert_eq!(v.quarantined.len(), 1);
+    }
+
+    #[test]
+    fn bad_first_copy_does_not_block_good_second_copy() {
+        let rows = vec![
+            raw("a:0:1", META, vec![f32::NAN, 1.0]),
+            raw("a:0:1", META, vec![1.0, 1.0]),
+            raw("a:0:1", META, vec![2.0, 1.0]),
+        ];
+        let v = validate(rows, Some(2));
+        assert_eq!(v.segments.len(), 1);
+        assert_eq!(v.embeddings.row(0), &[1.0, 1.0]);
+        assert_eq!(v.quarantined[0].reason, "embedding value at index 0 is NaN");
+        assert!(v.quarantined[1].reason.starts_with("duplicate document_id"));
+    }
+}

@@ -1,0 +1,373 @@
+//! GPU vs CPU parity, plus the NVRTC compile check of the kernels.
+//!
+//! Without a usable GPU the parity test prints a loud SKIPPED line and passes, so this file
+//! runs everywhere; tools/gpu_check.sh runs the prebuilt binary on the GPU machine.
+//! Env: SEGCLUST_GPU_BIG=1 adds the 50k and 200k row MST cases; SEGCLUST_NVRTC_LIB_DIR (set by
+//! tools/check_kernels.sh) turns on the NVRTC compile test on machines without a GPU.
+
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use segclust::cluster::{self, HdbscanParams, MstEdge};
+use segclust::gpu::{Gpu, compile_kernels};
+use segclust::matrix::Matrix;
+use segclust::reduce::{self, PcaParams};
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[test]
+fn kernels_compile_with_nvrtc() {
+    let Ok(dir) = std::env::var("SEGCLUST_NVRTC_LIB_DIR") else {
+        eprintln!(
+            "NVRTC compile test SKIPPED: set SEGCLUST_NVRTC_LIB_DIR (tools/check_kernels.sh does)"
+        );
+        return;
+    };
+    for cc in [(9, 0), (8, 0)] {
+        let ptx = compile_kernels(Some(cc)).unwrap_or_else(|e| panic!("NVRTC from {dir}: {e:#}"));
+        let src = ptx.to_src();
+        assert!(
+            src.contains(".entry nearest_candidates"),
+            "PTX lacks the kernel entry"
+        );
+        assert!(
+            src.contains(&format!(".target sm_{}{}", cc.0, cc.1)),
+            "PTX for the wrong target"
+        );
+    }
+}
+
+/// `n` points around `clusters` well-separated Gaussian centres in `d` dimensions.
+fn blobs(n: usize, d: usize, clusters: usize, seed: u64) -> Matrix {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..clusters)
+        .map(|_| (0..d).map(|_| rng.random_range(-10.0f32..10.0)).collect())
+        .collect();
+    let mut data = Vec::with_capacity(n * d);
+    for _ in 0..n {
+        let c = &centres[rng.random_range(0..clusters)];
+        let spread = 0.3 + 0.7 * rng.random::<f32>();
+        data.extend(c.iter().map(|&m| {
+            let z: f32 = StandardNormal.sample(&mut rng);
+            m + spread * z
+        }));
+    }
+    Matrix::new(n, d, data).expect("shape")
+}
+
+/// Rows with a decaying spectrum (well-separated singular values) plus a little noise.
+fn spectral(n: usize, d: usize, rank: usize, seed: u64) -> Matrix {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut g = || -> f32 { StandardNormal.sample(&mut rng) };
+    let basis: Vec<Vec<f32>> = (0..rank).map(|_| (0..d).map(|_| g()).collect()).collect();
+    let mut data = vec![0.0f32; n * d];
+    for i in 0..n {
+        let row = &mut data[i * d..(i + 1) * d];
+        for (r, b) in basis.iter().enumerate() {
+            let coef = 10.0 * 0.85f32.powi(r as i32) * g();
+            row.iter_mut().zip(b).for_each(|(v, &bv)| *v += coef * bv);
+        }
+        row.iter_mut().for_each(|v| *v += 0.01 * g() + 3.0);
+    }
+    Matrix::new(n, d, data).expect("shape")
+}
+
+fn total(mst: &[MstEdge]) -> f64 {
+    mst.iter().map(|e| e.weight).sum()
+}
+
+/// Independent oracle: dense Prim on mutual reachability, all in f64.
+fn prim_weight(x: &Matrix, min_samples: usize) -> f64 {
+    let n = x.rows();
+    let d2 = |a: usize, b: usize| -> f64 {
+        x.row(a)
+            .iter()
+            .zip(x.row(b))
+            .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+            .sum()
+    };
+    let core: Vec<f64> = (0..n)
+        .map(|p| {
+            let mut v: Vec<f64> = (0..n).map(|q| d2(p, q)).collect();
+            v.sort_by(f64::total_cmp);
+            v[min_samples - 1].sqrt()
+        })
+        .collect();
+    let mut best = vec![f64::INFINITY; n];
+    let mut done = vec![false; n];
+    let mut cur = 0;
+    let mut sum = 0.0;
+    for _ in 1..n {
+        done[cur] = true;
+        let mut next = usize::MAX;
+        for q in 0..n {
+            if done[q] {
+                continue;
+            }
+            let w = core[cur].max(core[q]).max(d2(cur, q).sqrt());
+            best[q] = best[q].min(w);
+            if next == usize::MAX || best[q] < best[next] {
+                next = q;
+            }
+        }
+        sum += best[next];
+        cur = next;
+    }
+    sum
+}
+
+fn assert_spanning_tree(n: usize, mst: &[MstEdge]) {
+    assert_eq!(mst.len(), n - 1, "a spanning tree has n - 1 edges");
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    for e in mst {
+        let (a, b) = (
+            find(&mut parent, e.a as usize),
+            find(&mut parent, e.b as usize),
+        );
+        assert_ne!(a, b, "edge {e:?} closes a cycle");
+        parent[a] = b;
+    }
+}
+
+fn ari(a: &[i64], b: &[i64]) -> f64 {
+    let comb = |v: f64| v * (v - 1.0) / 2.0;
+    let mut cont: HashMap<(i64, i64), f64> = HashMap::new();
+    let (mut ra, mut rb): (HashMap<i64, f64>, HashMap<i64, f64>) = (HashMap::new(), HashMap::new());
+    for (&x, &y) in a.iter().zip(b) {
+        *cont.entry((x, y)).or_default() += 1.0;
+        *ra.entry(x).or_default() += 1.0;
+        *rb.entry(y).or_default() += 1.0;
+    }
+    let index: f64 = cont.values().map(|&v| comb(v)).sum();
+    let (sa, sb): (f64, f64) = (
+        ra.values().map(|&v| comb(v)).sum(),
+        rb.values().map(|&v| comb(v)).sum(),
+    );
+    let expected = sa * sb / comb(a.len() as f64);
+    let max = 0.5 * (sa + sb);
+    if (max - expected).abs() < 1e-12 {
+        1.0
+    } else {
+        (index - expected) / (max - expected)
+    }
+}
+
+#[test]
+fn gpu_matches_cpu() {
+    let gpu = match Gpu::open() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("\n========\nGPU parity suite SKIPPED: no usable GPU ({e:#})\n========\n");
+            return;
+        }
+    };
+    eprintln!("GPU parity suite on {}", gpu.name());
+    mst_against_oracle(&gpu);
+    pca_against_exact_svd(&gpu);
+    pca_parity(&gpu);
+    let mut sizes = vec![1_000, 10_000];
+    if std::env::var("SEGCLUST_GPU_BIG").is_ok_and(|v| v == "1") {
+        sizes.extend([50_000, 200_000]);
+    }
+    for n in sizes {
+        mst_parity(&gpu, n);
+    }
+}
+
+/// Sign-insensitive relative difference of two columns.
+fn col_diff(a: &[f64], b: &[f64]) -> f64 {
+    let norm = b.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let diff = |s: f64| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - s * y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    diff(1.0).min(diff(-1.0)) / norm
+}
+
+/// Oracle independent of the CPU path: an exact f64 SVD of the centred rows.
+fn pca_against_exact_svd(gpu: &Gpu) {
+    let (n, d, k) = (2_000, 128, 24);
+    let x = spectral(n, d, 60, 42);
+    let g = gpu
+        .pca(
+            &x,
+            &PcaParams {
+                components: k,
+                ..PcaParams::default()
+            },
+        )
+        .expect("GPU PCA");
+    let mean: Vec<f64> = (0..d)
+        .map(|j| (0..n).map(|i| f64::from(x.row(i)[j])).sum::<f64>() / n as f64)
+        .collect();
+    let xc = faer::Mat::<f64>::from_fn(n, d, |i, j| f64::from(x.row(i)[j]) - mean[j]);
+    let svd = xc.thin_svd().expect("exact SVD");
+    for j in 0..k {
+        let exact: Vec<f64> = (0..n).map(|i| svd.U()[(i, j)] * svd.S()[j]).collect();
+        let got: Vec<f64> = (0..n).map(|i| f64::from(g.projected.row(i)[j])).collect();
+        let rel = col_diff(&got, &exact);
+        assert!(rel < 1e-3, "GPU PCA column {j} vs exact SVD: {rel:e}");
+        let (sg, se) = (f64::from(g.singular_values[j]), svd.S()[j]);
+        assert!(
+            (sg - se).abs() <= 1e-3 * se,
+            "singular value {j}: {sg} vs exact {se}"
+        );
+        // svd_flip: the largest-magnitude score of each column is positive.
+        let big = got
+            .iter()
+            .copied()
+            .fold(0.0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+        assert!(big > 0.0, "column {j}: largest score {big} is not positive");
+    }
+    let norms: Vec<f64> = (0..k)
+        .map(|j| {
+            g.components
+                .row(j)
+                .iter()
+                .map(|&v| f64::from(v).powi(2))
+                .sum()
+        })
+        .collect();
+    assert!(
+        norms.iter().all(|&v| (v - 1.0).abs() < 1e-4),
+        "components not unit length: {norms:?}"
+    );
+}
+
+fn pca_parity(gpu: &Gpu) {
+    for (n, d, k) in [(3_000, 256, 32), (500, 64, 20)] {
+        let x = spectral(n, d, 60, n as u64);
+        let params = PcaParams {
+            components: k,
+            ..PcaParams::default()
+        };
+        let t = Instant::now();
+        let g = gpu
+            .pca(&x, &params)
+            .unwrap_or_else(|e| panic!("GPU PCA {n} x {d}: {e:#}"));
+        let tg = t.elapsed();
+        let t = Instant::now();
+        let c = reduce::pca_cpu(&x, &params).expect("CPU PCA");
+        let tc = t.elapsed();
+        eprintln!("PCA {n} x {d} -> {k}: gpu {tg:?}, cpu {tc:?}");
+        assert_eq!(g.projected.rows(), n);
+        assert_eq!(g.projected.cols(), k);
+        assert_eq!(c.projected.cols(), k, "CPU PCA shape");
+        for (a, b) in g.mean.iter().zip(&c.mean) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "mean {a} vs {b}");
+        }
+        for j in 0..k {
+            let col = |m: &Matrix| (0..n).map(|i| f64::from(m.row(i)[j])).collect::<Vec<_>>();
+            let (a, b) = (col(&g.projected), col(&c.projected));
+            let rel = col_diff(&a, &b);
+            assert!(
+                rel < 1e-3,
+                "PCA {n} x {d} column {j}: relative difference {rel:e}"
+            );
+            let (sg, sc) = (g.singular_values[j], c.singular_values[j]);
+            assert!(
+                (sg - sc).abs() <= 1e-3 * sc,
+                "singular value {j}: {sg} vs {sc}"
+            );
+        }
+    }
+}
+
+fn mst_against_oracle(gpu: &Gpu) {
+    for (n, d, ms) in [(800, 8, 2), (800, 8, 5), (600, 40, 3), (300, 3, 1)] {
+        let x = blobs(n, d, 6, (n + d + ms) as u64);
+        let mst = gpu
+            .mst(&x, ms)
+            .unwrap_or_else(|e| panic!("GPU MST {n} x {d}: {e:#}"));
+        assert_spanning_tree(n, &mst);
+        let (w, oracle) = (total(&mst), prim_weight(&x, ms));
+        assert!(
+            (w - oracle).abs() <= 1e-9 * oracle,
+            "{n} x {d} ms {ms}: GPU {w} vs Prim {oracle}"
+        );
+    }
+    // Exact duplicates and ties must not break anything.
+    let mut x = blobs(400, 4, 3, 9);
+    for i in 0..100 {
+        let r = x.row(i).to_vec();
+        x.row_mut(i + 200).copy_from_slice(&r);
+    }
+    let mst = gpu.mst(&x, 3).expect("GPU MST with duplicates");
+    assert_spanning_tree(400, &mst);
+    let oracle = prim_weight(&x, 3);
+    assert!((total(&mst) - oracle).abs() <= 1e-9 * oracle.max(1.0));
+}
+
+fn mst_parity(gpu: &Gpu, n: usize) {
+    let d = 32;
+    let x = blobs(n, d, 25, n as u64);
+    for ms in [2, 5] {
+        let t = Instant::now();
+        let g = gpu
+            .mst(&x, ms)
+            .unwrap_or_else(|e| panic!("GPU MST {n}: {e:#}"));
+        let tg = t.elapsed();
+        let t = Instant::now();
+        let c = cluster::mst_cpu(&x, ms).expect("CPU MST");
+        let tc = t.elapsed();
+        eprintln!("MST {n} x {d} min_samples {ms}: gpu {tg:?}, cpu {tc:?}");
+        assert_spanning_tree(n, &g);
+        let (wg, wc) = (total(&g), total(&c));
+        assert!(
+            (wg - wc).abs() <= 1e-6 * wc,
+            "MST {n} ms {ms}: GPU weight {wg} vs CPU {wc}"
+        );
+        let params = HdbscanParams {
+            min_cluster_size: 10,
+            min_samples: ms,
+            ..HdbscanParams::default()
+        };
+        let lg = cluster::labels_from_mst(n, g, &params);
+        let lc = cluster::labels_from_mst(n, c, &params);
+        let score = ari(&lg.labels, &lc.labels);
+        assert!(score == 1.0, "MST {n} ms {ms}: labels ARI {score}");
+    }
+}
+
+/// Timings at production shapes (GPU only, no CPU comparison): SEGCLUST_GPU_TIMING=1.
+#[test]
+fn gpu_timing() {
+    if std::env::var("SEGCLUST_GPU_TIMING").map_or(true, |v| v != "1") {
+        return;
+    }
+    let gpu = match Gpu::open() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("GPU timing SKIPPED: no usable GPU ({e:#})");
+            return;
+        }
+    };
+    for n in [100_000, 300_000] {
+        let x = blobs(n, 3072, 200, 5);
+        let params = PcaParams::default();
+        for run in 0..2 {
+            let t = Instant::now();
+            let p = gpu.pca(&x, &params).expect("GPU PCA");
+            eprintln!(
+                "PCA {n} x 3072 -> {} (run {run}): {:?}",
+                p.projected.cols(),
+                t.elapsed()
+            );
+            if run == 1 {
+                let t = Instant::now();
+                let mst = gpu.mst(&p.projected, 2).expect("GPU MST");
+                eprintln!("MST {n} x {}: {:?}", p.projected.cols(), t.elapsed());
+                assert_spanning_tree(n, &mst);
+            }
+        }
+    }
+}

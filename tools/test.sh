@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# README's test command: finds (or starts) the servers the tests talk to, then runs the whole
+# suite with cargo-nextest. A missing server is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export SEGCLUST_TEST_PG="${SEGCLUST_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
+
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+if ! pg_up; then
+  echo "tools/test.sh: PostgreSQL is not answering on 127.0.0.1:5432; trying to start the local cluster"
+  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  fi
+  for _ in $(seq 30); do pg_up && break; sleep 1; done
+  pg_up || { echo "tools/test.sh: FAIL: PostgreSQL is required at 127.0.0.1:5432 (trust auth) for the store tests" >&2; exit 1; }
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "tools/test.sh: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+cargo nextest run --no-fail-fast "$@"
