@@ -292,3 +292,27 @@ fn tempfile_dir() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
     Ok(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn numeric_flags_reach_the_parameters() {
+        let cli = Cli::try_parse_from([
+            "segclust", "cluster", "--input", "x.npy", "--output", "l.npy", "--selection", "eom",
+            "--min-samples", "5", "--epsilon", "0.5", "--pca-components", "20",
+        ])
+        .expect("valid command line");
+        let Command::Cluster(a) = cli.command else { panic!("parsed as another command") };
+        let h = a.numeric.hdbscan();
+        assert_eq!((h.selection, h.min_samples, h.epsilon), (Selection::Eom, 5, 0.5));
+        assert_eq!(a.numeric.pca().components, 20);
+    }
+}

@@ -600,7 +600,7 @@ pub struct DemoArgs {
     pub store: String,
     /// Seed of the demo data.
     #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    pub demo_seed: u64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 }
@@ -610,7 +610,7 @@ pub async fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
     let now = a.pipeline.now_ms();
     if !a.source.exists() {
         let p = crate::demo::DemoParams {
-            seed: a.seed,
+            seed: a.demo_seed,
             team_id: team,
             ..Default::default()
         };

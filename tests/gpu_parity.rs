@@ -169,6 +169,21 @@ fn gpu_matches_cpu() {
     };
     eprintln!("GPU parity suite on {}", gpu.name());
     mst_against_oracle(&gpu);
+    // Batches run on other threads than the one that opened the GPU.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let x = spectral(300, 40, 20, 1);
+            gpu.pca(
+                &x,
+                &PcaParams {
+                    components: 10,
+                    ..PcaParams::default()
+                },
+            )
+            .expect("PCA on another thread");
+            gpu.mst(&x, 2).expect("MST on another thread");
+        });
+    });
     pca_against_exact_svd(&gpu);
     pca_parity(&gpu);
     let mut sizes = vec![1_000, 10_000];

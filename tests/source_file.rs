@@ -565,3 +565,65 @@ fn validation_sets_aside_each_bad_kind_and_keeps_good_rows() {
     assert_eq!(v.segments.len(), 1);
     assert_eq!(v.segments[0].document_id, "b:0:1");
 }
+
+/// Figures for a file of realistic width: `cargo test --test source_file -- --ignored --nocapture`.
+/// Asserts only correctness; prints timings and the process's peak memory after each step.
+#[test]
+#[ignore = "writes a ~250 MB file; run by hand for timings"]
+fn large_parquet_file_timings() {
+    use std::time::Instant;
+    let peak_mb = || {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb / 1024)
+    };
+    let (n, dim) = (20_000usize, 3072usize);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.parquet");
+    {
+        let rows: Vec<RawSegment> = (0..n)
+            .map(|i| {
+                row(
+                    1,
+                    &format!("s{i}:0:1"),
+                    i as i64,
+                    (i / 3) as i64,
+                    emb(i, dim),
+                )
+            })
+            .collect();
+        let t = Instant::now();
+        write_segments(&path, &rows).unwrap();
+        eprintln!(
+            "write {n} x {dim}: {:?}, peak {} MB",
+            t.elapsed(),
+            peak_mb()
+        );
+    }
+    let src = FileSource::open(&path, 1).unwrap();
+    let t = Instant::now();
+    assert_eq!(src.teams().unwrap(), vec![1]);
+    eprintln!("key pass: {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut after = None;
+    let mut total = 0;
+    while let Some(last) = {
+        let page = src.read_after(1, after.as_ref(), 5_000).unwrap();
+        total += page.rows.len();
+        page.last
+    } {
+        after = Some(last);
+    }
+    assert_eq!(total, n);
+    eprintln!("4 pages of 5000: {:?}, peak {} MB", t.elapsed(), peak_mb());
+    let t = Instant::now();
+    let page = src.read_after(1, None, 5_000).unwrap();
+    let v = validate(page.rows, None);
+    assert_eq!(v.embeddings.rows(), 5_000);
+    eprintln!("page + validate: {:?}, peak {} MB", t.elapsed(), peak_mb());
+}

@@ -937,3 +937,35 @@ async fn store_futures_are_send() {
     });
     assert_eq!(handle.await.unwrap().unwrap(), 0);
 }
+
+#[tokio::test]
+#[ignore]
+async fn tmp_timing() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let n = 50_000i64;
+        let batch = BatchCommit {
+            new_tasks: (0..500).map(|i| NewTask { centroid: centroid(i, 3072), ..new_task("t", i) }).collect(),
+            links: (0..n)
+                .map(|i| link(TaskRef::New((i % 500) as usize), &format!("s{i}:0:1"), &format!("s{}", i / 3), "u", 0.1, NOW - i))
+                .collect(),
+            ..empty_batch()
+        };
+        let t = std::time::Instant::now();
+        store.commit_batch(&batch).await.unwrap();
+        let c = t.elapsed();
+        let ids: Vec<String> = (0..n).map(|i| format!("s{i}:0:1")).collect();
+        let t = std::time::Instant::now();
+        assert_eq!(store.linked_ids(TEAM, &ids).await.unwrap().len(), n as usize);
+        let l = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(store.tasks(TEAM).await.unwrap().len(), 500);
+        let r = t.elapsed();
+        let t = std::time::Instant::now();
+        store.commit_batch(&batch).await.unwrap();
+        let c2 = t.elapsed();
+        eprintln!("{backend:?}: commit 500 tasks + 50k links {c:?}, linked_ids 50k {l:?}, tasks() 500x3072 {r:?}, rerun {c2:?}");
+        db.finish(store).await;
+    }
+}

@@ -160,6 +160,11 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
         .collect();
     let mut uf = UnionFind::new(n);
     let mut comp = vec![0u32; n];
+    // The exact best outgoing edge each point's last search found. While its far end stays
+    // outside the point's component it is still the best (the outside only shrinks); once it
+    // is swallowed, its weight remains a lower bound for everything still outside.
+    let mut cache_w = vec![0f64; n];
+    let mut cache_o = vec![u32::MAX; n];
     let mut tree = Vec::with_capacity(n - 1);
     let mut round = 0usize;
     while tree.len() + 1 < n {
@@ -174,8 +179,8 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
                 if c.iter().all(|&v| v == c[0]) { c[0] } else { u32::MAX }
             })
             .collect();
-        // Best listed neighbour outside the component, per point.
-        let listed: Vec<Cand> = (0..n)
+        // Best known edge per point, and whether it is proven to be the point's best.
+        let known: Vec<(Cand, f64)> = (0..n)
             .into_par_iter()
             .map(|p| {
                 let mut best = NONE;
@@ -192,34 +197,43 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
                         }
                     }
                 }
-                best
+                let o = cache_o[p] as usize;
+                if o != u32::MAX as usize && comp[o] != comp[p] {
+                    let c = Cand::new(cache_w[p], p, o);
+                    if c.less(&best) {
+                        best = c;
+                    }
+                }
+                (best, lb[p].max(cache_w[p]))
             })
             .collect();
         let mut comp_best = vec![NONE; n];
-        for p in 0..n {
+        for (p, (cand, _)) in known.iter().enumerate() {
             let c = comp[p] as usize;
-            if listed[p].less(&comp_best[c]) {
-                comp_best[c] = listed[p];
+            if cand.less(&comp_best[c]) {
+                comp_best[c] = *cand;
             }
         }
-        // Points whose best edge is neither proven by their list nor ruled out.
-        let mut need: Vec<Vec<u32>> = vec![Vec::new(); nl];
-        let mut n_need = 0usize;
-        for p in 0..n {
-            if listed[p].w > lb[p] && lb[p] < comp_best[comp[p] as usize].w {
-                need[ix.leaf_of[p] as usize].push(p as u32);
-                n_need += 1;
-            }
-        }
-        let found: Vec<(u32, Cand)> = need
-            .par_iter()
-            .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .flat_map_iter(|(q, pts)| search_leaf(ix, q, pts, &comp, &leaf_comp, core, &min_core, &comp_best))
+        // Points whose best edge is neither proven nor ruled out for their component.
+        let need: Vec<u32> = (0..n)
+            .filter(|&p| {
+                let (cand, lower) = known[p];
+                cand.w > lower && lower < comp_best[comp[p] as usize].w
+            })
+            .map(|p| p as u32)
             .collect();
-        for (c, cand) in found {
-            if cand.less(&comp_best[c as usize]) {
-                comp_best[c as usize] = cand;
+        let found: Vec<Cand> = need
+            .par_iter()
+            .with_min_len(16)
+            .map(|&p| search(ix, p as usize, known[p as usize].0, &comp, &leaf_comp, core, &min_core))
+            .collect();
+        for (&p, cand) in need.iter().zip(&found) {
+            let p = p as usize;
+            cache_w[p] = cand.w;
+            cache_o[p] = if cand.lo as usize == p { cand.hi } else { cand.lo };
+            let c = comp[p] as usize;
+            if cand.less(&comp_best[c]) {
+                comp_best[c] = *cand;
             }
         }
         let before = tree.len();
@@ -229,90 +243,74 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
                 tree.push(e);
             }
         }
-        tracing::debug!(round, searched = n_need, added = tree.len() - before, "boruvka round");
+        tracing::debug!(round, searched = need.len(), added = tree.len() - before, "boruvka round");
         assert!(tree.len() > before, "a Boruvka round always adds an edge while the graph is split");
     }
     tree
 }
 
-/// Exact best outgoing edges for the given points of leaf `q`; returns, per component met,
-/// the best edge found if it beats the round-start best.
-#[allow(clippy::too_many_arguments)]
-fn search_leaf(
+/// The exact best outgoing edge of position `p` (lightest mutual reachability to a point of
+/// another component), given a known edge `best` to start from.
+fn search(
     ix: &LeafIndex,
-    q: usize,
-    pts: &[u32],
+    p: usize,
+    mut best: Cand,
     comp: &[u32],
     leaf_comp: &[u32],
     core: &[f64],
     min_core: &[f64],
-    comp_best: &[Cand],
-) -> Vec<(u32, Cand)> {
+) -> Cand {
     let nl = ix.leaves();
-    let mut local: Vec<(u32, Cand)> = Vec::new();
+    let q = ix.leaf_of[p] as usize;
+    let c = comp[p];
+    let cp = core[p];
+    let pr = ix.row(p);
     let mut buf = [0usize; 4];
-    for &p in pts {
-        let p = p as usize;
-        let c = comp[p];
-        let slot = match local.iter().position(|l| l.0 == c) {
-            Some(i) => i,
-            None => {
-                local.push((c, comp_best[c as usize]));
-                local.len() - 1
-            }
-        };
-        let mut best = local[slot].1;
-        let cp = core[p];
-        let pr = ix.row(p);
-        for &r in &ix.order[q * nl..(q + 1) * nl] {
-            let r = r as usize;
-            if leaf_comp[r] == c {
-                continue;
-            }
-            if ix.rest_lb(p, q, r) >= best.w {
+    for &r in &ix.order[q * nl..(q + 1) * nl] {
+        let r = r as usize;
+        if leaf_comp[r] == c {
+            continue;
+        }
+        if ix.rest_lb(p, q, r) >= best.w {
+            break;
+        }
+        if cp.max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best.w || (r != q && ix.centre_lb(p, r) >= best.w) {
+            continue;
+        }
+        let mut nb = 0;
+        let (s, e) = (ix.start[r], ix.start[r + 1]);
+        for o in s..=e {
+            if o < e {
+                if comp[o] == c || cp.max(core[o]) >= best.w {
+                    continue;
+                }
+                buf[nb] = o;
+                nb += 1;
+                if nb < 4 {
+                    continue;
+                }
+            } else if nb == 0 {
                 break;
             }
-            if cp.max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best.w {
-                continue;
+            for j in nb..4 {
+                buf[j] = buf[0];
             }
-            let mut nb = 0;
-            let (s, e) = (ix.start[r], ix.start[r + 1]);
-            for o in s..=e {
-                let flush = o == e;
-                if !flush {
-                    if comp[o] == c || cp.max(core[o]) >= best.w {
-                        continue;
-                    }
-                    buf[nb] = o;
-                    nb += 1;
-                    if nb < 4 {
-                        continue;
-                    }
-                } else if nb == 0 {
-                    break;
+            let sq = (ix.kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
+            for j in 0..nb {
+                if !ix.kern.may_be_within(sq[j], best.w) {
+                    continue;
                 }
-                for j in nb..4 {
-                    buf[j] = buf[0];
+                let o = buf[j];
+                let d = (ix.kern.exact)(pr, ix.row(o));
+                let cand = Cand::new(cp.max(core[o]).max(d), p, o);
+                if cand.less(&best) {
+                    best = cand;
                 }
-                let sq = (ix.kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
-                for j in 0..nb {
-                    if !ix.kern.may_be_within(sq[j], best.w) {
-                        continue;
-                    }
-                    let o = buf[j];
-                    let d = (ix.kern.exact)(pr, ix.row(o));
-                    let cand = Cand::new(cp.max(core[o]).max(d), p, o);
-                    if cand.less(&best) {
-                        best = cand;
-                    }
-                }
-                nb = 0;
             }
+            nb = 0;
         }
-        local[slot].1 = best;
     }
-    local.retain(|(c, b)| b.less(&comp_best[*c as usize]));
-    local
+    best
 }
 
 #[cfg(test)]

@@ -193,6 +193,8 @@ pub(crate) struct LeafIndex {
     pub cc: Vec<f64>,
     /// `order[q * leaves + i]`: the i-th nearest leaf to leaf q (by centre distance; q first).
     pub order: Vec<u32>,
+    /// Leaf centres, f32 rows.
+    pub centres: Vec<f32>,
 }
 
 impl LeafIndex {
@@ -286,6 +288,7 @@ impl LeafIndex {
             to_centre,
             cc,
             order,
+            centres,
         })
     }
 
@@ -305,6 +308,13 @@ impl LeafIndex {
         safe_lb(self.cc[q * self.leaves() + r] - self.to_centre[p] - self.radius[r])
     }
 
+    /// The tighter bound through `r`'s centre only (costs one exact distance).
+    #[inline]
+    pub fn centre_lb(&self, p: usize, r: usize) -> f64 {
+        let c = &self.centres[r * self.dim..(r + 1) * self.dim];
+        safe_lb((self.kern.exact)(self.row(p), c) - self.radius[r])
+    }
+
     /// The same bound for the leaves after `r` in `q`'s order (they are no nearer): once it
     /// passes a cutoff, the scan can stop.
     #[inline]
@@ -313,38 +323,73 @@ impl LeafIndex {
     }
 }
 
-/// Recursive balanced bisection into leaves of at most `leaf` points (deterministic).
+/// Recursive bisection into leaves of at most `leaf` points (deterministic).
+///
+/// Each split is a few rounds of 2-means started from two far-apart points, so that a split
+/// follows the gaps between clusters instead of cutting through them (a leaf straddling two
+/// clusters has a radius that defeats every bound). A split that leaves one side nearly empty
+/// (outliers) falls back to the median along the line between the two means.
 fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>> {
     if idx.len() <= leaf {
         return vec![idx];
     }
-    let farthest = |from: u32| -> u32 {
-        let f = x.row(from as usize);
-        let mut best = (f64::NEG_INFINITY, from);
+    let dim = x.cols();
+    let farthest = |from: &[f32]| -> u32 {
+        let mut best = (f64::NEG_INFINITY, idx[0]);
         for &i in &idx {
-            let d = (kern.exact)(f, x.row(i as usize));
+            let d = (kern.exact)(from, x.row(i as usize));
             if d > best.0 {
                 best = (d, i);
             }
         }
         best.1
     };
-    let a = farthest(idx[0]);
-    let b = farthest(a);
-    let (ra, rb) = (x.row(a as usize), x.row(b as usize));
-    let dir: Vec<f64> = rb.iter().zip(ra).map(|(&u, &v)| f64::from(u) - f64::from(v)).collect();
-    let mut keyed: Vec<(f64, u32)> = idx
-        .iter()
-        .map(|&i| {
+    let a = farthest(x.row(idx[0] as usize));
+    let b = farthest(x.row(a as usize));
+    let mut ca: Vec<f32> = x.row(a as usize).to_vec();
+    let mut cb: Vec<f32> = x.row(b as usize).to_vec();
+    let mut side = vec![false; idx.len()];
+    for _ in 0..4 {
+        let (mut sa, mut sb) = (vec![0f64; dim], vec![0f64; dim]);
+        let (mut na, mut nb) = (0usize, 0usize);
+        for (s, &i) in side.iter_mut().zip(&idx) {
             let r = x.row(i as usize);
-            (r.iter().zip(&dir).map(|(&v, &w)| f64::from(v) * w).sum(), i)
-        })
-        .collect();
-    let mid = keyed.len() / 2;
-    keyed.select_nth_unstable_by(mid, |p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
-    let right: Vec<u32> = keyed[mid..].iter().map(|k| k.1).collect();
-    keyed.truncate(mid);
-    let left: Vec<u32> = keyed.into_iter().map(|k| k.1).collect();
+            let d = (kern.sq4)(r, [&ca, &cb, &ca, &cb]);
+            *s = d[1] < d[0];
+            let (acc, cnt) = if *s { (&mut sb, &mut nb) } else { (&mut sa, &mut na) };
+            *cnt += 1;
+            for (t, &v) in acc.iter_mut().zip(r) {
+                *t += f64::from(v);
+            }
+        }
+        if na == 0 || nb == 0 {
+            break;
+        }
+        ca = sa.iter().map(|&v| (v / na as f64) as f32).collect();
+        cb = sb.iter().map(|&v| (v / nb as f64) as f32).collect();
+    }
+    let nb = side.iter().filter(|&&s| s).count();
+    let small = nb.min(idx.len() - nb);
+    let (left, right): (Vec<u32>, Vec<u32>) = if small * 16 >= idx.len() {
+        let l = idx.iter().zip(&side).filter(|(_, s)| !**s).map(|(&i, _)| i).collect();
+        let r = idx.iter().zip(&side).filter(|(_, s)| **s).map(|(&i, _)| i).collect();
+        (l, r)
+    } else {
+        let dir: Vec<f64> = cb.iter().zip(&ca).map(|(&u, &v)| f64::from(u) - f64::from(v)).collect();
+        let mut keyed: Vec<(f64, u32)> = idx
+            .iter()
+            .map(|&i| {
+                let r = x.row(i as usize);
+                (r.iter().zip(&dir).map(|(&v, &w)| f64::from(v) * w).sum(), i)
+            })
+            .collect();
+        let mid = keyed.len() / 2;
+        keyed.select_nth_unstable_by(mid, |p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+        let r = keyed[mid..].iter().map(|k| k.1).collect();
+        keyed.truncate(mid);
+        (keyed.into_iter().map(|k| k.1).collect(), r)
+    };
+    drop(idx);
     let (mut l, r) = if left.len() + right.len() > 8192 {
         rayon::join(|| split(x, left, leaf, kern), || split(x, right, leaf, kern))
     } else {
@@ -406,7 +451,7 @@ fn knn_one(ix: &LeafIndex, p: usize, q: usize, k: usize, best: &mut Vec<(f64, u3
         if ix.rest_lb(p, q, r) > kth {
             break;
         }
-        if ix.leaf_lb(p, q, r) > kth {
+        if ix.leaf_lb(p, q, r) > kth || (r != q && ix.centre_lb(p, r) > kth) {
             continue;
         }
         let (s, e) = (ix.start[r], ix.start[r + 1]);

@@ -408,28 +408,6 @@ mod tests {
     }
 
     #[test]
-    fn tmp_random_tree_timing() {
-        let n = 1_000_000usize;
-        let mut state = 0x9E3779B97F4A7C15u64;
-        let mut rnd = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
-        let edges: Vec<MstEdge> = (1..n).map(|i| { let a = (rnd() % i as u64) as u32; MstEdge { a, b: i as u32, weight: (rnd() % 1_000_000) as f64 / 1000.0 } }).collect();
-        for sel in [Selection::Leaf, Selection::Eom] {
-            for mcs in [2usize, 15] {
-            let p = params(sel, mcs);
-            let e2 = edges.clone();
-            let t = std::time::Instant::now();
-            let sl = single_linkage(n, e2);
-            let t1 = t.elapsed().as_secs_f64();
-            let ct = condense(&sl, mcs);
-            let t2 = t.elapsed().as_secs_f64();
-            let c = labels(&ct, &p);
-            let secs = t.elapsed().as_secs_f64();
-            eprintln!("TIMING {sel:?} mcs {mcs} linkage {t1:.3} condense {:.3} select {:.3} total {secs:.3} clusters {}", t2 - t1, secs - t2, c.n_clusters());
-            }
-        }
-    }
-
-    #[test]
     fn a_million_points_in_one_second_or_so() {
         // Many small groups on a line: gaps 0.01 within groups of 10, 1 + i%13 between.
         let n = 1_000_000usize;

@@ -78,7 +78,7 @@ pub fn pca_cpu(x: &Matrix, params: &PcaParams) -> Result<Pca> {
     let started = Instant::now();
     let (n, d) = (x.rows(), x.cols());
     let xf = x.as_faer();
-    let (mean64, total_ss) = rsvd::column_stats(xf);
+    let (mean64, total_ss) = rsvd::column_stats(x.as_slice(), d);
     if !total_ss.is_finite() || mean64.iter().any(|m| !m.is_finite()) {
         bail!(
             "PCA input of {n} x {d} holds NaN or infinite values; such rows must be quarantined \

@@ -456,10 +456,10 @@ fn pca_parts_timing() {
             gflop / best
         );
     };
-    let (mean64, _) = rsvd::column_stats(xf);
+    let (mean64, _) = rsvd::column_stats(x.as_slice(), d);
     let mean: Vec<f32> = mean64.iter().map(|&m| m as f32).collect();
     time("column stats", &mut || {
-        rsvd::column_stats(xf);
+        rsvd::column_stats(x.as_slice(), d);
     });
     let w = rsvd::gaussian_test_matrix(d, l, 1);
     let mut y = Mat::<f32>::zeros(n, l);
