@@ -310,6 +310,15 @@ fn mst_against_oracle(gpu: &Gpu) {
             "{n} x {d} ms {ms}: GPU {w} vs Prim {oracle}"
         );
     }
+    // Unsupported input is an Err (the Device then uses the CPU), never a panic.
+    let x = blobs(100, 4, 2, 3);
+    assert!(
+        gpu.mst(&x, 60).is_err(),
+        "min_samples beyond the kernel's list must be refused"
+    );
+    let mut bad = x.clone();
+    bad.row_mut(5)[1] = f32::NAN;
+    assert!(gpu.mst(&bad, 2).is_err() && gpu.pca(&bad, &PcaParams::default()).is_err());
     // Exact duplicates and ties must not break anything.
     let mut x = blobs(400, 4, 3, 9);
     for i in 0..100 {

@@ -566,22 +566,26 @@ fn validation_sets_aside_each_bad_kind_and_keeps_good_rows() {
     assert_eq!(v.segments[0].document_id, "b:0:1");
 }
 
-/// Figures for a file of realistic width: `cargo test --test source_file -- --ignored --nocapture`.
-/// Asserts only correctness; prints timings and the process's peak memory after each step.
+/// Peak resident memory of this process in MB (Linux; 0 elsewhere).
+fn peak_mb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// Figures for a file of realistic width:
+/// `cargo test --test source_file large_parquet -- --ignored --nocapture`.
+/// Writes the file, then reads it in a child process (this test binary again) so the reading's
+/// peak memory is measured on its own. Asserts only correctness.
 #[test]
 #[ignore = "writes a ~250 MB file; run by hand for timings"]
 fn large_parquet_file_timings() {
     use std::time::Instant;
-    let peak_mb = || {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb / 1024)
-    };
     let (n, dim) = (20_000usize, 3072usize);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.parquet");
@@ -600,15 +604,37 @@ fn large_parquet_file_timings() {
         let t = Instant::now();
         write_segments(&path, &rows).unwrap();
         eprintln!(
-            "write {n} x {dim}: {:?}, peak {} MB",
+            "write {n} x {dim} ({} MB file): {:?}, peak {} MB",
+            std::fs::metadata(&path).unwrap().len() >> 20,
             t.elapsed(),
             peak_mb()
         );
     }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "large_parquet_read_child",
+            "--ignored",
+            "--nocapture",
+            "--exact",
+        ])
+        .env("SEGCLUST_BIG_FILE", &path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The reading half of `large_parquet_file_timings`; does nothing when run on its own.
+#[test]
+#[ignore = "child of large_parquet_file_timings"]
+fn large_parquet_read_child() {
+    use std::time::Instant;
+    let Some(path) = std::env::var_os("SEGCLUST_BIG_FILE") else {
+        return;
+    };
     let src = FileSource::open(&path, 1).unwrap();
     let t = Instant::now();
     assert_eq!(src.teams().unwrap(), vec![1]);
-    eprintln!("key pass: {:?}", t.elapsed());
+    eprintln!("key pass: {:?}, peak {} MB", t.elapsed(), peak_mb());
     let t = Instant::now();
     let mut after = None;
     let mut total = 0;
@@ -619,11 +645,19 @@ fn large_parquet_file_timings() {
     } {
         after = Some(last);
     }
-    assert_eq!(total, n);
-    eprintln!("4 pages of 5000: {:?}, peak {} MB", t.elapsed(), peak_mb());
+    assert_eq!(total, 20_000);
+    eprintln!(
+        "all pages of 5000: {:?}, peak {} MB",
+        t.elapsed(),
+        peak_mb()
+    );
     let t = Instant::now();
     let page = src.read_after(1, None, 5_000).unwrap();
     let v = validate(page.rows, None);
     assert_eq!(v.embeddings.rows(), 5_000);
-    eprintln!("page + validate: {:?}, peak {} MB", t.elapsed(), peak_mb());
+    eprintln!(
+        "one page + validate: {:?}, peak {} MB",
+        t.elapsed(),
+        peak_mb()
+    );
 }

@@ -71,7 +71,7 @@ impl TestDb {
                     .expect("cannot create a test schema in PostgreSQL");
                 admin.close().await.ok();
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options[search_path]={schema}");
+                let url = format!("{base}{sep}options[search_path]={schema}&options[log_min_duration_statement]=5");
                 TestDb {
                     url,
                     _dir: None,
@@ -965,6 +965,12 @@ async fn tmp_timing() {
         let t = std::time::Instant::now();
         store.commit_batch(&batch).await.unwrap();
         let c2 = t.elapsed();
+        let t = std::time::Instant::now();
+        for i in 0..200 { store.task(TEAM, i).await.unwrap(); }
+        eprintln!("200 task() {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        for i in 0..200 { store.update_label(TEAM, i, "a", "b", LabelSource::Llm, 5).await.unwrap(); }
+        eprintln!("200 update_label {:?}", t.elapsed());
         eprintln!("{backend:?}: commit 500 tasks + 50k links {c:?}, linked_ids 50k {l:?}, tasks() 500x3072 {r:?}, rerun {c2:?}");
         db.finish(store).await;
     }

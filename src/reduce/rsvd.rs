@@ -290,7 +290,7 @@ fn apply_householder(basis: MatRef<'_, f32>, coeff: MatRef<'_, f32>, target: Mat
 }
 
 /// Sequential thin Q of `a` (m x n, m >= n); `a` is overwritten by its factorization.
-fn householder_thin_q(mut a: MatMut<'_, f32>) -> Mat<f32> {
+pub(crate) fn householder_thin_q(mut a: MatMut<'_, f32>) -> Mat<f32> {
     let (m, n) = a.shape();
     let coeff = householder_factor(a.rb_mut());
     let mut q = Mat::<f32>::identity(m, n);

@@ -495,6 +495,10 @@ fn pca_parts_timing() {
         let mut t = q.clone();
         rsvd::orthonormalize(&mut t);
     });
+    time("sequential Householder thin Q, N x l", &mut || {
+        let mut t = q.clone();
+        rsvd::householder_thin_q(t.as_mut());
+    });
     time("orthonormalize D x l", &mut || {
         let mut t = z.clone();
         rsvd::orthonormalize(&mut t);
