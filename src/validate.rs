@@ -1,18 +1,18 @@
 //! Validation: turns untrusted source rows into segments plus one embedding matrix, setting
 //! bad rows aside with a reason instead of failing the batch.
 //!
-//! | rule (checked in this order)         | outcome                                                        |
-//! |--------------------------------------|----------------------------------------------------------------|
-//! | document_id empty                    | quarantined: "document_id is empty"                            |
-//! | embedding empty                      | quarantined: "embedding is empty"                              |
-//! | embedding dimension != expected      | quarantined: "embedding has G dimensions, expected E"          |
-//! | embedding value NaN or infinite      | quarantined: "embedding value at index I is NaN" (first one)   |
-//! | embedding all zeros                  | quarantined: "embedding is a zero vector" (no direction)       |
-//! | metadata not a JSON object           | quarantined: "metadata is not a JSON object: ..."              |
-//! | metadata has no distinct_id          | quarantined: "metadata has no distinct_id" (users uncountable) |
-//! | metadata has no session_id           | session_id = the `{session_id}` part of a document_id shaped   |
-//! |                                      | `{session_id}:{start}:{end}`; quarantined if it is not shaped so|
-//! | document_id already accepted         | quarantined: "duplicate document_id in batch" (first kept)     |
+//! | rule (checked in this order)    | outcome                                                          |
+//! |---------------------------------|------------------------------------------------------------------|
+//! | document_id empty               | quarantined: "document_id is empty"                              |
+//! | embedding empty                 | quarantined: "embedding is empty"                                |
+//! | embedding dimension != expected | quarantined: "embedding has G dimensions, expected E"            |
+//! | embedding value NaN or infinite | quarantined: "embedding value at index I is NaN" (first one)     |
+//! | embedding all zeros             | quarantined: "embedding is a zero vector" (it has no direction)  |
+//! | metadata not a JSON object      | quarantined: "metadata is not a JSON object: ..."                |
+//! | metadata has no distinct_id     | quarantined: "metadata has no distinct_id" (users uncountable)   |
+//! | metadata has no session_id      | taken from a document_id shaped `{session_id}:{start}:{end}`;    |
+//! |                                 | quarantined when the document_id is not shaped so                |
+//! | document_id already accepted    | quarantined: "duplicate document_id in batch" (first copy kept)  |
 //!
 //! The expected dimension is the caller's (the model's, or the dimension of existing Task
 //! centroids) or, when none is given, the most common dimension in the batch, so one stray row
@@ -24,9 +24,11 @@
 //! accepted: a bad first copy does not cost the good second copy its place.
 //!
 //! Embeddings are not normalized here (the pipeline does that on the matrix). Memory: each row's
-//! embedding is copied into the matrix buffer and dropped at once, so live memory stays about
-//! one copy of the batch's embeddings. The buffer is reserved for the worst case up front; the
-//! pages that are never written are never touched, and the excess is released at the end.
+//! embedding is copied into the matrix buffer and dropped at once, so live allocations stay at
+//! about one copy of the batch's embeddings. The buffer is reserved for the worst case up front;
+//! pages never written are never touched, and the excess is released at the end. (Resident
+//! memory can still show the page twice: the allocator keeps the freed row buffers for reuse by
+//! the next page instead of returning them to the OS.)
 
 use std::collections::{HashMap, HashSet};
 

@@ -941,7 +941,8 @@ async fn store_futures_are_send() {
 #[tokio::test]
 #[ignore]
 async fn tmp_timing() {
-    for backend in [Backend::Sqlite, Backend::Postgres] {
+    let _ = tracing_subscriber::fmt().with_env_filter("sqlx=debug").with_writer(std::io::stderr).try_init();
+    for backend in [Backend::Postgres] {
         let db = TestDb::new(backend).await;
         let store = db.store().await;
         let n = 50_000i64;
@@ -973,5 +974,30 @@ async fn tmp_timing() {
         eprintln!("200 update_label {:?}", t.elapsed());
         eprintln!("{backend:?}: commit 500 tasks + 50k links {c:?}, linked_ids 50k {l:?}, tasks() 500x3072 {r:?}, rerun {c2:?}");
         db.finish(store).await;
+    }
+}
+
+#[tokio::test]
+#[ignore]
+async fn tmp_micro() {
+    let base = std::env::var("SEGCLUST_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.into());
+    let mut c = PgConnection::connect(&base).await.unwrap();
+    sqlx::query("CREATE TEMP TABLE tl (task_id BIGINT, team_id BIGINT, document_id TEXT, session_id TEXT, distinct_id TEXT, distance DOUBLE PRECISION, impact DOUBLE PRECISION, timestamp_ms BIGINT, created_at_ms BIGINT, UNIQUE (team_id, document_id))").execute(&mut c).await.unwrap();
+    for chunk in [50usize, 200, 500, 1000] {
+        let t = std::time::Instant::now();
+        let reps = 20_000 / chunk;
+        let mut build = std::time::Duration::ZERO;
+        for r in 0..reps {
+            let tb = std::time::Instant::now();
+            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO tl (task_id, team_id, document_id, session_id, distinct_id, distance, impact, timestamp_ms, created_at_ms) ");
+            qb.push_values(0..chunk, |mut row, i| {
+                row.push_bind(1i64).push_bind(2i64).push_bind(format!("c{chunk}r{r}i{i}")).push_bind("s").push_bind("u").push_bind(0.5f64).push_bind(0.1f64).push_bind(5i64).push_bind(6i64);
+            });
+            qb.push(" ON CONFLICT (team_id, document_id) DO NOTHING RETURNING task_id");
+            let q = qb.build();
+            build += tb.elapsed();
+            q.fetch_all(&mut c).await.unwrap();
+        }
+        eprintln!("chunk {chunk}: 20k rows {:?} (build {:?})", t.elapsed(), build);
     }
 }

@@ -23,7 +23,7 @@
 //! is needed, the core distance bounds just never prune.
 
 use super::MstEdge;
-use super::knn::{LeafIndex, PositionKnn, knn_positions};
+use super::knn::{LeafIndex, PositionKnn, knn_positions, safe_lb};
 use crate::matrix::Matrix;
 use anyhow::Result;
 use rayon::prelude::*;
@@ -222,11 +222,20 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
             })
             .map(|p| p as u32)
             .collect();
-        let found: Vec<Cand> = need
+        let mut by_leaf: Vec<Vec<u32>> = vec![Vec::new(); nl];
+        for &p in &need {
+            by_leaf[ix.leaf_of[p as usize] as usize].push(p);
+        }
+        let found: Vec<Cand> = by_leaf
             .par_iter()
-            .with_min_len(16)
-            .map(|&p| search(ix, p as usize, known[p as usize].0, &comp, &leaf_comp, core, &min_core))
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .flat_map_iter(|(q, pts)| {
+                let start: Vec<Cand> = pts.iter().map(|&p| known[p as usize].0).collect();
+                search_leaf(ix, q, pts, &start, &comp, &leaf_comp, core, &min_core)
+            })
             .collect();
+        let need: Vec<u32> = by_leaf.into_iter().flatten().collect();
         for (&p, cand) in need.iter().zip(&found) {
             let p = p as usize;
             cache_w[p] = cand.w;
@@ -249,65 +258,122 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
     tree
 }
 
-/// The exact best outgoing edge of position `p` (lightest mutual reachability to a point of
-/// another component), given a known edge `best` to start from.
-fn search(
+/// The exact best outgoing edges (lightest mutual reachability to a point of another
+/// component) of the positions `pts`, all in leaf `q`, starting from the known edges `start`.
+///
+/// Candidate leaves are visited nearest first. Besides the ball bounds, each visited leaf `r`
+/// is projected on the line between the two leaf centres: in many dimensions the spread of a
+/// cluster along that one line is far smaller than its radius, so `<o - p, u> / |u|` rules out
+/// most pairs between distinct clusters that the triangle inequality cannot.
+#[allow(clippy::too_many_arguments)]
+fn search_leaf(
     ix: &LeafIndex,
-    p: usize,
-    mut best: Cand,
+    q: usize,
+    pts: &[u32],
+    start: &[Cand],
     comp: &[u32],
     leaf_comp: &[u32],
     core: &[f64],
     min_core: &[f64],
-) -> Cand {
+) -> Vec<Cand> {
     let nl = ix.leaves();
-    let q = ix.leaf_of[p] as usize;
-    let c = comp[p];
-    let cp = core[p];
-    let pr = ix.row(p);
+    let kern = &ix.kern;
+    let mut best = start.to_vec();
+    let mut active: Vec<usize> = Vec::with_capacity(pts.len());
+    let mut proj: Vec<f32> = Vec::new();
     let mut buf = [0usize; 4];
+    let cq = ix.centre(q);
     for &r in &ix.order[q * nl..(q + 1) * nl] {
         let r = r as usize;
-        if leaf_comp[r] == c {
-            continue;
+        active.clear();
+        let mut any_left = false;
+        for (i, &p) in pts.iter().enumerate() {
+            let p = p as usize;
+            if ix.rest_lb(p, q, r) >= best[i].w {
+                continue;
+            }
+            any_left = true;
+            if leaf_comp[r] == comp[p] || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best[i].w {
+                continue;
+            }
+            active.push(i);
         }
-        if ix.rest_lb(p, q, r) >= best.w {
+        if !any_left {
             break;
         }
-        if cp.max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best.w || (r != q && ix.centre_lb(p, r) >= best.w) {
+        if active.is_empty() {
             continue;
         }
-        let mut nb = 0;
         let (s, e) = (ix.start[r], ix.start[r + 1]);
-        for o in s..=e {
-            if o < e {
-                if comp[o] == c || cp.max(core[o]) >= best.w {
-                    continue;
-                }
-                buf[nb] = o;
-                nb += 1;
-                if nb < 4 {
-                    continue;
-                }
-            } else if nb == 0 {
-                break;
+        // The projection direction u (any vector works: the bound divides by its norm).
+        let mut u: Vec<f32> = Vec::new();
+        let (mut unorm, mut margin, mut pmin) = (0f64, 0f64, f32::INFINITY);
+        if r != q {
+            u = ix.centre(r).iter().zip(cq).map(|(&a, &b)| a - b).collect();
+            unorm = u.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+            margin = 2.0 * kern.rel * (ix.cc[q * nl + r] + ix.radius[r] + ix.radius[q]) * unorm + 1e-30;
+            proj.clear();
+            for o in (s..e).step_by(4) {
+                let id = |j: usize| ix.row((o + j).min(e - 1));
+                let v = (kern.proj4)(cq, &u, [id(0), id(1), id(2), id(3)]);
+                proj.extend_from_slice(&v[..4.min(e - o)]);
             }
-            for j in nb..4 {
-                buf[j] = buf[0];
+            pmin = proj.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        }
+        let use_proj = r != q && unorm > 0.0;
+        for &i in &active {
+            let p = pts[i] as usize;
+            let (c, cp, pr) = (comp[p], core[p], ix.row(p));
+            let dpc = ix.to_leaf_centre(p, r);
+            if safe_lb(dpc - ix.radius[r]) >= best[i].w {
+                continue;
             }
-            let sq = (ix.kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
-            for j in 0..nb {
-                if !ix.kern.may_be_within(sq[j], best.w) {
-                    continue;
+            let pp = if use_proj { f64::from((kern.proj4)(cq, &u, [pr, pr, pr, pr])[0]) } else { 0.0 };
+            let proj_lb = |v: f32| safe_lb((f64::from(v) - pp - margin) / unorm);
+            if use_proj && proj_lb(pmin) >= best[i].w {
+                continue;
+            }
+            let range = ix.pivot_range(r, dpc, |lb| lb >= best[i].w);
+            let mut nb = 0;
+            let mut o = range.start;
+            loop {
+                let flush = o == range.end;
+                if !flush {
+                    let keep = comp[o] != c
+                        && cp.max(core[o]) < best[i].w
+                        && !(use_proj && proj_lb(proj[o - s]) >= best[i].w);
+                    o += 1;
+                    if !keep {
+                        continue;
+                    }
+                    buf[nb] = o - 1;
+                    nb += 1;
+                    if nb < 4 {
+                        continue;
+                    }
+                } else if nb == 0 {
+                    break;
                 }
-                let o = buf[j];
-                let d = (ix.kern.exact)(pr, ix.row(o));
-                let cand = Cand::new(cp.max(core[o]).max(d), p, o);
-                if cand.less(&best) {
-                    best = cand;
+                for j in nb..4 {
+                    buf[j] = buf[0];
+                }
+                let sq = (kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
+                for j in 0..nb {
+                    if !kern.may_be_within(sq[j], best[i].w) {
+                        continue;
+                    }
+                    let ob = buf[j];
+                    let d = (kern.exact)(pr, ix.row(ob));
+                    let cand = Cand::new(cp.max(core[ob]).max(d), p, ob);
+                    if cand.less(&best[i]) {
+                        best[i] = cand;
+                    }
+                }
+                nb = 0;
+                if flush {
+                    break;
                 }
             }
-            nb = 0;
         }
     }
     best

@@ -26,6 +26,7 @@ const MAX_LEAVES: usize = 2048;
 /// Absolute slack on f32 squared distances: covers underflow of tiny differences.
 const ABS_SLACK: f64 = 1e-30;
 
+
 /// The SIMD kernels, chosen once for the running CPU.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
@@ -33,6 +34,8 @@ pub(crate) struct Kernels {
     pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
     /// The exact f64 distance.
     pub exact: fn(&[f32], &[f32]) -> f64,
+    /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
+    pub proj4: fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4],
     /// Relative error bound of `sq4` (generous: twice the worst case, plus f64 round-off).
     pub rel: f64,
 }
@@ -49,6 +52,7 @@ impl Kernels {
                 return Self {
                     sq4: simd::sq4_avx2,
                     exact: simd::exact_avx2,
+                    proj4: simd::proj4_avx2,
                     rel,
                 };
             }
@@ -56,6 +60,7 @@ impl Kernels {
         Self {
             sq4: sq4_generic::<false>,
             exact: exact_generic,
+            proj4: proj4_generic::<false>,
             rel,
         }
     }
@@ -129,20 +134,62 @@ fn sq4_generic<const FMA: bool>(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
 #[inline(always)]
 fn exact_generic(a: &[f32], b: &[f32]) -> f64 {
     let b = &b[..a.len()];
-    let mut acc = [0f64; 4];
-    for (x, y) in a.chunks_exact(4).zip(b.chunks_exact(4)) {
-        for j in 0..4 {
+    let mut acc = [0f64; 8];
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x: &[f32; 8] = x.try_into().expect("chunks of 8");
+        let y: &[f32; 8] = y.try_into().expect("chunks of 8");
+        for j in 0..8 {
             let t = f64::from(x[j]) - f64::from(y[j]);
             acc[j] += t * t;
         }
     }
-    let mut s = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-    let tail = a.len() - a.len() % 4;
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let tail = a.len() - a.len() % 8;
     for j in tail..a.len() {
         let t = f64::from(a[j]) - f64::from(b[j]);
         s += t * t;
     }
     s.sqrt()
+}
+
+/// f32 projections `<row - c, u>` of four rows (error below `rel * |row - c| * |u|`).
+#[inline(always)]
+fn proj4_generic<const FMA: bool>(c: &[f32], u: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+    let d = c.len();
+    let u = &u[..d];
+    let (r0, r1, r2, r3) = (&r[0][..d], &r[1][..d], &r[2][..d], &r[3][..d]);
+    let mut acc = [[0f32; 8]; 4];
+    let chunks = c
+        .chunks_exact(8)
+        .zip(u.chunks_exact(8))
+        .zip(r0.chunks_exact(8))
+        .zip(r1.chunks_exact(8))
+        .zip(r2.chunks_exact(8))
+        .zip(r3.chunks_exact(8));
+    for (((((cc, uu), b0), b1), b2), b3) in chunks {
+        for j in 0..8 {
+            let (x, w) = (cc[j], uu[j]);
+            let t = [b0[j] - x, b1[j] - x, b2[j] - x, b3[j] - x];
+            for i in 0..4 {
+                if FMA {
+                    acc[i][j] = t[i].mul_add(w, acc[i][j]);
+                } else {
+                    acc[i][j] += t[i] * w;
+                }
+            }
+        }
+    }
+    let tail = d - d % 8;
+    let mut out = [0f32; 4];
+    for (i, rr) in [r0, r1, r2, r3].into_iter().enumerate() {
+        let a = &acc[i];
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for j in tail..d {
+            s += (rr[j] - c[j]) * u[j];
+        }
+        out[i] = s;
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -158,6 +205,16 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     fn exact_impl(a: &[f32], b: &[f32]) -> f64 {
         super::exact_generic(a, b)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn proj4_impl(c: &[f32], u: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+        super::proj4_generic::<true>(c, u, r)
+    }
+
+    pub fn proj4_avx2(c: &[f32], u: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: as below.
+        unsafe { proj4_impl(c, u, r) }
     }
 
     pub fn sq4_avx2(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
@@ -212,45 +269,53 @@ impl LeafIndex {
         } else {
             split(x, (0..n as u32).collect(), leaf_size, &kern)
         };
+        let nl = leaves.len();
+        // Centres are stored as f32 rows so that the same kernels serve them; distances to them
+        // are measured exactly from the stored centre, so the bounds hold whatever the rounding.
+        let centres: Vec<f32> = leaves
+            .par_iter()
+            .flat_map_iter(|leaf| {
+                let mut c = vec![0f64; dim];
+                for &p in leaf {
+                    for (cj, &v) in c.iter_mut().zip(x.row(p as usize)) {
+                        *cj += f64::from(v);
+                    }
+                }
+                let cnt = leaf.len() as f64;
+                c.into_iter().map(move |v| (v / cnt) as f32)
+            })
+            .collect();
+        let centre = |l: usize| &centres[l * dim..(l + 1) * dim];
+        // Within a leaf, points go by distance to the centre, farthest first, so that the
+        // pivot bound |d(p, centre) - d(o, centre)| rules out a prefix and a suffix at once.
+        let sorted: Vec<Vec<(f64, u32)>> = leaves
+            .par_iter()
+            .enumerate()
+            .map(|(l, leaf)| {
+                let mut v: Vec<(f64, u32)> =
+                    leaf.iter().map(|&p| ((kern.exact)(x.row(p as usize), centre(l)), p)).collect();
+                v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                v
+            })
+            .collect();
+        drop(leaves);
         let mut perm = Vec::with_capacity(n);
+        let mut to_centre = Vec::with_capacity(n);
         let mut start = vec![0];
-        for leaf in &leaves {
-            perm.extend_from_slice(leaf);
+        for leaf in &sorted {
+            perm.extend(leaf.iter().map(|v| v.1));
+            to_centre.extend(leaf.iter().map(|v| v.0));
             start.push(perm.len());
         }
         let mut data = Vec::with_capacity(n * dim);
         for &p in &perm {
             data.extend_from_slice(x.row(p as usize));
         }
-        let nl = leaves.len();
         let mut leaf_of = vec![0u32; n];
         for l in 0..nl {
             leaf_of[start[l]..start[l + 1]].fill(l as u32);
         }
-        let row = |p: usize| &data[p * dim..(p + 1) * dim];
-        // Centres are stored as f32 rows so that the same kernels serve them; the radius is
-        // measured exactly from the stored centre, so the bounds hold whatever the rounding.
-        let centres: Vec<f32> = (0..nl)
-            .into_par_iter()
-            .flat_map_iter(|l| {
-                let mut c = vec![0f64; dim];
-                for p in start[l]..start[l + 1] {
-                    for (cj, &v) in c.iter_mut().zip(row(p)) {
-                        *cj += f64::from(v);
-                    }
-                }
-                let cnt = (start[l + 1] - start[l]) as f64;
-                c.into_iter().map(move |v| (v / cnt) as f32)
-            })
-            .collect();
-        let centre = |l: usize| &centres[l * dim..(l + 1) * dim];
-        let to_centre: Vec<f64> = (0..n)
-            .into_par_iter()
-            .map(|p| (kern.exact)(row(p), centre(leaf_of[p] as usize)))
-            .collect();
-        let radius: Vec<f64> = (0..nl)
-            .map(|l| to_centre[start[l]..start[l + 1]].iter().fold(0.0f64, |m, &d| m.max(d)) * (1.0 + 1e-12))
-            .collect();
+        let radius: Vec<f64> = (0..nl).map(|l| sorted[l].first().map_or(0.0, |v| v.0) * (1.0 + 1e-12)).collect();
         let max_radius = radius.iter().fold(0.0f64, |m, &r| m.max(r));
         let cc: Vec<f64> = (0..nl * nl)
             .into_par_iter()
@@ -308,11 +373,30 @@ impl LeafIndex {
         safe_lb(self.cc[q * self.leaves() + r] - self.to_centre[p] - self.radius[r])
     }
 
-    /// The tighter bound through `r`'s centre only (costs one exact distance).
+    pub fn centre(&self, r: usize) -> &[f32] {
+        &self.centres[r * self.dim..(r + 1) * self.dim]
+    }
+
+    /// Exact distance from position `p` to the centre of leaf `r`.
     #[inline]
-    pub fn centre_lb(&self, p: usize, r: usize) -> f64 {
-        let c = &self.centres[r * self.dim..(r + 1) * self.dim];
-        safe_lb((self.kern.exact)(self.row(p), c) - self.radius[r])
+    pub fn to_leaf_centre(&self, p: usize, r: usize) -> f64 {
+        if self.leaf_of[p] as usize == r {
+            self.to_centre[p]
+        } else {
+            (self.kern.exact)(self.row(p), self.centre(r))
+        }
+    }
+
+    /// The positions of leaf `r` that the pivot bound `|dpc - d(o, centre)|` (a lower bound on
+    /// the distance to a point at distance `dpc` from the centre) does not rule out; `prune`
+    /// must be monotone in the bound.
+    #[inline]
+    pub fn pivot_range(&self, r: usize, dpc: f64, prune: impl Fn(f64) -> bool) -> std::ops::Range<usize> {
+        let (s, e) = (self.start[r], self.start[r + 1]);
+        let tc = &self.to_centre[s..e];
+        let a = tc.partition_point(|&t| prune(safe_lb(t - dpc)));
+        let b = tc.partition_point(|&t| !prune(safe_lb(dpc - t)));
+        s + a..s + b.max(a)
     }
 
     /// The same bound for the leaves after `r` in `q`'s order (they are no nearer): once it
@@ -451,10 +535,15 @@ fn knn_one(ix: &LeafIndex, p: usize, q: usize, k: usize, best: &mut Vec<(f64, u3
         if ix.rest_lb(p, q, r) > kth {
             break;
         }
-        if ix.leaf_lb(p, q, r) > kth || (r != q && ix.centre_lb(p, r) > kth) {
+        if ix.leaf_lb(p, q, r) > kth {
             continue;
         }
-        let (s, e) = (ix.start[r], ix.start[r + 1]);
+        let dpc = ix.to_leaf_centre(p, r);
+        if safe_lb(dpc - ix.radius[r]) > kth {
+            continue;
+        }
+        let range = ix.pivot_range(r, dpc, |lb| lb > kth);
+        let (s, e) = (range.start, range.end);
         let mut c = s;
         while c < e {
             let ids = [c, (c + 1).min(e - 1), (c + 2).min(e - 1), (c + 3).min(e - 1)];
@@ -583,5 +672,38 @@ mod tests {
     fn rejects_non_finite_input() {
         let x = Matrix::new(3, 1, vec![0.0, f32::NAN, 1.0]).unwrap();
         assert!(knn(&x, 1).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let k = Kernels::new(100);
+        let x: Vec<f32> = (0..100 * 1000).map(|i| (i % 97) as f32 * 0.01).collect();
+        let t = std::time::Instant::now();
+        let mut acc = 0f32;
+        for rep in 0..2000 {
+            let q = &x[(rep % 1000) * 100..(rep % 1000 + 1) * 100];
+            for c in (0..996).step_by(4) {
+                let r = |i: usize| &x[i * 100..(i + 1) * 100];
+                let s = (k.sq4)(q, [r(c), r(c + 1), r(c + 2), r(c + 3)]);
+                acc += s[0] + s[3];
+            }
+        }
+        let el = t.elapsed();
+        eprintln!("sq4: {:.1} M pairs/s ({acc})", 2000.0 * 996.0 / el.as_secs_f64() / 1e6);
+        let t = std::time::Instant::now();
+        let mut acc = 0f64;
+        for rep in 0..500 {
+            let q = &x[(rep % 1000) * 100..(rep % 1000 + 1) * 100];
+            for c in 0..1000 {
+                acc += (k.exact)(q, &x[c * 100..(c + 1) * 100]);
+            }
+        }
+        let el = t.elapsed();
+        eprintln!("exact: {:.1} M pairs/s ({acc})", 500.0 * 1000.0 / el.as_secs_f64() / 1e6);
     }
 }

@@ -41,10 +41,12 @@ pub struct PcaParams {
 }
 
 impl Default for PcaParams {
-    /// `power_iterations: 4`: on clustered 3072-dim embeddings (tests/timing in this module)
-    /// 4 iterations capture within ~0.1% of the exact top-100 variance, 7 (scikit-learn's
-    /// `n_iter='auto'` at this size) gains under 0.1% more for 6 extra passes over the data,
-    /// and 2 loses noticeably more on the tail components.
+    /// `power_iterations: 4`. Measured on clustered synthetic 3072-dim embeddings, 50,000 rows,
+    /// k = 100 (`pca_timing` in this module's tests), fraction of the exact top-100 variance
+    /// captured: q = 2: 98.6%, 3: 99.5%, 4: 99.74%, 7: 99.94%; each iteration costs two passes
+    /// over the data (~0.5 s at this size on 2 cores). 4 is the most that fits the ~3-4 s
+    /// budget; scikit-learn's `n_iter='auto'` would pick 7. The top-10 singular values agree to
+    /// 1e-5 already at q = 2: what the extra iterations buy is the tail of the 100.
     fn default() -> Self {
         Self {
             components: 100,

@@ -430,6 +430,12 @@ fn pca_timing() {
         }
         eprintln!("{line}");
     }
+    // Peak resident memory of the whole process (input + PCA), against the input's own size.
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(line) = status.lines().find(|l| l.starts_with("VmHWM"))
+    {
+        eprintln!("{line} (input {} MiB)", n * d * 4 / (1 << 20));
+    }
 }
 
 #[test]

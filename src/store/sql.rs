@@ -310,21 +310,30 @@ where
             updated_existing.insert(cu.task_id);
         }
 
-        for (i, id) in new_ids.iter().enumerate() {
+        let mut empty_new = Vec::new();
+        for id in &new_ids {
             if gained.contains_key(id) {
                 summary.tasks_created += 1;
                 summary.new_task_ids.push(Some(*id));
             } else {
                 // All its segments were linked by an earlier commit of the same batch.
-                sqlx::query("DELETE FROM tasks WHERE team_id = $1 AND id = $2")
-                    .bind(team)
-                    .bind(*id)
-                    .execute(&mut *tx)
-                    .await
-                    .with_context(|| format!("dropping empty new task #{i}"))?;
                 summary.new_task_ids.push(None);
                 touched.remove(id);
+                empty_new.push(*id);
             }
+        }
+        for chunk in empty_new.chunks(CHUNK) {
+            let mut qb = QueryBuilder::<DB>::new("DELETE FROM tasks WHERE team_id = ");
+            qb.push_bind(team).push(" AND id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            qb.push(")");
+            qb.build()
+                .execute(&mut *tx)
+                .await
+                .context("dropping new tasks left without links")?;
         }
         let new_set: HashSet<i64> = new_ids.iter().copied().collect();
         updated_existing.extend(gained.keys().filter(|id| !new_set.contains(id)));
@@ -349,6 +358,7 @@ where
                 .fetch_all(&mut *tx)
                 .await
                 .context("recomputing task aggregates")?;
+            let mut scored = Vec::with_capacity(rows.len());
             for r in &rows {
                 let agg = TaskAggregates {
                     task_id: r.try_get(0)?,
@@ -360,7 +370,49 @@ where
                     last_seen_ms: r.try_get(6)?,
                 };
                 let (score, level) = (b.priority)(&agg, now);
-                write_aggregates::<DB>(&mut *tx, team, &agg, score, &level, now).await?;
+                scored.push((agg, score, level));
+            }
+            if scored.is_empty() {
+                continue;
+            }
+            // One statement for the chunk: `UPDATE .. FROM` a VALUES table (SQLite >= 3.33).
+            let mut qb = QueryBuilder::<DB>::new(
+                "WITH v (id, segment_count, occurrence_count, distinct_user_count, impact, \
+                 first_seen_ms, last_seen_ms, priority_score, priority_level) AS (",
+            );
+            qb.push_values(&scored, |mut row, (agg, score, level)| {
+                row.push_bind(agg.task_id)
+                    .push_bind(agg.segment_count)
+                    .push_bind(agg.occurrence_count)
+                    .push_bind(agg.distinct_user_count)
+                    .push_bind(agg.impact)
+                    .push_bind(agg.first_seen_ms)
+                    .push_bind(agg.last_seen_ms)
+                    .push_bind(*score)
+                    .push_bind(level.as_str());
+            });
+            qb.push(
+                ") UPDATE tasks SET segment_count = v.segment_count, \
+                 occurrence_count = v.occurrence_count, distinct_user_count = v.distinct_user_count, \
+                 impact = v.impact, first_seen_ms = v.first_seen_ms, last_seen_ms = v.last_seen_ms, \
+                 priority_score = v.priority_score, priority_level = v.priority_level, \
+                 updated_at_ms = ",
+            );
+            qb.push_bind(now)
+                .push(" FROM v WHERE tasks.team_id = ")
+                .push_bind(team)
+                .push(" AND tasks.id = v.id");
+            let res = qb
+                .build()
+                .execute(&mut *tx)
+                .await
+                .context("updating task aggregates")?;
+            if res.affected() as usize != scored.len() {
+                bail!(
+                    "updated {} of {} task aggregates",
+                    res.affected(),
+                    scored.len()
+                );
             }
         }
 
@@ -462,7 +514,7 @@ where
         .bind(team)
         .fetch_all(&mut *tx)
         .await?;
-        let mut changed = 0;
+        let mut changed = Vec::new();
         for r in &rows {
             let agg = TaskAggregates {
                 task_id: r.try_get(0)?,
@@ -476,24 +528,28 @@ where
             let old_score: f64 = r.try_get(7)?;
             let old_level: String = r.try_get(8)?;
             let (score, level) = priority(&agg, now_ms);
-            if score.to_bits() == old_score.to_bits() && level == old_level {
-                continue;
+            if score.to_bits() != old_score.to_bits() || level != old_level {
+                changed.push((agg.task_id, score, level));
             }
-            // Recency is not an edit of the Task: updated_at_ms is left alone.
-            sqlx::query(
-                "UPDATE tasks SET priority_score = $1, priority_level = $2 \
-                 WHERE team_id = $3 AND id = $4",
-            )
-            .bind(score)
-            .bind(level.as_str())
-            .bind(team)
-            .bind(agg.task_id)
-            .execute(&mut *tx)
-            .await?;
-            changed += 1;
+        }
+        // Recency is not an edit of the Task: updated_at_ms is left alone.
+        for chunk in changed.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<DB>::new("WITH v (id, priority_score, priority_level) AS (");
+            qb.push_values(chunk, |mut row, (id, score, level)| {
+                row.push_bind(*id)
+                    .push_bind(*score)
+                    .push_bind(level.as_str());
+            });
+            qb.push(
+                ") UPDATE tasks SET priority_score = v.priority_score, \
+                 priority_level = v.priority_level FROM v WHERE tasks.team_id = ",
+            );
+            qb.push_bind(team).push(" AND tasks.id = v.id");
+            qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(changed)
+        Ok(changed.len())
     }
 
     pub(super) async fn update_label(
@@ -519,44 +575,6 @@ where
         .await?;
         Ok(res.affected() == 1)
     }
-}
-
-async fn write_aggregates<DB>(
-    conn: &mut DB::Connection,
-    team: i64,
-    agg: &TaskAggregates,
-    score: f64,
-    level: &str,
-    now: i64,
-) -> Result<()>
-where
-    DB: Database,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    i64: for<'q> Encode<'q, DB> + Type<DB>,
-    f64: for<'q> Encode<'q, DB> + Type<DB>,
-    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
-{
-    sqlx::query(
-        "UPDATE tasks SET segment_count = $1, occurrence_count = $2, distinct_user_count = $3, \
-         impact = $4, first_seen_ms = $5, last_seen_ms = $6, priority_score = $7, \
-         priority_level = $8, updated_at_ms = $9 WHERE team_id = $10 AND id = $11",
-    )
-    .bind(agg.segment_count)
-    .bind(agg.occurrence_count)
-    .bind(agg.distinct_user_count)
-    .bind(agg.impact)
-    .bind(agg.first_seen_ms)
-    .bind(agg.last_seen_ms)
-    .bind(score)
-    .bind(level)
-    .bind(now)
-    .bind(team)
-    .bind(agg.task_id)
-    .execute(conn)
-    .await
-    .with_context(|| format!("updating aggregates of task {}", agg.task_id))?;
-    Ok(())
 }
 
 fn task_from_row<DB>(r: &DB::Row) -> Result<Task>
