@@ -9,8 +9,7 @@
 //!   frequent, then a long tail), at least 3 segments each when the budget allows;
 //! - rare problems: exactly 2 segments each, from two different users;
 //! - crashes: exactly 1 segment each, always high impact (a failure in the text, mostly also
-//!   abandonment),
-//!   which should end as noise and be turned into Tasks by the high-impact noise rescue.
+//!   abandonment), which should end as noise and become Tasks by the high-impact noise rescue.
 //!
 //! With `problems = n`: `n / 7` crashes (at most [`CRASHES`]), `n / 7` rare problems (at most
 //! [`RARE`]) and the rest recurring (at most [`RECURRING`]). The defaults (30 problems, 3000

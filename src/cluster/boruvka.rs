@@ -280,9 +280,8 @@ fn search_leaf(
     let kern = &ix.kern;
     let mut best = start.to_vec();
     let mut active: Vec<usize> = Vec::with_capacity(pts.len());
-    let mut proj: Vec<f32> = Vec::new();
+    let mut pb = super::knn::PairBounds::new();
     let mut buf = [0usize; 4];
-    let cq = ix.centre(q);
     for &r in &ix.order[q * nl..(q + 1) * nl] {
         let r = r as usize;
         active.clear();
@@ -304,23 +303,7 @@ fn search_leaf(
         if active.is_empty() {
             continue;
         }
-        let (s, e) = (ix.start[r], ix.start[r + 1]);
-        // The projection direction u (any vector works: the bound divides by its norm).
-        let mut u: Vec<f32> = Vec::new();
-        let (mut unorm, mut margin, mut pmin) = (0f64, 0f64, f32::INFINITY);
-        if r != q {
-            u = ix.centre(r).iter().zip(cq).map(|(&a, &b)| a - b).collect();
-            unorm = u.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
-            margin = 2.0 * kern.rel * (ix.cc[q * nl + r] + ix.radius[r] + ix.radius[q]) * unorm + 1e-30;
-            proj.clear();
-            for o in (s..e).step_by(4) {
-                let id = |j: usize| ix.row((o + j).min(e - 1));
-                let v = (kern.proj4)(cq, &u, [id(0), id(1), id(2), id(3)]);
-                proj.extend_from_slice(&v[..4.min(e - o)]);
-            }
-            pmin = proj.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-        }
-        let use_proj = r != q && unorm > 0.0;
+        pb.fill(ix, q, r);
         for &i in &active {
             let p = pts[i] as usize;
             let (c, cp, pr) = (comp[p], core[p], ix.row(p));
@@ -328,9 +311,8 @@ fn search_leaf(
             if safe_lb(dpc - ix.radius[r]) >= best[i].w {
                 continue;
             }
-            let pp = if use_proj { f64::from((kern.proj4)(cq, &u, [pr, pr, pr, pr])[0]) } else { 0.0 };
-            let proj_lb = |v: f32| safe_lb((f64::from(v) - pp - margin) / unorm);
-            if use_proj && proj_lb(pmin) >= best[i].w {
+            let pp = pb.query_proj(ix, q, p);
+            if pb.leaf_lb(ix, p, pp) >= best[i].w {
                 continue;
             }
             let range = ix.pivot_range(r, dpc, |lb| lb >= best[i].w);
@@ -341,7 +323,7 @@ fn search_leaf(
                 if !flush {
                     let keep = comp[o] != c
                         && cp.max(core[o]) < best[i].w
-                        && !(use_proj && proj_lb(proj[o - s]) >= best[i].w);
+                        && pb.point_lb(ix, p, pp, o) < best[i].w;
                     o += 1;
                     if !keep {
                         continue;

@@ -407,6 +407,102 @@ impl LeafIndex {
     }
 }
 
+/// Bounds for the points of one leaf `q` against the points of another leaf `r`, computed once
+/// per visited pair of leaves and shared by all of `q`'s queries (O(|r| D), against O(|r| D)
+/// per query for the distances themselves).
+///
+/// Two bounds that the leaf radii cannot give in many dimensions:
+/// - the projection on `u = centre(r) - centre(q)`: `d(p, o) >= <o - p, u> / |u|`. A cluster's
+///   spread along one line is far smaller than its radius;
+/// - the pivot `centre(q)`: `d(p, o) >= d(o, centre q) - d(p, centre q)`, which rules out the
+///   points of a wide leaf (scattered noise) that lie far from `q`.
+pub(crate) struct PairBounds {
+    pub active: bool,
+    u: Vec<f32>,
+    unorm: f64,
+    margin: f64,
+    proj: Vec<f32>,
+    dq: Vec<f64>,
+    pmin: f32,
+    dqmin: f64,
+    start: usize,
+}
+
+impl PairBounds {
+    pub fn new() -> Self {
+        Self {
+            active: false,
+            u: Vec::new(),
+            unorm: 0.0,
+            margin: 0.0,
+            proj: Vec::new(),
+            dq: Vec::new(),
+            pmin: 0.0,
+            dqmin: 0.0,
+            start: 0,
+        }
+    }
+
+    pub fn fill(&mut self, ix: &LeafIndex, q: usize, r: usize) {
+        let nl = ix.leaves();
+        let kern = &ix.kern;
+        let cq = ix.centre(q);
+        let (s, e) = (ix.start[r], ix.start[r + 1]);
+        self.start = s;
+        self.u.clear();
+        self.u.extend(ix.centre(r).iter().zip(cq).map(|(&a, &b)| a - b));
+        self.unorm = self.u.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        self.active = q != r && self.unorm > 0.0;
+        if !self.active {
+            return;
+        }
+        // f32 projection error: below rel * |row - centre q| * |u| for both ends.
+        self.margin = 2.0 * kern.rel * (ix.cc[q * nl + r] + ix.radius[r] + ix.radius[q]) * self.unorm + 1e-30;
+        self.proj.clear();
+        self.dq.clear();
+        for o in (s..e).step_by(4) {
+            let id = |j: usize| ix.row((o + j).min(e - 1));
+            let rows = [id(0), id(1), id(2), id(3)];
+            let v = (kern.proj4)(cq, &self.u, rows);
+            let d = (kern.sq4)(cq, rows);
+            let m = 4.min(e - o);
+            self.proj.extend_from_slice(&v[..m]);
+            self.dq.extend(d[..m].iter().map(|&x| kern.lower_bound(x)));
+        }
+        self.pmin = self.proj.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        self.dqmin = self.dq.iter().fold(f64::INFINITY, |m, &v| m.min(v));
+    }
+
+    /// The query's projection (`pp`), needed by the bounds below.
+    pub fn query_proj(&self, ix: &LeafIndex, q: usize, p: usize) -> f64 {
+        if !self.active {
+            return 0.0;
+        }
+        let pr = ix.row(p);
+        f64::from((ix.kern.proj4)(ix.centre(q), &self.u, [pr, pr, pr, pr])[0])
+    }
+
+    /// Lower bound on the distance from query `p` (projection `pp`) to every point of `r`.
+    pub fn leaf_lb(&self, ix: &LeafIndex, p: usize, pp: f64) -> f64 {
+        if !self.active {
+            return 0.0;
+        }
+        let a = safe_lb((f64::from(self.pmin) - pp - self.margin) / self.unorm);
+        a.max(safe_lb(self.dqmin - ix.to_centre[p]))
+    }
+
+    /// Lower bound on the distance from query `p` (projection `pp`) to position `o` of `r`.
+    #[inline]
+    pub fn point_lb(&self, ix: &LeafIndex, p: usize, pp: f64, o: usize) -> f64 {
+        if !self.active {
+            return 0.0;
+        }
+        let i = o - self.start;
+        let a = safe_lb((f64::from(self.proj[i]) - pp - self.margin) / self.unorm);
+        a.max(safe_lb(self.dq[i] - ix.to_centre[p]))
+    }
+}
+
 /// Recursive bisection into leaves of at most `leaf` points (deterministic).
 ///
 /// Each split is a few rounds of 2-means started from two far-apart points, so that a split
@@ -499,16 +595,9 @@ pub(crate) fn knn_positions(ix: &LeafIndex, k: usize) -> PositionKnn {
     let per_leaf: Vec<(Vec<u32>, Vec<f64>)> = (0..nl)
         .into_par_iter()
         .map(|q| {
-            let (s, e) = (ix.start[q], ix.start[q + 1]);
-            let mut idx = Vec::with_capacity((e - s) * k);
-            let mut dist = Vec::with_capacity((e - s) * k);
-            let mut best: Vec<(f64, u32)> = Vec::with_capacity(k + 1);
-            for p in s..e {
-                best.clear();
-                knn_one(ix, p, q, k, &mut best);
-                idx.extend(best.iter().map(|b| b.1));
-                dist.extend(best.iter().map(|b| b.0));
-            }
+            let best = knn_leaf(ix, q, k);
+            let idx = best.iter().flat_map(|b| b.iter().map(|v| v.1)).collect();
+            let dist = best.iter().flat_map(|b| b.iter().map(|v| v.0)).collect();
             (idx, dist)
         })
         .collect();
@@ -521,56 +610,100 @@ pub(crate) fn knn_positions(ix: &LeafIndex, k: usize) -> PositionKnn {
     PositionKnn { k, idx, dist }
 }
 
-/// The k nearest of one position, by (distance, position), into `best` (sorted).
-fn knn_one(ix: &LeafIndex, p: usize, q: usize, k: usize, best: &mut Vec<(f64, u32)>) {
-    if k == 0 {
-        return;
-    }
+/// The k nearest (by (distance, position)) of every point of leaf `q`, each list sorted.
+fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
     let nl = ix.leaves();
-    let pr = ix.row(p);
-    let mut kth = f64::INFINITY;
+    let (qs, qe) = (ix.start[q], ix.start[q + 1]);
+    let mut best: Vec<Vec<(f64, u32)>> = vec![Vec::with_capacity(k + 1); qe - qs];
+    if k == 0 {
+        return best;
+    }
+    let kth = |b: &Vec<(f64, u32)>| if b.len() < k { f64::INFINITY } else { b[k - 1].0 };
+    let mut pb = PairBounds::new();
+    let mut active: Vec<usize> = Vec::with_capacity(qe - qs);
     for &r in &ix.order[q * nl..(q + 1) * nl] {
         let r = r as usize;
         // Strict comparisons: a point exactly at the k-th distance may still win on position.
-        if ix.rest_lb(p, q, r) > kth {
+        active.clear();
+        let mut any_left = false;
+        for p in qs..qe {
+            let t = kth(&best[p - qs]);
+            if ix.rest_lb(p, q, r) > t {
+                continue;
+            }
+            any_left = true;
+            if ix.leaf_lb(p, q, r) <= t {
+                active.push(p);
+            }
+        }
+        if !any_left {
             break;
         }
-        if ix.leaf_lb(p, q, r) > kth {
+        if active.is_empty() {
             continue;
         }
-        let dpc = ix.to_leaf_centre(p, r);
-        if safe_lb(dpc - ix.radius[r]) > kth {
-            continue;
-        }
-        let range = ix.pivot_range(r, dpc, |lb| lb > kth);
-        let (s, e) = (range.start, range.end);
-        let mut c = s;
-        while c < e {
-            let ids = [c, (c + 1).min(e - 1), (c + 2).min(e - 1), (c + 3).min(e - 1)];
-            let sq = (ix.kern.sq4)(pr, [ix.row(ids[0]), ix.row(ids[1]), ix.row(ids[2]), ix.row(ids[3])]);
-            for j in 0..4.min(e - c) {
-                let o = ids[j];
-                if o == p || !ix.kern.may_be_within(sq[j], kth) {
-                    continue;
-                }
-                let d = (ix.kern.exact)(pr, ix.row(o));
-                let cand = (d, o as u32);
-                if best.len() == k {
-                    let last = best[k - 1];
-                    if (cand.0, cand.1) >= (last.0, last.1) {
+        pb.fill(ix, q, r);
+        for &p in &active {
+            let b = &mut best[p - qs];
+            let mut t = kth(b);
+            let dpc = ix.to_leaf_centre(p, r);
+            if safe_lb(dpc - ix.radius[r]) > t {
+                continue;
+            }
+            let pp = pb.query_proj(ix, q, p);
+            if pb.leaf_lb(ix, p, pp) > t {
+                continue;
+            }
+            let pr = ix.row(p);
+            let range = ix.pivot_range(r, dpc, |lb| lb > t);
+            let mut buf = [0usize; 4];
+            let mut nb = 0;
+            let mut o = range.start;
+            loop {
+                let flush = o == range.end;
+                if !flush {
+                    let keep = o != p && !(pb.point_lb(ix, p, pp, o) > t);
+                    o += 1;
+                    if !keep {
                         continue;
                     }
-                    best.pop();
+                    buf[nb] = o - 1;
+                    nb += 1;
+                    if nb < 4 {
+                        continue;
+                    }
+                } else if nb == 0 {
+                    break;
                 }
-                let at = best.partition_point(|b| (b.0, b.1) < (cand.0, cand.1));
-                best.insert(at, cand);
-                if best.len() == k {
-                    kth = best[k - 1].0;
+                for j in nb..4 {
+                    buf[j] = buf[0];
+                }
+                let sq = (ix.kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
+                for j in 0..nb {
+                    if !ix.kern.may_be_within(sq[j], t) {
+                        continue;
+                    }
+                    let ob = buf[j];
+                    let cand = ((ix.kern.exact)(pr, ix.row(ob)), ob as u32);
+                    if b.len() == k {
+                        let last = b[k - 1];
+                        if cand >= last {
+                            continue;
+                        }
+                        b.pop();
+                    }
+                    let at = b.partition_point(|v| *v < cand);
+                    b.insert(at, cand);
+                    t = kth(b);
+                }
+                nb = 0;
+                if flush {
+                    break;
                 }
             }
-            c += 4;
         }
     }
+    best
 }
 
 /// Exact k nearest neighbours of every row, by original row index: `indices[i * k + j]` is the

@@ -177,7 +177,7 @@ impl FileSource {
         let index = self.index()?;
         let team_rows = index.team(team);
         let start = match after {
-            Some(w) => team_rows.partition_point(|e| !is_after(w, e)).saturating_sub(1),
+            Some(w) => team_rows.partition_point(|e| !is_after(w, e)),
             None => 0,
         };
         let rest = &team_rows[start..];
