@@ -37,6 +37,37 @@ fn unit_from_f64(acc: &[f64]) -> Vec<f32> {
     v
 }
 
+/// Sends cluster members farther than `threshold` (cosine) from their cluster's centroid in the
+/// original space back to noise; a cluster left with fewer than `min_size` members dissolves.
+///
+/// Why: PCA keeps no direction for a problem seen once, so unrelated one-off segments (say four
+/// different crashes) all project near the origin of the reduced space and HDBSCAN groups them.
+/// In the original space they are far apart, and a Task must describe one problem. Members sent
+/// back to noise still get matched, rescued or carried over like any other noise.
+pub fn coherent(
+    unit_rows: &Matrix,
+    clusters: Vec<Vec<usize>>,
+    mut noise: Vec<usize>,
+    threshold: f64,
+    min_size: usize,
+) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let mut kept = Vec::with_capacity(clusters.len());
+    for members in clusters {
+        let c = centroid(unit_rows, &members);
+        let (near, far): (Vec<usize>, Vec<usize>) = members
+            .into_iter()
+            .partition(|&r| cosine_distance_unit(unit_rows.row(r), &c) <= threshold);
+        noise.extend(far);
+        if near.len() >= min_size.max(1) {
+            kept.push(near);
+        } else {
+            noise.extend(near);
+        }
+    }
+    noise.sort_unstable();
+    (kept, noise)
+}
+
 /// An existing Task as matching sees it.
 #[derive(Clone, Debug)]
 pub struct TaskCentroid {
@@ -258,6 +289,21 @@ mod tests {
         assert_eq!(p.links, vec![(0, Target::Existing(1)), (1, Target::New(0))]);
         assert_eq!(p.new_tasks.len(), 1);
         assert_eq!(p.updated[0].weight, 6);
+    }
+
+    #[test]
+    fn incoherent_members_go_back_to_noise() {
+        // Two close rows, and three unrelated ones that a reduced space put together.
+        let m = rows(&[
+            &[1.0, 0.0, 0.0, 0.0, 0.0],
+            &[1.0, 0.1, 0.0, 0.0, 0.0],
+            &[0.0, 0.0, 1.0, 0.0, 0.0],
+            &[0.0, 0.0, 0.0, 1.0, 0.0],
+            &[0.0, 0.0, 0.0, 0.0, 1.0],
+        ]);
+        let (c, n) = coherent(&m, vec![vec![0, 1], vec![2, 3, 4]], vec![], 0.3, 2);
+        assert_eq!(c, vec![vec![0, 1]]);
+        assert_eq!(n, vec![2, 3, 4]);
     }
 
     #[test]

@@ -188,6 +188,13 @@ pub async fn run_batch(
         .map(|s| impact::impact(&s.content, &s.metadata, &cfg.impact).score)
         .collect();
     let (clusters, noise) = groups(&clustering);
+    let (clusters, noise) = matching::coherent(
+        &unit,
+        clusters,
+        noise,
+        cfg.task_match_threshold,
+        cfg.hdbscan.min_cluster_size,
+    );
     report.clusters = clusters.len();
     report.noise = noise.len();
     let tasks = store.tasks(team).await?;
@@ -278,7 +285,7 @@ pub async fn run_batch(
         .collect();
 
     let t = Instant::now();
-    let weights = cfg.priority.clone();
+    let weights = cfg.priority;
     let batch = BatchCommit {
         team_id: team,
         now_ms,
@@ -298,7 +305,13 @@ pub async fn run_batch(
         carry_over_prune_before_ms: now_ms - cfg.carry_over_days * DAY_MS,
         watermark: page.last,
         priority: Arc::new(move |a: &crate::store::TaskAggregates, now: i64| {
-            let s = priority::score(a.distinct_user_count as u64, a.impact, a.last_seen_ms, now, &weights);
+            let s = priority::score(
+                a.distinct_user_count as u64,
+                a.impact,
+                a.last_seen_ms,
+                now,
+                &weights,
+            );
             (s, priority::Level::from_score(s).as_str().to_string())
         }),
     };

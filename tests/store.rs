@@ -71,7 +71,7 @@ impl TestDb {
                     .expect("cannot create a test schema in PostgreSQL");
                 admin.close().await.ok();
                 let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options[search_path]={schema}&options[log_min_duration_statement]=5");
+                let url = format!("{base}{sep}options[search_path]={schema}");
                 TestDb {
                     url,
                     _dir: None,
@@ -157,6 +157,7 @@ on_both_backends!(
     quarantine_keeps_first_reason_per_team,
     linked_ids_across_many_chunks,
     refresh_priorities_and_relabel,
+    concurrent_commits_all_land,
 );
 
 /// A priority that depends on every input, so that a stale aggregate shows in the score.
@@ -938,66 +939,59 @@ async fn store_futures_are_send() {
     assert_eq!(handle.await.unwrap().unwrap(), 0);
 }
 
-#[tokio::test]
-#[ignore]
-async fn tmp_timing() {
-    let _ = tracing_subscriber::fmt().with_env_filter("sqlx=debug").with_writer(std::io::stderr).try_init();
-    for backend in [Backend::Postgres] {
-        let db = TestDb::new(backend).await;
-        let store = db.store().await;
-        let n = 50_000i64;
-        let batch = BatchCommit {
-            new_tasks: (0..500).map(|i| NewTask { centroid: centroid(i, 3072), ..new_task("t", i) }).collect(),
-            links: (0..n)
-                .map(|i| link(TaskRef::New((i % 500) as usize), &format!("s{i}:0:1"), &format!("s{}", i / 3), "u", 0.1, NOW - i))
-                .collect(),
-            ..empty_batch()
-        };
-        let t = std::time::Instant::now();
-        store.commit_batch(&batch).await.unwrap();
-        let c = t.elapsed();
-        let ids: Vec<String> = (0..n).map(|i| format!("s{i}:0:1")).collect();
-        let t = std::time::Instant::now();
-        assert_eq!(store.linked_ids(TEAM, &ids).await.unwrap().len(), n as usize);
-        let l = t.elapsed();
-        let t = std::time::Instant::now();
-        assert_eq!(store.tasks(TEAM).await.unwrap().len(), 500);
-        let r = t.elapsed();
-        let t = std::time::Instant::now();
-        store.commit_batch(&batch).await.unwrap();
-        let c2 = t.elapsed();
-        let t = std::time::Instant::now();
-        for i in 0..200 { store.task(TEAM, i).await.unwrap(); }
-        eprintln!("200 task() {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        for i in 0..200 { store.update_label(TEAM, i, "a", "b", LabelSource::Llm, 5).await.unwrap(); }
-        eprintln!("200 update_label {:?}", t.elapsed());
-        eprintln!("{backend:?}: commit 500 tasks + 50k links {c:?}, linked_ids 50k {l:?}, tasks() 500x3072 {r:?}, rerun {c2:?}");
-        db.finish(store).await;
+/// Workers for different teams share one store (SQLite: one file, one writer at a time).
+async fn concurrent_commits_all_land(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let mut handles = Vec::new();
+    for team in 100..108 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for round in 0..3i64 {
+                let batch = BatchCommit {
+                    team_id: team,
+                    new_tasks: vec![new_task("t", team as u32)],
+                    links: (0..20)
+                        .map(|i| {
+                            let doc = format!("r{round}:{i}");
+                            link(
+                                TaskRef::New(0),
+                                &doc,
+                                &format!("s{i}"),
+                                "u",
+                                0.5,
+                                NOW + round,
+                            )
+                        })
+                        .collect(),
+                    watermark: Some(Watermark {
+                        inserted_at_ms: NOW + round,
+                        document_id: format!("r{round}:19"),
+                    }),
+                    ..empty_batch()
+                };
+                store.commit_batch(&batch).await?;
+            }
+            anyhow::Ok(())
+        }));
     }
-}
-
-#[tokio::test]
-#[ignore]
-async fn tmp_micro() {
-    let base = std::env::var("SEGCLUST_TEST_PG").unwrap_or_else(|_| DEFAULT_PG.into());
-    let mut c = PgConnection::connect(&base).await.unwrap();
-    sqlx::query("CREATE TEMP TABLE tl (task_id BIGINT, team_id BIGINT, document_id TEXT, session_id TEXT, distinct_id TEXT, distance DOUBLE PRECISION, impact DOUBLE PRECISION, timestamp_ms BIGINT, created_at_ms BIGINT, UNIQUE (team_id, document_id))").execute(&mut c).await.unwrap();
-    for chunk in [50usize, 200, 500, 1000] {
-        let t = std::time::Instant::now();
-        let reps = 20_000 / chunk;
-        let mut build = std::time::Duration::ZERO;
-        for r in 0..reps {
-            let tb = std::time::Instant::now();
-            let mut qb = sqlx::QueryBuilder::<sqlx::Postgres>::new("INSERT INTO tl (task_id, team_id, document_id, session_id, distinct_id, distance, impact, timestamp_ms, created_at_ms) ");
-            qb.push_values(0..chunk, |mut row, i| {
-                row.push_bind(1i64).push_bind(2i64).push_bind(format!("c{chunk}r{r}i{i}")).push_bind("s").push_bind("u").push_bind(0.5f64).push_bind(0.1f64).push_bind(5i64).push_bind(6i64);
-            });
-            qb.push(" ON CONFLICT (team_id, document_id) DO NOTHING RETURNING task_id");
-            let q = qb.build();
-            build += tb.elapsed();
-            q.fetch_all(&mut c).await.unwrap();
-        }
-        eprintln!("chunk {chunk}: 20k rows {:?} (build {:?})", t.elapsed(), build);
+    for h in handles {
+        h.await.expect("task ran").expect("commit succeeded");
     }
+    assert_eq!(store.teams().await.unwrap(), (100..108).collect::<Vec<_>>());
+    for team in 100..108 {
+        let tasks = store.tasks(team).await.unwrap();
+        assert_eq!(tasks.len(), 3);
+        assert!(
+            tasks
+                .iter()
+                .all(|t| t.segment_count == 20 && t.occurrence_count == 20)
+        );
+        let wm = store.watermark(team).await.unwrap().unwrap();
+        assert_eq!(
+            (wm.inserted_at_ms, wm.document_id.as_str()),
+            (NOW + 2, "r2:19")
+        );
+    }
+    db.finish(store).await;
 }

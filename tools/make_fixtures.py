@@ -10,13 +10,14 @@ float64, which is what segclust does too) and NAME.json with one entry per param
 scikit-learn's labels and probabilities, and where comparable the `hdbscan` package's labels.
 
 Exact ties. Mutual reachability and integer-grid or duplicated data produce edges of exactly
-equal weight. Which MST is picked among equal ones never changes the clustering, but the
-order in which equal-weight edges are merged changes the shape of the single-linkage tree, and
-scikit-learn sorts the MST with numpy's default (unstable) argsort. segclust sorts stably, so
-for each run we also record what scikit-learn's own tree code gives for the stable order
-(`stable`), and test empirically whether the labels depend on the order of tied edges at all
-(`tie_sensitive`: several random orders of each group of equal weights are tried). Where
-`tie_sensitive` is true, scikit-learn's labels are one of several equally valid answers.
+equal weight. The partition at every distance is the same for every MST, but the binary shape of
+the single-linkage tree at a tied height depends on which equal edges are in the MST and in which
+order they are merged, and scikit-learn sorts the MST with numpy's default (unstable, machine-
+dependent) argsort. segclust sorts stably, so for each run we also record what scikit-learn's own
+tree code gives for the stable order (`stable_labels`, `stable_probabilities`, where different),
+and test empirically whether the labels depend on ties at all (`tie_sensitive`; random orders of
+Prim's tied edges and random-tie-broken Kruskal MSTs are tried). Where `tie_sensitive` is true,
+scikit-learn's labels are one of several equally valid answers.
 """
 
 import argparse

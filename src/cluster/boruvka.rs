@@ -31,6 +31,7 @@ use rayon::prelude::*;
 /// Neighbours listed per point: enough that most points prove their best edge in the early
 /// rounds, few enough that the kNN stays cheap.
 const LIST_K: usize = 16;
+static CNT: [std::sync::atomic::AtomicU64; 4] = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
 
 /// A candidate edge between positions, ordered by (weight, lo, hi).
 #[derive(Clone, Copy, Debug)]
@@ -252,6 +253,7 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
                 tree.push(e);
             }
         }
+        tracing::debug!(cnt = ?CNT, "counters");
         tracing::debug!(round, searched = need.len(), added = tree.len() - before, "boruvka round");
         assert!(tree.len() > before, "a Boruvka round always adds an edge while the graph is split");
     }
@@ -304,18 +306,32 @@ fn search_leaf(
             continue;
         }
         pb.fill(ix, q, r);
-        for &i in &active {
+        CNT[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Cheapest bounds first: the pivot bound is free, the projection costs one dot product
+        // (four queries at a time), the exact centre distance one distance.
+        active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < best[i].w);
+        let mut pps = [0f64; 4];
+        let mut pass: Vec<(usize, f64)> = Vec::with_capacity(active.len());
+        for chunk in active.chunks(4) {
+            let ps: Vec<usize> = chunk.iter().map(|&i| pts[i] as usize).collect();
+            pb.query_proj4(ix, q, &ps, &mut pps);
+            for (j, &i) in chunk.iter().enumerate() {
+                if pb.leaf_lb(ix, ps[j], pps[j]) < best[i].w {
+                    pass.push((i, pps[j]));
+                }
+            }
+        }
+        CNT[1].fetch_add(pass.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for &(i, pp) in &pass {
             let p = pts[i] as usize;
             let (c, cp, pr) = (comp[p], core[p], ix.row(p));
             let dpc = ix.to_leaf_centre(p, r);
             if safe_lb(dpc - ix.radius[r]) >= best[i].w {
                 continue;
             }
-            let pp = pb.query_proj(ix, q, p);
-            if pb.leaf_lb(ix, p, pp) >= best[i].w {
-                continue;
-            }
             let range = ix.pivot_range(r, dpc, |lb| lb >= best[i].w);
+            let filt = pb.filter(ix, p, pp, best[i].w, false);
+            CNT[3].fetch_add(range.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut nb = 0;
             let mut o = range.start;
             loop {
@@ -323,7 +339,7 @@ fn search_leaf(
                 if !flush {
                     let keep = comp[o] != c
                         && cp.max(core[o]) < best[i].w
-                        && pb.point_lb(ix, p, pp, o) < best[i].w;
+                        && !filt.skip(o);
                     o += 1;
                     if !keep {
                         continue;
@@ -339,6 +355,7 @@ fn search_leaf(
                 for j in nb..4 {
                     buf[j] = buf[0];
                 }
+                CNT[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let sq = (kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
                 for j in 0..nb {
                     if !kern.may_be_within(sq[j], best[i].w) {

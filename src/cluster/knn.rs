@@ -421,9 +421,10 @@ pub(crate) struct PairBounds {
     u: Vec<f32>,
     unorm: f64,
     margin: f64,
-    proj: Vec<f32>,
+    /// `(projection - margin) / |u|` per point of `r`.
+    proj: Vec<f64>,
     dq: Vec<f64>,
-    pmin: f32,
+    pmin: f64,
     dqmin: f64,
     start: usize,
 }
@@ -466,40 +467,91 @@ impl PairBounds {
             let v = (kern.proj4)(cq, &self.u, rows);
             let d = (kern.sq4)(cq, rows);
             let m = 4.min(e - o);
-            self.proj.extend_from_slice(&v[..m]);
+            self.proj.extend(v[..m].iter().map(|&x| (f64::from(x) - self.margin) / self.unorm));
             self.dq.extend(d[..m].iter().map(|&x| kern.lower_bound(x)));
         }
-        self.pmin = self.proj.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        self.pmin = self.proj.iter().fold(f64::INFINITY, |m, &v| m.min(v));
         self.dqmin = self.dq.iter().fold(f64::INFINITY, |m, &v| m.min(v));
     }
 
-    /// The query's projection (`pp`), needed by the bounds below.
-    pub fn query_proj(&self, ix: &LeafIndex, q: usize, p: usize) -> f64 {
+    /// Lower bound on the distance from query `p` to every point of `r` through the pivot
+    /// (free: no distance computed).
+    #[inline]
+    pub fn pivot_lb(&self, ix: &LeafIndex, p: usize) -> f64 {
         if !self.active {
             return 0.0;
         }
-        let pr = ix.row(p);
-        f64::from((ix.kern.proj4)(ix.centre(q), &self.u, [pr, pr, pr, pr])[0])
+        safe_lb(self.dqmin - ix.to_centre[p])
+    }
+
+    /// Projections of up to four queries at once (`out[j]` for `ps[j]`).
+    pub fn query_proj4(&self, ix: &LeafIndex, q: usize, ps: &[usize], out: &mut [f64]) {
+        if !self.active {
+            out.iter_mut().for_each(|v| *v = 0.0);
+            return;
+        }
+        let id = |j: usize| ix.row(ps[j.min(ps.len() - 1)]);
+        let v = (ix.kern.proj4)(ix.centre(q), &self.u, [id(0), id(1), id(2), id(3)]);
+        for (o, &x) in out.iter_mut().zip(&v[..ps.len()]) {
+            *o = f64::from(x);
+        }
     }
 
     /// Lower bound on the distance from query `p` (projection `pp`) to every point of `r`.
+    #[inline]
     pub fn leaf_lb(&self, ix: &LeafIndex, p: usize, pp: f64) -> f64 {
         if !self.active {
             return 0.0;
         }
-        let a = safe_lb((f64::from(self.pmin) - pp - self.margin) / self.unorm);
-        a.max(safe_lb(self.dqmin - ix.to_centre[p]))
+        let a = safe_lb(self.pmin - pp / self.unorm);
+        a.max(self.pivot_lb(ix, p))
     }
 
-    /// Lower bound on the distance from query `p` (projection `pp`) to position `o` of `r`.
+    /// A cheap per-point filter for query `p` (projection `pp`) and cutoff `cut`: `skip(o)` is
+    /// true only when a bound puts position `o` of `r` at a distance `>= cut` (`> cut` when
+    /// `strict`).
     #[inline]
-    pub fn point_lb(&self, ix: &LeafIndex, p: usize, pp: f64, o: usize) -> f64 {
-        if !self.active {
-            return 0.0;
+    pub fn filter(&self, ix: &LeafIndex, p: usize, pp: f64, cut: f64, strict: bool) -> PointFilter<'_> {
+        if !self.active || !cut.is_finite() {
+            return PointFilter {
+                proj: &[],
+                dq: &[],
+                tp: f64::INFINITY,
+                td: f64::INFINITY,
+                start: self.start,
+            };
+        }
+        // The bounds are `proj[o] - pp / |u|` and `dq[o] - to_centre[p]`; moving the query's
+        // term to the threshold side costs one rounding, covered (with room to spare) by the
+        // relative slack; strictness is kept by the same slack.
+        let slack = 1e-9 * (cut.abs() + (pp / self.unorm).abs() + ix.to_centre[p] + 1e-300);
+        let extra = if strict { slack } else { slack * 0.5 };
+        PointFilter {
+            proj: &self.proj,
+            dq: &self.dq,
+            tp: cut + pp / self.unorm + extra + self.pmin.abs() * 1e-9,
+            td: cut + ix.to_centre[p] + extra + self.dqmin.abs() * 1e-9,
+            start: self.start,
+        }
+    }
+}
+
+pub(crate) struct PointFilter<'a> {
+    proj: &'a [f64],
+    dq: &'a [f64],
+    tp: f64,
+    td: f64,
+    start: usize,
+}
+
+impl PointFilter<'_> {
+    #[inline]
+    pub fn skip(&self, o: usize) -> bool {
+        if self.proj.is_empty() {
+            return false;
         }
         let i = o - self.start;
-        let a = safe_lb((f64::from(self.proj[i]) - pp - self.margin) / self.unorm);
-        a.max(safe_lb(self.dq[i] - ix.to_centre[p]))
+        self.proj[i] >= self.tp || self.dq[i] >= self.td
     }
 }
 
@@ -643,26 +695,34 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
             continue;
         }
         pb.fill(ix, q, r);
-        for &p in &active {
+        active.retain(|&p| pb.pivot_lb(ix, p) <= kth(&best[p - qs]));
+        let mut pps = [0f64; 4];
+        let mut pass: Vec<(usize, f64)> = Vec::with_capacity(active.len());
+        for chunk in active.chunks(4) {
+            pb.query_proj4(ix, q, chunk, &mut pps);
+            for (j, &p) in chunk.iter().enumerate() {
+                if pb.leaf_lb(ix, p, pps[j]) <= kth(&best[p - qs]) {
+                    pass.push((p, pps[j]));
+                }
+            }
+        }
+        for &(p, pp) in &pass {
             let b = &mut best[p - qs];
             let mut t = kth(b);
             let dpc = ix.to_leaf_centre(p, r);
             if safe_lb(dpc - ix.radius[r]) > t {
                 continue;
             }
-            let pp = pb.query_proj(ix, q, p);
-            if pb.leaf_lb(ix, p, pp) > t {
-                continue;
-            }
             let pr = ix.row(p);
             let range = ix.pivot_range(r, dpc, |lb| lb > t);
+            let filt = pb.filter(ix, p, pp, t, true);
             let mut buf = [0usize; 4];
             let mut nb = 0;
             let mut o = range.start;
             loop {
                 let flush = o == range.end;
                 if !flush {
-                    let keep = o != p && !(pb.point_lb(ix, p, pp, o) > t);
+                    let keep = o != p && !filt.skip(o);
                     o += 1;
                     if !keep {
                         continue;

@@ -43,10 +43,11 @@ pub struct PcaParams {
 impl Default for PcaParams {
     /// `power_iterations: 4`. Measured on clustered synthetic 3072-dim embeddings, 50,000 rows,
     /// k = 100 (`pca_timing` in this module's tests), fraction of the exact top-100 variance
-    /// captured: q = 2: 98.6%, 3: 99.5%, 4: 99.74%, 7: 99.94%; each iteration costs two passes
-    /// over the data (~0.5 s at this size on 2 cores). 4 is the most that fits the ~3-4 s
-    /// budget; scikit-learn's `n_iter='auto'` would pick 7. The top-10 singular values agree to
-    /// 1e-5 already at q = 2: what the extra iterations buy is the tail of the 100.
+    /// captured: q = 2: 98.6%, 3: 99.5%, 4: 99.74%, 7: 99.94%. Each iteration costs two passes
+    /// over the data and a QR (~0.7 s at this size on 2 cores; q = 4 takes 3.7 s in all), so 4
+    /// is the most that fits the ~3-4 s budget; scikit-learn's `n_iter='auto'` would pick 7.
+    /// The top-10 singular values agree to 1e-5 already at q = 2: the extra iterations buy the
+    /// tail of the 100.
     fn default() -> Self {
         Self {
             components: 100,
