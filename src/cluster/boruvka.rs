@@ -31,7 +31,6 @@ use rayon::prelude::*;
 /// Neighbours listed per point: enough that most points prove their best edge in the early
 /// rounds, few enough that the kNN stays cheap.
 const LIST_K: usize = 16;
-static CNT: [std::sync::atomic::AtomicU64; 4] = [const { std::sync::atomic::AtomicU64::new(0) }; 4];
 
 /// A candidate edge between positions, ordered by (weight, lo, hi).
 #[derive(Clone, Copy, Debug)]
@@ -58,7 +57,11 @@ impl Cand {
     }
 
     fn less(&self, o: &Cand) -> bool {
-        self.w.total_cmp(&o.w).then(self.lo.cmp(&o.lo)).then(self.hi.cmp(&o.hi)).is_lt()
+        self.w
+            .total_cmp(&o.w)
+            .then(self.lo.cmp(&o.lo))
+            .then(self.hi.cmp(&o.hi))
+            .is_lt()
     }
 }
 
@@ -87,7 +90,9 @@ pub fn mst(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
     let ix = LeafIndex::build(x)?;
     let k = LIST_K.max(m - 1).min(n - 1);
     let nn = knn_positions(&ix, k);
-    let core: Vec<f64> = (0..n).map(|p| if m == 1 { 0.0 } else { nn.dist[p * k + m - 2] }).collect();
+    let core: Vec<f64> = (0..n)
+        .map(|p| if m == 1 { 0.0 } else { nn.dist[p * k + m - 2] })
+        .collect();
     let mut edges: Vec<MstEdge> = boruvka(&ix, &nn, &core)
         .into_iter()
         .map(|c| MstEdge {
@@ -95,14 +100,29 @@ pub fn mst(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
             b: ix.perm[c.hi as usize],
             weight: c.w,
         })
-        .map(|e| if e.a < e.b { e } else { MstEdge { a: e.b, b: e.a, ..e } })
+        .map(|e| {
+            if e.a < e.b {
+                e
+            } else {
+                MstEdge {
+                    a: e.b,
+                    b: e.a,
+                    ..e
+                }
+            }
+        })
         .collect();
     sort_edges(&mut edges);
     Ok(edges)
 }
 
 fn sort_edges(e: &mut [MstEdge]) {
-    e.sort_by(|x, y| x.weight.total_cmp(&y.weight).then(x.a.cmp(&y.a)).then(x.b.cmp(&y.b)));
+    e.sort_by(|x, y| {
+        x.weight
+            .total_cmp(&y.weight)
+            .then(x.a.cmp(&y.a))
+            .then(x.b.cmp(&y.b))
+    });
 }
 
 struct UnionFind {
@@ -157,7 +177,11 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
         })
         .collect();
     let min_core: Vec<f64> = (0..nl)
-        .map(|l| core[ix.start[l]..ix.start[l + 1]].iter().fold(f64::INFINITY, |m, &c| m.min(c)))
+        .map(|l| {
+            core[ix.start[l]..ix.start[l + 1]]
+                .iter()
+                .fold(f64::INFINITY, |m, &c| m.min(c))
+        })
         .collect();
     let mut uf = UnionFind::new(n);
     let mut comp = vec![0u32; n];
@@ -177,7 +201,11 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
         let leaf_comp: Vec<u32> = (0..nl)
             .map(|l| {
                 let c = &comp[ix.start[l]..ix.start[l + 1]];
-                if c.iter().all(|&v| v == c[0]) { c[0] } else { u32::MAX }
+                if c.iter().all(|&v| v == c[0]) {
+                    c[0]
+                } else {
+                    u32::MAX
+                }
             })
             .collect();
         // Best known edge per point, and whether it is proven to be the point's best.
@@ -240,22 +268,32 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
         for (&p, cand) in need.iter().zip(&found) {
             let p = p as usize;
             cache_w[p] = cand.w;
-            cache_o[p] = if cand.lo as usize == p { cand.hi } else { cand.lo };
+            cache_o[p] = if cand.lo as usize == p {
+                cand.hi
+            } else {
+                cand.lo
+            };
             let c = comp[p] as usize;
             if cand.less(&comp_best[c]) {
                 comp_best[c] = *cand;
             }
         }
         let before = tree.len();
-        for c in 0..n {
-            let e = comp_best[c];
+        for e in &comp_best {
             if e.lo != u32::MAX && uf.union(e.lo as usize, e.hi as usize) {
-                tree.push(e);
+                tree.push(*e);
             }
         }
-        tracing::debug!(cnt = ?CNT, "counters");
-        tracing::debug!(round, searched = need.len(), added = tree.len() - before, "boruvka round");
-        assert!(tree.len() > before, "a Boruvka round always adds an edge while the graph is split");
+        tracing::debug!(
+            round,
+            searched = need.len(),
+            added = tree.len() - before,
+            "boruvka round"
+        );
+        assert!(
+            tree.len() > before,
+            "a Boruvka round always adds an edge while the graph is split"
+        );
     }
     tree
 }
@@ -294,7 +332,9 @@ fn search_leaf(
                 continue;
             }
             any_left = true;
-            if leaf_comp[r] == comp[p] || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best[i].w {
+            if leaf_comp[r] == comp[p]
+                || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best[i].w
+            {
                 continue;
             }
             active.push(i);
@@ -306,7 +346,6 @@ fn search_leaf(
             continue;
         }
         pb.fill(ix, q, r);
-        CNT[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Cheapest bounds first: the pivot bound is free, the projection costs one dot product
         // (four queries at a time), the exact centre distance one distance.
         active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < best[i].w);
@@ -321,7 +360,6 @@ fn search_leaf(
                 }
             }
         }
-        CNT[1].fetch_add(pass.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for &(i, pp) in &pass {
             let p = pts[i] as usize;
             let (c, cp, pr) = (comp[p], core[p], ix.row(p));
@@ -331,15 +369,12 @@ fn search_leaf(
             }
             let range = ix.pivot_range(r, dpc, |lb| lb >= best[i].w);
             let filt = pb.filter(ix, p, pp, best[i].w, false);
-            CNT[3].fetch_add(range.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut nb = 0;
             let mut o = range.start;
             loop {
                 let flush = o == range.end;
                 if !flush {
-                    let keep = comp[o] != c
-                        && cp.max(core[o]) < best[i].w
-                        && !filt.skip(o);
+                    let keep = comp[o] != c && cp.max(core[o]) < best[i].w && !filt.skip(o);
                     o += 1;
                     if !keep {
                         continue;
@@ -355,8 +390,15 @@ fn search_leaf(
                 for j in nb..4 {
                     buf[j] = buf[0];
                 }
-                CNT[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let sq = (kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
+                let sq = (kern.sq4)(
+                    pr,
+                    [
+                        ix.row(buf[0]),
+                        ix.row(buf[1]),
+                        ix.row(buf[2]),
+                        ix.row(buf[3]),
+                    ],
+                );
                 for j in 0..nb {
                     if !kern.may_be_within(sq[j], best[i].w) {
                         continue;
@@ -398,7 +440,9 @@ mod tests {
         let m = min_samples.clamp(1, n);
         let core: Vec<f64> = (0..n)
             .map(|i| {
-                let mut d: Vec<f64> = (0..n).map(|j| if i == j { 0.0 } else { dist(i, j) }).collect();
+                let mut d: Vec<f64> = (0..n)
+                    .map(|j| if i == j { 0.0 } else { dist(i, j) })
+                    .collect();
                 d.sort_by(f64::total_cmp);
                 d[m - 1]
             })
@@ -415,7 +459,10 @@ mod tests {
                     best[j] = best[j].min(mrd(cur, j));
                 }
             }
-            let next = (0..n).filter(|&j| !in_tree[j]).min_by(|&a, &b| best[a].total_cmp(&best[b])).unwrap();
+            let next = (0..n)
+                .filter(|&j| !in_tree[j])
+                .min_by(|&a, &b| best[a].total_cmp(&best[b]))
+                .unwrap();
             w.push(best[next]);
             in_tree[next] = true;
             cur = next;
@@ -432,26 +479,42 @@ mod tests {
         let mut uf = UnionFind::new(n);
         for ed in &e {
             assert!((ed.a as usize) < n && (ed.b as usize) < n);
-            assert!(uf.union(ed.a as usize, ed.b as usize), "{what}: edge closes a cycle");
+            assert!(
+                uf.union(ed.a as usize, ed.b as usize),
+                "{what}: edge closes a cycle"
+            );
         }
         let want = oracle(x, min_samples);
         let mut got: Vec<f64> = e.iter().map(|e| e.weight).collect();
         got.sort_by(f64::total_cmp);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "{what}: weight {i}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+                "{what}: weight {i}: {g} vs {w}"
+            );
         }
         let (sg, sw): (f64, f64) = (got.iter().sum(), want.iter().sum());
-        assert!((sg - sw).abs() <= 1e-9 * (1.0 + sw.abs()), "{what}: total {sg} vs {sw}");
+        assert!(
+            (sg - sw).abs() <= 1e-9 * (1.0 + sw.abs()),
+            "{what}: total {sg} vs {sw}"
+        );
     }
 
-    fn uniform(n: usize, d: usize, seed: u64) -> Matrix {
+    pub(crate) fn uniform(n: usize, d: usize, seed: u64) -> Matrix {
         let mut rng = StdRng::seed_from_u64(seed);
-        Matrix::new(n, d, (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()).unwrap()
+        Matrix::new(
+            n,
+            d,
+            (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect(),
+        )
+        .unwrap()
     }
 
     pub(crate) fn blobs(n: usize, d: usize, centres: usize, noise: f64, seed: u64) -> Matrix {
         let mut rng = StdRng::seed_from_u64(seed);
-        let c: Vec<f32> = (0..centres * d).map(|_| rng.random_range(-10.0f32..10.0)).collect();
+        let c: Vec<f32> = (0..centres * d)
+            .map(|_| rng.random_range(-10.0f32..10.0))
+            .collect();
         let g = Normal::new(0.0f32, 1.0).unwrap();
         let mut data = Vec::with_capacity(n * d);
         for _ in 0..n {
@@ -468,8 +531,16 @@ mod tests {
     #[test]
     fn matches_prim_on_random_shapes() {
         for ms in [1, 2, 3, 5, 10] {
-            check(&uniform(400, 8, ms as u64), ms, &format!("uniform 400x8 ms={ms}"));
-            check(&blobs(600, 20, 6, 0.1, ms as u64), ms, &format!("blobs 600x20 ms={ms}"));
+            check(
+                &uniform(400, 8, ms as u64),
+                ms,
+                &format!("uniform 400x8 ms={ms}"),
+            );
+            check(
+                &blobs(600, 20, 6, 0.1, ms as u64),
+                ms,
+                &format!("blobs 600x20 ms={ms}"),
+            );
         }
         check(&uniform(300, 1, 7), 2, "1-dim");
         check(&uniform(150, 3072, 8), 3, "3072-dim");
@@ -481,7 +552,12 @@ mod tests {
     fn matches_prim_with_ties_and_duplicates() {
         let mut rng = StdRng::seed_from_u64(11);
         // Integer grid: many exactly equal distances.
-        let grid = Matrix::new(500, 3, (0..1500).map(|_| rng.random_range(0..6) as f32).collect()).unwrap();
+        let grid = Matrix::new(
+            500,
+            3,
+            (0..1500).map(|_| rng.random_range(0..6) as f32).collect(),
+        )
+        .unwrap();
         // Each point repeated several times: zero distances and zero core distances.
         let base = uniform(60, 4, 12);
         let dup = base.select_rows(&(0..600).map(|i| i % 60).collect::<Vec<_>>());
@@ -496,7 +572,11 @@ mod tests {
     fn is_deterministic_across_thread_counts() {
         let x = blobs(3000, 30, 12, 0.05, 13);
         let run = |t: usize| {
-            rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap().install(|| mst(&x, 3).unwrap())
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| mst(&x, 3).unwrap())
         };
         let one = run(1);
         assert_eq!(one, run(3));
@@ -517,7 +597,15 @@ mod timing {
     #[test]
     #[ignore]
     fn timing_blobs() {
-        let _ = tracing_subscriber::fmt().with_env_filter("segclust=debug").try_init();
+        for n in [10_000usize, 20_000] {
+            let x = super::tests::uniform(n, 100, 3);
+            let t = std::time::Instant::now();
+            let e = mst(&x, 2).unwrap();
+            eprintln!("uniform n={n}: {:?} ({})", t.elapsed(), e.len());
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("segclust=debug")
+            .try_init();
         for (n, c) in [(10_000usize, 50usize), (50_000, 100)] {
             let x = super::tests::blobs(n, 100, c, 0.05, 1);
             let t = std::time::Instant::now();
@@ -527,7 +615,16 @@ mod timing {
             let t2 = t.elapsed();
             let e = mst(&x, 2).unwrap();
             let t3 = t.elapsed();
-            eprintln!("n={n} c={c}: index {t1:?} knn {:?} full mst {:?} ({} edges, {})", t2 - t1, t3 - t2, e.len(), nn.k);
+            let t = std::time::Instant::now();
+            let e5 = mst(&x, 5).unwrap();
+            eprintln!("n={n} ms=5: {:?} ({})", t.elapsed(), e5.len());
+            eprintln!(
+                "n={n} c={c}: index {t1:?} knn {:?} full mst {:?} ({} edges, {})",
+                t2 - t1,
+                t3 - t2,
+                e.len(),
+                nn.k
+            );
         }
     }
 }

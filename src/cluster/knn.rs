@@ -26,6 +26,8 @@ const MAX_LEAVES: usize = 2048;
 /// Absolute slack on f32 squared distances: covers underflow of tiny differences.
 const ABS_SLACK: f64 = 1e-30;
 
+/// `<row - c, u>` for four rows: (c, u, rows).
+type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
 
 /// The SIMD kernels, chosen once for the running CPU.
 #[derive(Clone, Copy)]
@@ -35,7 +37,7 @@ pub(crate) struct Kernels {
     /// The exact f64 distance.
     pub exact: fn(&[f32], &[f32]) -> f64,
     /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
-    pub proj4: fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4],
+    pub proj4: Proj4,
     /// Relative error bound of `sq4` (generous: twice the worst case, plus f64 round-off).
     pub rel: f64,
 }
@@ -48,7 +50,9 @@ impl Kernels {
         let rel = (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9;
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return Self {
                     sq4: simd::sq4_avx2,
                     exact: simd::exact_avx2,
@@ -257,7 +261,10 @@ pub(crate) struct LeafIndex {
 impl LeafIndex {
     pub fn build(x: &Matrix) -> Result<Self> {
         let (n, dim) = (x.rows(), x.cols());
-        ensure!(n <= u32::MAX as usize, "{n} rows are more than this clustering supports (2^32 - 1)");
+        ensure!(
+            n <= u32::MAX as usize,
+            "{n} rows are more than this clustering supports (2^32 - 1)"
+        );
         ensure!(
             x.as_slice().iter().all(|v| v.is_finite()),
             "the matrix to cluster holds NaN or infinite values; validate the input first"
@@ -292,8 +299,10 @@ impl LeafIndex {
             .par_iter()
             .enumerate()
             .map(|(l, leaf)| {
-                let mut v: Vec<(f64, u32)> =
-                    leaf.iter().map(|&p| ((kern.exact)(x.row(p as usize), centre(l)), p)).collect();
+                let mut v: Vec<(f64, u32)> = leaf
+                    .iter()
+                    .map(|&p| ((kern.exact)(x.row(p as usize), centre(l)), p))
+                    .collect();
                 v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
                 v
             })
@@ -315,7 +324,9 @@ impl LeafIndex {
         for l in 0..nl {
             leaf_of[start[l]..start[l + 1]].fill(l as u32);
         }
-        let radius: Vec<f64> = (0..nl).map(|l| sorted[l].first().map_or(0.0, |v| v.0) * (1.0 + 1e-12)).collect();
+        let radius: Vec<f64> = (0..nl)
+            .map(|l| sorted[l].first().map_or(0.0, |v| v.0) * (1.0 + 1e-12))
+            .collect();
         let max_radius = radius.iter().fold(0.0f64, |m, &r| m.max(r));
         let cc: Vec<f64> = (0..nl * nl)
             .into_par_iter()
@@ -332,7 +343,11 @@ impl LeafIndex {
             .into_par_iter()
             .flat_map_iter(|q| {
                 let mut o: Vec<u32> = (0..nl as u32).collect();
-                o.sort_by(|&a, &b| cc[q * nl + a as usize].total_cmp(&cc[q * nl + b as usize]).then(a.cmp(&b)));
+                o.sort_by(|&a, &b| {
+                    cc[q * nl + a as usize]
+                        .total_cmp(&cc[q * nl + b as usize])
+                        .then(a.cmp(&b))
+                });
                 // The leaf itself first, even when another centre coincides with its own.
                 if let Some(i) = o.iter().position(|&l| l as usize == q) {
                     o[..=i].rotate_right(1);
@@ -391,7 +406,12 @@ impl LeafIndex {
     /// the distance to a point at distance `dpc` from the centre) does not rule out; `prune`
     /// must be monotone in the bound.
     #[inline]
-    pub fn pivot_range(&self, r: usize, dpc: f64, prune: impl Fn(f64) -> bool) -> std::ops::Range<usize> {
+    pub fn pivot_range(
+        &self,
+        r: usize,
+        dpc: f64,
+        prune: impl Fn(f64) -> bool,
+    ) -> std::ops::Range<usize> {
         let (s, e) = (self.start[r], self.start[r + 1]);
         let tc = &self.to_centre[s..e];
         let a = tc.partition_point(|&t| prune(safe_lb(t - dpc)));
@@ -451,14 +471,21 @@ impl PairBounds {
         let (s, e) = (ix.start[r], ix.start[r + 1]);
         self.start = s;
         self.u.clear();
-        self.u.extend(ix.centre(r).iter().zip(cq).map(|(&a, &b)| a - b));
-        self.unorm = self.u.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        self.u
+            .extend(ix.centre(r).iter().zip(cq).map(|(&a, &b)| a - b));
+        self.unorm = self
+            .u
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
         self.active = q != r && self.unorm > 0.0;
         if !self.active {
             return;
         }
         // f32 projection error: below rel * |row - centre q| * |u| for both ends.
-        self.margin = 2.0 * kern.rel * (ix.cc[q * nl + r] + ix.radius[r] + ix.radius[q]) * self.unorm + 1e-30;
+        self.margin =
+            2.0 * kern.rel * (ix.cc[q * nl + r] + ix.radius[r] + ix.radius[q]) * self.unorm + 1e-30;
         self.proj.clear();
         self.dq.clear();
         for o in (s..e).step_by(4) {
@@ -467,7 +494,11 @@ impl PairBounds {
             let v = (kern.proj4)(cq, &self.u, rows);
             let d = (kern.sq4)(cq, rows);
             let m = 4.min(e - o);
-            self.proj.extend(v[..m].iter().map(|&x| (f64::from(x) - self.margin) / self.unorm));
+            self.proj.extend(
+                v[..m]
+                    .iter()
+                    .map(|&x| (f64::from(x) - self.margin) / self.unorm),
+            );
             self.dq.extend(d[..m].iter().map(|&x| kern.lower_bound(x)));
         }
         self.pmin = self.proj.iter().fold(f64::INFINITY, |m, &v| m.min(v));
@@ -511,7 +542,14 @@ impl PairBounds {
     /// true only when a bound puts position `o` of `r` at a distance `>= cut` (`> cut` when
     /// `strict`).
     #[inline]
-    pub fn filter(&self, ix: &LeafIndex, p: usize, pp: f64, cut: f64, strict: bool) -> PointFilter<'_> {
+    pub fn filter(
+        &self,
+        ix: &LeafIndex,
+        p: usize,
+        pp: f64,
+        cut: f64,
+        strict: bool,
+    ) -> PointFilter<'_> {
         if !self.active || !cut.is_finite() {
             return PointFilter {
                 proj: &[],
@@ -588,7 +626,11 @@ fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>
             let r = x.row(i as usize);
             let d = (kern.sq4)(r, [&ca, &cb, &ca, &cb]);
             *s = d[1] < d[0];
-            let (acc, cnt) = if *s { (&mut sb, &mut nb) } else { (&mut sa, &mut na) };
+            let (acc, cnt) = if *s {
+                (&mut sb, &mut nb)
+            } else {
+                (&mut sa, &mut na)
+            };
             *cnt += 1;
             for (t, &v) in acc.iter_mut().zip(r) {
                 *t += f64::from(v);
@@ -603,11 +645,25 @@ fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>
     let nb = side.iter().filter(|&&s| s).count();
     let small = nb.min(idx.len() - nb);
     let (left, right): (Vec<u32>, Vec<u32>) = if small * 16 >= idx.len() {
-        let l = idx.iter().zip(&side).filter(|(_, s)| !**s).map(|(&i, _)| i).collect();
-        let r = idx.iter().zip(&side).filter(|(_, s)| **s).map(|(&i, _)| i).collect();
+        let l = idx
+            .iter()
+            .zip(&side)
+            .filter(|(_, s)| !**s)
+            .map(|(&i, _)| i)
+            .collect();
+        let r = idx
+            .iter()
+            .zip(&side)
+            .filter(|(_, s)| **s)
+            .map(|(&i, _)| i)
+            .collect();
         (l, r)
     } else {
-        let dir: Vec<f64> = cb.iter().zip(&ca).map(|(&u, &v)| f64::from(u) - f64::from(v)).collect();
+        let dir: Vec<f64> = cb
+            .iter()
+            .zip(&ca)
+            .map(|(&u, &v)| f64::from(u) - f64::from(v))
+            .collect();
         let mut keyed: Vec<(f64, u32)> = idx
             .iter()
             .map(|&i| {
@@ -623,7 +679,10 @@ fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>
     };
     drop(idx);
     let (mut l, r) = if left.len() + right.len() > 8192 {
-        rayon::join(|| split(x, left, leaf, kern), || split(x, right, leaf, kern))
+        rayon::join(
+            || split(x, left, leaf, kern),
+            || split(x, right, leaf, kern),
+        )
     } else {
         (split(x, left, leaf, kern), split(x, right, leaf, kern))
     };
@@ -670,7 +729,13 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
     if k == 0 {
         return best;
     }
-    let kth = |b: &Vec<(f64, u32)>| if b.len() < k { f64::INFINITY } else { b[k - 1].0 };
+    let kth = |b: &Vec<(f64, u32)>| {
+        if b.len() < k {
+            f64::INFINITY
+        } else {
+            b[k - 1].0
+        }
+    };
     let mut pb = PairBounds::new();
     let mut active: Vec<usize> = Vec::with_capacity(qe - qs);
     for &r in &ix.order[q * nl..(q + 1) * nl] {
@@ -738,7 +803,15 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
                 for j in nb..4 {
                     buf[j] = buf[0];
                 }
-                let sq = (ix.kern.sq4)(pr, [ix.row(buf[0]), ix.row(buf[1]), ix.row(buf[2]), ix.row(buf[3])]);
+                let sq = (ix.kern.sq4)(
+                    pr,
+                    [
+                        ix.row(buf[0]),
+                        ix.row(buf[1]),
+                        ix.row(buf[2]),
+                        ix.row(buf[3]),
+                    ],
+                );
                 for j in 0..nb {
                     if !ix.kern.may_be_within(sq[j], t) {
                         continue;
@@ -789,7 +862,11 @@ pub fn knn(x: &Matrix, k: usize) -> Result<Neighbours> {
             distances[orig * k + j] = pk.dist[p * k + j];
         }
     }
-    Ok(Neighbours { k, indices, distances })
+    Ok(Neighbours {
+        k,
+        indices,
+        distances,
+    })
 }
 
 /// Core distances (scikit-learn's convention: the `min_samples`-th nearest neighbour with the
@@ -826,7 +903,13 @@ mod tests {
 
     #[test]
     fn knn_matches_brute_force() {
-        for (n, d, grid) in [(300, 5, false), (500, 100, false), (400, 2, true), (50, 1, false), (7, 3, false)] {
+        for (n, d, grid) in [
+            (300, 5, false),
+            (500, 100, false),
+            (400, 2, true),
+            (50, 1, false),
+            (7, 3, false),
+        ] {
             let x = random(n, d, n as u64 + d as u64, grid);
             let k = 10.min(n - 1);
             let nb = knn(&x, k).unwrap();
@@ -836,9 +919,12 @@ mod tests {
                     .map(|j| super::super::prim::euclidean(x.row(i), x.row(j)))
                     .collect();
                 all.sort_by(f64::total_cmp);
-                for j in 0..k {
+                for (j, &want) in all.iter().take(k).enumerate() {
                     let got = nb.distances[i * k + j];
-                    assert!((got - all[j]).abs() <= 1e-12 * (1.0 + all[j]), "n={n} d={d} row {i} nn {j}: {got} vs {}", all[j]);
+                    assert!(
+                        (got - want).abs() <= 1e-12 * (1.0 + want),
+                        "n={n} d={d} row {i} nn {j}: {got} vs {want}"
+                    );
                     let o = nb.indices[i * k + j] as usize;
                     assert_ne!(o, i);
                     let again = super::super::prim::euclidean(x.row(i), x.row(o));
@@ -858,45 +944,17 @@ mod tests {
         assert!(k.may_be_within(s[0], e));
         assert!(k.lower_bound(s[0]) <= e);
         assert_eq!(s[1], 0.0);
-        assert!(core_distances(&Matrix::zeros(3, 2), 2).unwrap().iter().all(|&c| c == 0.0));
+        assert!(
+            core_distances(&Matrix::zeros(3, 2), 2)
+                .unwrap()
+                .iter()
+                .all(|&c| c == 0.0)
+        );
     }
 
     #[test]
     fn rejects_non_finite_input() {
         let x = Matrix::new(3, 1, vec![0.0, f32::NAN, 1.0]).unwrap();
         assert!(knn(&x, 1).is_err());
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn kernel_speed() {
-        let k = Kernels::new(100);
-        let x: Vec<f32> = (0..100 * 1000).map(|i| (i % 97) as f32 * 0.01).collect();
-        let t = std::time::Instant::now();
-        let mut acc = 0f32;
-        for rep in 0..2000 {
-            let q = &x[(rep % 1000) * 100..(rep % 1000 + 1) * 100];
-            for c in (0..996).step_by(4) {
-                let r = |i: usize| &x[i * 100..(i + 1) * 100];
-                let s = (k.sq4)(q, [r(c), r(c + 1), r(c + 2), r(c + 3)]);
-                acc += s[0] + s[3];
-            }
-        }
-        let el = t.elapsed();
-        eprintln!("sq4: {:.1} M pairs/s ({acc})", 2000.0 * 996.0 / el.as_secs_f64() / 1e6);
-        let t = std::time::Instant::now();
-        let mut acc = 0f64;
-        for rep in 0..500 {
-            let q = &x[(rep % 1000) * 100..(rep % 1000 + 1) * 100];
-            for c in 0..1000 {
-                acc += (k.exact)(q, &x[c * 100..(c + 1) * 100]);
-            }
-        }
-        let el = t.elapsed();
-        eprintln!("exact: {:.1} M pairs/s ({acc})", 500.0 * 1000.0 / el.as_secs_f64() / 1e6);
     }
 }
