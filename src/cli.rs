@@ -306,13 +306,30 @@ mod tests {
     #[test]
     fn numeric_flags_reach_the_parameters() {
         let cli = Cli::try_parse_from([
-            "segclust", "cluster", "--input", "x.npy", "--output", "l.npy", "--selection", "eom",
-            "--min-samples", "5", "--epsilon", "0.5", "--pca-components", "20",
+            "segclust",
+            "cluster",
+            "--input",
+            "x.npy",
+            "--output",
+            "l.npy",
+            "--selection",
+            "eom",
+            "--min-samples",
+            "5",
+            "--epsilon",
+            "0.5",
+            "--pca-components",
+            "20",
         ])
         .expect("valid command line");
-        let Command::Cluster(a) = cli.command else { panic!("parsed as another command") };
+        let Command::Cluster(a) = cli.command else {
+            panic!("parsed as another command")
+        };
         let h = a.numeric.hdbscan();
-        assert_eq!((h.selection, h.min_samples, h.epsilon), (Selection::Eom, 5, 0.5));
+        assert_eq!(
+            (h.selection, h.min_samples, h.epsilon),
+            (Selection::Eom, 5, 0.5)
+        );
         assert_eq!(a.numeric.pca().components, 20);
     }
 }

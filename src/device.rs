@@ -11,7 +11,17 @@ use anyhow::{Result, bail};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the user asked for with `--device`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// The GPU when one is usable, else the CPU (said once in the log).
@@ -46,11 +56,17 @@ impl Device {
         if let Some(g) = &gpu {
             tracing::info!("using GPU: {}", g.name());
         }
-        Ok(Self { gpu, gpu_fallbacks: AtomicU64::new(0) })
+        Ok(Self {
+            gpu,
+            gpu_fallbacks: AtomicU64::new(0),
+        })
     }
 
     pub fn cpu() -> Self {
-        Self { gpu: None, gpu_fallbacks: AtomicU64::new(0) }
+        Self {
+            gpu: None,
+            gpu_fallbacks: AtomicU64::new(0),
+        }
     }
 
     pub fn name(&self) -> String {

@@ -91,7 +91,11 @@ impl Matrix {
 
 /// Scales `v` to unit L2 norm in place (accumulating in f64); a zero vector is left as is.
 pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     if norm > 0.0 {
         let inv = (1.0 / norm) as f32;
         v.iter_mut().for_each(|x| *x *= inv);
@@ -100,7 +104,11 @@ pub fn normalize(v: &mut [f32]) {
 
 /// Cosine distance between two unit vectors (1 - dot), computed in f64.
 pub fn cosine_distance_unit(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
     1.0 - dot
 }
 

@@ -230,10 +230,7 @@ pub async fn run_batch(
         new_tasks.push(NewTask {
             title: label.title,
             description: label.description,
-            label_source: match label.source {
-                crate::labeling::LabelSource::Llm => crate::store::LabelSource::Llm,
-                crate::labeling::LabelSource::Fallback => crate::store::LabelSource::Fallback,
-            },
+            label_source: label.source,
             centroid: g.centroid.clone(),
             centroid_weight: g.members.len() as i64,
         });

@@ -50,7 +50,10 @@ mod tests {
 
     #[test]
     fn watermark_orders_by_time_then_id() {
-        let w = Watermark { inserted_at_ms: 10, document_id: "b".into() };
+        let w = Watermark {
+            inserted_at_ms: 10,
+            document_id: "b".into(),
+        };
         assert!(w.is_before(10, "c"));
         assert!(!w.is_before(10, "b"));
         assert!(!w.is_before(10, "a"));

@@ -18,7 +18,9 @@ use crate::matrix::Matrix;
 use anyhow::Result;
 
 /// How clusters are chosen from the condensed tree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Selection {
     /// The leaves of the condensed tree: many small, tight clusters (the Python system's choice).
@@ -75,7 +77,11 @@ impl Clustering {
     }
 
     pub fn n_clusters(&self) -> usize {
-        self.labels.iter().copied().max().map_or(0, |m| (m + 1).max(0) as usize)
+        self.labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| (m + 1).max(0) as usize)
     }
 }
 

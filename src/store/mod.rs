@@ -35,35 +35,7 @@ use sqlx::{ConnectOptions, Connection};
 pub use crate::segment::{Quarantine, Watermark};
 use sql::Repo;
 
-/// Where a Task's title and description came from. Fallback labels are relabelled by a later run
-/// once the LLM endpoint answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LabelSource {
-    Llm,
-    Fallback,
-}
-
-impl LabelSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LabelSource::Llm => "llm",
-            LabelSource::Fallback => "fallback",
-        }
-    }
-}
-
-impl FromStr for LabelSource {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "llm" => Ok(LabelSource::Llm),
-            "fallback" => Ok(LabelSource::Fallback),
-            other => {
-                bail!("unknown label_source {other:?} in the store (expected llm or fallback)")
-            }
-        }
-    }
-}
+pub use crate::labeling::LabelSource;
 
 /// A recurring problem, as stored.
 #[derive(Clone, Debug, PartialEq)]
