@@ -9,9 +9,13 @@
 //!   no heavier than `lb(p)`, it *is* `p`'s best outgoing edge;
 //! - a point whose `lb(p)` is not below its component's best candidate so far cannot improve it
 //!   and is skipped;
-//! - the remaining points search the leaves nearest first, skipping leaves wholly inside their
-//!   component, pruning by the triangle inequality, by core distances and by the component's
-//!   best so far, and screening in f32 before computing the exact f64 distance.
+//! - a point that had to search in an earlier round remembers the exact best edge it found:
+//!   while its far end is still outside, it is still the best (the outside only shrinks), and
+//!   once swallowed, its weight stays a lower bound;
+//! - the remaining points search for their exact best outgoing edge, leaves nearest first,
+//!   skipping leaves wholly inside their component, pruning by the leaf balls, by a projection
+//!   on the line between leaf centres and a pivot bound (`knn::PairBounds`), by core distances,
+//!   and screening in f32 before computing the exact f64 distance.
 //!
 //! Determinism: within a round, work is split by leaf (not by thread), each task starts from the
 //! same round-start bests, and results are merged by the total order (weight, lower position,
@@ -255,20 +259,24 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
         for &p in &need {
             by_leaf[ix.leaf_of[p as usize] as usize].push(p);
         }
-        let found: Vec<Cand> = by_leaf
+        let found: Vec<(Cand, f64)> = by_leaf
             .par_iter()
             .enumerate()
             .filter(|(_, v)| !v.is_empty())
             .flat_map_iter(|(q, pts)| {
                 let start: Vec<Cand> = pts.iter().map(|&p| known[p as usize].0).collect();
-                search_leaf(ix, q, pts, &start, &comp, &leaf_comp, core, &min_core)
+                search_leaf(
+                    ix, q, pts, &start, &comp, &leaf_comp, core, &min_core, &comp_best,
+                )
             })
             .collect();
         let need: Vec<u32> = by_leaf.into_iter().flatten().collect();
-        for (&p, cand) in need.iter().zip(&found) {
+        for (&p, (cand, lower)) in need.iter().zip(&found) {
             let p = p as usize;
-            cache_w[p] = cand.w;
-            cache_o[p] = if cand.lo as usize == p {
+            cache_w[p] = *lower;
+            cache_o[p] = if cand.w > *lower || cand.lo == u32::MAX {
+                u32::MAX
+            } else if cand.lo as usize == p {
                 cand.hi
             } else {
                 cand.lo
@@ -315,10 +323,33 @@ fn search_leaf(
     leaf_comp: &[u32],
     core: &[f64],
     min_core: &[f64],
-) -> Vec<Cand> {
+    comp_best: &[Cand],
+) -> Vec<(Cand, f64)> {
     let nl = ix.leaves();
     let kern = &ix.kern;
     let mut best = start.to_vec();
+    // The best edge of each component met, shared by the task's points as a cutoff: a point
+    // only matters to its component if it beats it.
+    let mut shared: Vec<(u32, Cand)> = Vec::new();
+    let slot: Vec<usize> = pts
+        .iter()
+        .map(|&p| {
+            let c = comp[p as usize];
+            match shared.iter().position(|v| v.0 == c) {
+                Some(i) => i,
+                None => {
+                    shared.push((c, comp_best[c as usize]));
+                    shared.len() - 1
+                }
+            }
+        })
+        .collect();
+    for (i, b) in best.iter().enumerate() {
+        if b.less(&shared[slot[i]].1) {
+            shared[slot[i]].1 = *b;
+        }
+    }
+    let cut = |best: &[Cand], shared: &[(u32, Cand)], i: usize| best[i].w.min(shared[slot[i]].1.w);
     let mut active: Vec<usize> = Vec::with_capacity(pts.len());
     let mut pb = super::knn::PairBounds::new();
     let mut buf = [0usize; 4];
@@ -328,12 +359,12 @@ fn search_leaf(
         let mut any_left = false;
         for (i, &p) in pts.iter().enumerate() {
             let p = p as usize;
-            if ix.rest_lb(p, q, r) >= best[i].w {
+            if ix.rest_lb(p, q, r) >= cut(&best, &shared, i) {
                 continue;
             }
             any_left = true;
             if leaf_comp[r] == comp[p]
-                || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= best[i].w
+                || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= cut(&best, &shared, i)
             {
                 continue;
             }
@@ -348,14 +379,14 @@ fn search_leaf(
         pb.fill(ix, q, r);
         // Cheapest bounds first: the pivot bound is free, the projection costs one dot product
         // (four queries at a time), the exact centre distance one distance.
-        active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < best[i].w);
+        active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < cut(&best, &shared, i));
         let mut pps = [0f64; 4];
         let mut pass: Vec<(usize, f64)> = Vec::with_capacity(active.len());
         for chunk in active.chunks(4) {
             let ps: Vec<usize> = chunk.iter().map(|&i| pts[i] as usize).collect();
             pb.query_proj4(ix, q, &ps, &mut pps);
             for (j, &i) in chunk.iter().enumerate() {
-                if pb.leaf_lb(ix, ps[j], pps[j]) < best[i].w {
+                if pb.leaf_lb(ix, ps[j], pps[j]) < cut(&best, &shared, i) {
                     pass.push((i, pps[j]));
                 }
             }
@@ -364,17 +395,18 @@ fn search_leaf(
             let p = pts[i] as usize;
             let (c, cp, pr) = (comp[p], core[p], ix.row(p));
             let dpc = ix.to_leaf_centre(p, r);
-            if safe_lb(dpc - ix.radius[r]) >= best[i].w {
+            if safe_lb(dpc - ix.radius[r]) >= cut(&best, &shared, i) {
                 continue;
             }
-            let range = ix.pivot_range(r, dpc, |lb| lb >= best[i].w);
-            let filt = pb.filter(ix, p, pp, best[i].w, false);
+            let range = ix.pivot_range(r, dpc, |lb| lb >= cut(&best, &shared, i));
+            let filt = pb.filter(ix, p, pp, cut(&best, &shared, i), false);
             let mut nb = 0;
             let mut o = range.start;
             loop {
                 let flush = o == range.end;
                 if !flush {
-                    let keep = comp[o] != c && cp.max(core[o]) < best[i].w && !filt.skip(o);
+                    let keep =
+                        comp[o] != c && cp.max(core[o]) < cut(&best, &shared, i) && !filt.skip(o);
                     o += 1;
                     if !keep {
                         continue;
@@ -400,7 +432,7 @@ fn search_leaf(
                     ],
                 );
                 for j in 0..nb {
-                    if !kern.may_be_within(sq[j], best[i].w) {
+                    if !kern.may_be_within(sq[j], cut(&best, &shared, i)) {
                         continue;
                     }
                     let ob = buf[j];
@@ -408,6 +440,9 @@ fn search_leaf(
                     let cand = Cand::new(cp.max(core[ob]).max(d), p, ob);
                     if cand.less(&best[i]) {
                         best[i] = cand;
+                        if cand.less(&shared[slot[i]].1) {
+                            shared[slot[i]].1 = cand;
+                        }
                     }
                 }
                 nb = 0;
@@ -417,7 +452,12 @@ fn search_leaf(
             }
         }
     }
-    best
+    // Every point outside was either measured or ruled out at the cutoff of the time, so the
+    // final cutoff is a lower bound; the point's own edge is its exact best when it is the cutoff.
+    best.iter()
+        .enumerate()
+        .map(|(i, b)| (*b, cut(&best, &shared, i)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -498,9 +538,17 @@ mod tests {
             (sg - sw).abs() <= 1e-9 * (1.0 + sw.abs()),
             "{what}: total {sg} vs {sw}"
         );
+        let sp: f64 = super::super::prim::mst(x, min_samples)
+            .iter()
+            .map(|e| e.weight)
+            .sum();
+        assert!(
+            (sg - sp).abs() <= 1e-9 * (1.0 + sp.abs()),
+            "{what}: total {sg} vs prim {sp}"
+        );
     }
 
-    pub(crate) fn uniform(n: usize, d: usize, seed: u64) -> Matrix {
+    fn uniform(n: usize, d: usize, seed: u64) -> Matrix {
         let mut rng = StdRng::seed_from_u64(seed);
         Matrix::new(
             n,
@@ -510,7 +558,7 @@ mod tests {
         .unwrap()
     }
 
-    pub(crate) fn blobs(n: usize, d: usize, centres: usize, noise: f64, seed: u64) -> Matrix {
+    fn blobs(n: usize, d: usize, centres: usize, noise: f64, seed: u64) -> Matrix {
         let mut rng = StdRng::seed_from_u64(seed);
         let c: Vec<f32> = (0..centres * d)
             .map(|_| rng.random_range(-10.0f32..10.0))
@@ -588,43 +636,5 @@ mod tests {
         let x = Matrix::new(3, 1, vec![0.0, f32::INFINITY, 1.0]).unwrap();
         assert!(mst(&x, 2).is_err());
         assert!(mst(&Matrix::zeros(1, 4), 2).unwrap().is_empty());
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn timing_blobs() {
-        for n in [10_000usize, 20_000] {
-            let x = super::tests::uniform(n, 100, 3);
-            let t = std::time::Instant::now();
-            let e = mst(&x, 2).unwrap();
-            eprintln!("uniform n={n}: {:?} ({})", t.elapsed(), e.len());
-        }
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("segclust=debug")
-            .try_init();
-        for (n, c) in [(10_000usize, 50usize), (50_000, 100)] {
-            let x = super::tests::blobs(n, 100, c, 0.05, 1);
-            let t = std::time::Instant::now();
-            let ix = LeafIndex::build(&x).unwrap();
-            let t1 = t.elapsed();
-            let nn = knn_positions(&ix, 16);
-            let t2 = t.elapsed();
-            let e = mst(&x, 2).unwrap();
-            let t3 = t.elapsed();
-            let t = std::time::Instant::now();
-            let e5 = mst(&x, 5).unwrap();
-            eprintln!("n={n} ms=5: {:?} ({})", t.elapsed(), e5.len());
-            eprintln!(
-                "n={n} c={c}: index {t1:?} knn {:?} full mst {:?} ({} edges, {})",
-                t2 - t1,
-                t3 - t2,
-                e.len(),
-                nn.k
-            );
-        }
     }
 }
