@@ -88,8 +88,20 @@ impl Clustering {
 /// Fewer rows than this are not clustered: every row is noise (DESIGN.md).
 pub const MIN_ROWS_TO_CLUSTER: usize = 3;
 
-/// The exact MST on the CPU: the fast Boruvka path for large inputs, dense Prim for small ones.
+/// Below this many rows the CPU uses the dense Prim port of scikit-learn, which visits points in
+/// scikit-learn's order and so also breaks exact distance ties the way it does; above it, the
+/// Boruvka fast path (exact too, but free to pick another of several equally minimal trees).
+pub const PRIM_MAX_ROWS: usize = 1_000;
+
+/// The exact MST on the CPU: dense Prim for small inputs, the fast Boruvka path for large ones.
 pub fn mst_cpu(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+    if x.rows() <= PRIM_MAX_ROWS {
+        anyhow::ensure!(
+            x.as_slice().iter().all(|v| v.is_finite()),
+            "the input has NaN or infinite values; validation should have quarantined those rows"
+        );
+        return Ok(prim::mst(x, min_samples));
+    }
     boruvka::mst(x, min_samples)
 }
 
