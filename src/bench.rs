@@ -141,7 +141,13 @@ fn sklearn(
     opts: &BenchOptions,
     skip_hdbscan: bool,
 ) -> Result<(f64, Option<f64>)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_sklearn.py");
+    // The source tree's copy, or one beside the working directory (a prebuilt binary on a GPU host).
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bench_sklearn.py");
+    let script = if built.exists() {
+        built
+    } else {
+        Path::new("tools/bench_sklearn.py").to_path_buf()
+    };
     let mut cmd = Command::new(py);
     cmd.arg(&script)
         .arg(x)
