@@ -15,16 +15,15 @@ use anyhow::{Result, anyhow, bail};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
 use std::sync::Arc;
 
-/// The D x l Gaussian test matrix, row-major, drawn sequentially from `StdRng` seeded with
-/// `seed` (the same draw the CPU path makes, so both sketch the same subspace).
+/// The CPU path's D x l Gaussian test matrix (`reduce::gaussian_test_matrix`), laid out row-major
+/// for upload, so both paths sketch the same subspace from one generator.
 pub fn gaussian_test_matrix(d: usize, l: usize, seed: u64) -> Vec<f32> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..d * l)
-        .map(|_| StandardNormal.sample(&mut rng))
+    let m = crate::reduce::gaussian_test_matrix(d, l, seed);
+    let m = &m;
+    (0..d)
+        .flat_map(|i| (0..l).map(move |j| m[(i, j)]))
         .collect()
 }
 
