@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -86,19 +87,23 @@ pub async fn run_team(
     cfg: &PipelineConfig,
     now_ms: i64,
 ) -> Result<Vec<BatchReport>> {
-    let span = tracing::info_span!("team", team);
-    let _g = span.enter();
-    let mut reports = Vec::new();
-    loop {
-        let r = run_batch(source, store, device, labeler, team, cfg, now_ms).await?;
-        let done = r.segments_read + r.quarantined == 0 || r.segments_read < cfg.batch_size;
-        if r.segments_read + r.quarantined > 0 {
-            reports.push(r);
-        }
-        if done {
-            return Ok(reports);
+    // The span is attached to the future (not entered on this thread), so it stays right across
+    // awaits on a multi-threaded runtime.
+    async {
+        let mut reports = Vec::new();
+        loop {
+            let r = run_batch(source, store, device, labeler, team, cfg, now_ms).await?;
+            let done = r.segments_read + r.quarantined == 0 || r.segments_read < cfg.batch_size;
+            if r.segments_read + r.quarantined > 0 {
+                reports.push(r);
+            }
+            if done {
+                return Ok(reports);
+            }
         }
     }
+    .instrument(tracing::info_span!("team", team))
+    .await
 }
 
 /// One batch of at most `cfg.batch_size` new segments.
