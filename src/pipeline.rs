@@ -136,6 +136,7 @@ pub async fn run_batch(
     }
     let new_ids: Vec<String> = page.rows.iter().map(|r| r.document_id.clone()).collect();
     let linked = store.linked_ids(team, &new_ids).await?;
+    let new_set: HashSet<&str> = new_ids.iter().map(String::as_str).collect();
     let mut rows: Vec<_> = page
         .rows
         .into_iter()
@@ -147,7 +148,7 @@ pub async fn run_batch(
         .carry_over(team, now_ms - cfg.carry_over_days * DAY_MS)
         .await?
         .into_iter()
-        .filter(|id| !new_ids.contains(id))
+        .filter(|id| !new_set.contains(id.as_str()))
         .collect();
     if !carry_ids.is_empty() {
         let src = Arc::clone(source);
@@ -181,9 +182,10 @@ pub async fn run_batch(
     report.numeric_s = t.elapsed().as_secs_f64();
     let segments = validated.segments;
     let unit = validated.embeddings;
+    let carried_set: HashSet<&str> = carry_ids.iter().map(String::as_str).collect();
     let is_new: Vec<bool> = segments
         .iter()
-        .map(|s| !carry_ids.contains(&s.document_id))
+        .map(|s| !carried_set.contains(s.document_id.as_str()))
         .collect();
     debug_assert!(is_new.iter().filter(|&&n| n).count() <= new_count);
 
