@@ -7,7 +7,7 @@ use crate::device::{Device, DeviceChoice};
 use crate::matrix::Matrix;
 use crate::reduce::PcaParams;
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -49,12 +49,20 @@ pub struct LogArgs {
 pub enum Command {
     /// Cluster a matrix (.npy) or a segments file and write labels: the numeric core as a tool.
     Cluster(ClusterArgs),
-    /// Process new segments of a team: cluster, match, label, commit Tasks (the main job).
-    Run(crate::pipeline::RunArgs),
+    /// Process new segments of a team (or every enabled team): cluster, match, label, commit
+    /// Tasks. The main job; run it every 30 minutes, or use `schedule`.
+    Run(crate::coordinator::cmd::RunArgs),
+    /// Run every enabled team every interval (default 30m) until SIGTERM.
+    Schedule(crate::coordinator::cmd::ScheduleArgs),
+    /// Process a team's history in bounded windows through the same code path; resumable.
+    Backfill(crate::coordinator::cmd::BackfillArgs),
+    /// Check or show a configuration file.
+    #[command(subcommand)]
+    Config(crate::coordinator::cmd::ConfigCommand),
     /// List a team's Tasks by priority.
     Tasks(crate::pipeline::TasksArgs),
     /// Write the demo segments file (if missing), run the main job on it and list the Tasks.
-    Demo(crate::pipeline::DemoArgs),
+    Demo(crate::coordinator::cmd::DemoArgs),
     /// Time PCA and HDBSCAN on synthetic data, next to scikit-learn on the same input.
     Bench(BenchArgs),
 }
@@ -158,9 +166,17 @@ pub struct BenchArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_logging(&cli.log);
-    match dispatch(cli.command) {
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
+    match dispatch(cli.command, &sub) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -182,15 +198,21 @@ fn init_logging(args: &LogArgs) {
     }
 }
 
-fn dispatch(command: Command) -> Result<ExitCode> {
+/// `m`: the subcommand's own matches, so that commands can tell flags given on the command line
+/// from defaults (flags override the config file; defaults do not).
+fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
+    use crate::coordinator::cmd;
     match command {
         Command::Cluster(a) => cluster(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench_cmd(a).map(|()| ExitCode::SUCCESS),
-        Command::Run(a) => runtime()?.block_on(crate::pipeline::run_cmd(a)),
+        Command::Run(a) => runtime()?.block_on(cmd::run_cmd(a, m)),
+        Command::Schedule(a) => runtime()?.block_on(cmd::schedule_cmd(a, m)),
+        Command::Backfill(a) => runtime()?.block_on(cmd::backfill_cmd(a, m)),
+        Command::Config(c) => cmd::config_cmd(c),
         Command::Tasks(a) => runtime()?
             .block_on(crate::pipeline::tasks_cmd(a))
             .map(|()| ExitCode::SUCCESS),
-        Command::Demo(a) => runtime()?.block_on(crate::pipeline::demo_cmd(a)),
+        Command::Demo(a) => runtime()?.block_on(cmd::demo_cmd(a, m)),
     }
 }
 
@@ -215,7 +237,7 @@ fn load_input(a: &ClusterArgs) -> Result<Matrix> {
         return Ok(x);
     }
     let source = crate::source::FileSource::open(&a.input, a.team)?;
-    let page = source.read_after(a.team, None, usize::MAX)?;
+    let page = source.read_after(a.team, None, None, usize::MAX)?;
     let v = crate::validate::validate(page.rows, None);
     let bad = page.rejected.len() + v.quarantined.len();
     if bad > 0 {

@@ -35,6 +35,9 @@ pub enum DeviceChoice {
 pub struct Device {
     gpu: Option<Gpu>,
     gpu_fallbacks: AtomicU64,
+    /// One numeric core at a time: teams processed concurrently overlap their I/O, but each
+    /// PCA + HDBSCAN gets the whole GPU (or all CPU cores) to itself.
+    turn: std::sync::Mutex<()>,
 }
 
 impl Device {
@@ -59,6 +62,7 @@ impl Device {
         Ok(Self {
             gpu,
             gpu_fallbacks: AtomicU64::new(0),
+            turn: std::sync::Mutex::new(()),
         })
     }
 
@@ -66,6 +70,7 @@ impl Device {
         Self {
             gpu: None,
             gpu_fallbacks: AtomicU64::new(0),
+            turn: std::sync::Mutex::new(()),
         }
     }
 
@@ -74,6 +79,12 @@ impl Device {
             Some(g) => format!("gpu ({})", g.name()),
             None => "cpu".to_string(),
         }
+    }
+
+    /// Waits for this caller's turn on the device; hold the guard for a whole numeric core.
+    pub fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic in another team's numeric core leaves nothing shared half-written.
+        self.turn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many batches fell back from the GPU to the CPU.

@@ -5,8 +5,9 @@
 use crate::cli::NumericArgs;
 use crate::cluster::{Clustering, HdbscanParams};
 use crate::device::Device;
+use crate::failpoint;
 use crate::impact::{self, ImpactWeights};
-use crate::labeling::{FallbackLabeler, LabelRequest, Labeler};
+use crate::labeling::{LabelRequest, Labeler};
 use crate::matching::{self, Target, TaskCentroid};
 use crate::matrix::{Matrix, cosine_distance_unit};
 use crate::priority::{self, PriorityWeights};
@@ -17,9 +18,8 @@ use crate::store::{BatchCommit, NewLink, NewTask, Store, TaskRef, UnlinkedSegmen
 use anyhow::{Context, Result};
 use clap::Args;
 use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -38,6 +38,11 @@ pub struct PipelineConfig {
     pub carry_over_days: i64,
     pub impact: ImpactWeights,
     pub priority: PriorityWeights,
+    /// Read only segments inserted before this (ms since the epoch): the end of a backfill
+    /// window. None: everything after the watermark.
+    pub until_ms: Option<i64>,
+    /// Leave segments inserted before this alone (ms since the epoch): the start of a backfill.
+    pub from_ms: Option<i64>,
 }
 
 impl Default for PipelineConfig {
@@ -52,6 +57,8 @@ impl Default for PipelineConfig {
             carry_over_days: 7,
             impact: ImpactWeights::default(),
             priority: PriorityWeights::default(),
+            until_ms: None,
+            from_ms: None,
         }
     }
 }
@@ -87,20 +94,52 @@ pub async fn run_team(
     cfg: &PipelineConfig,
     now_ms: i64,
 ) -> Result<Vec<BatchReport>> {
+    let never = AtomicBool::new(false);
+    let run = TeamRun {
+        team,
+        now_ms,
+        stop: &never,
+        on_batch: &|_| {},
+    };
+    run_team_with(source, store, device, labeler, cfg, run).await
+}
+
+/// One team's run as the coordinator drives it.
+pub struct TeamRun<'a> {
+    pub team: i64,
+    pub now_ms: i64,
+    /// Checked before every batch: once set, no new batch starts.
+    pub stop: &'a AtomicBool,
+    /// Called after every committed batch (metrics, progress bars).
+    pub on_batch: &'a (dyn Fn(&BatchReport) + Send + Sync),
+}
+
+/// [`run_team`] with a stop flag and a per-batch hook.
+pub async fn run_team_with(
+    source: &Arc<Source>,
+    store: &Store,
+    device: &Arc<Device>,
+    labeler: &impl Labeler,
+    cfg: &PipelineConfig,
+    run: TeamRun<'_>,
+) -> Result<Vec<BatchReport>> {
+    let team = run.team;
     // The span is attached to the future (not entered on this thread), so it stays right across
     // awaits on a multi-threaded runtime.
     async {
         let mut reports = Vec::new();
-        loop {
-            let r = run_batch(source, store, device, labeler, team, cfg, now_ms).await?;
+        while !run.stop.load(Ordering::SeqCst) {
+            let r = run_batch(source, store, device, labeler, team, cfg, run.now_ms).await?;
             let done = r.segments_read + r.quarantined == 0 || r.segments_read < cfg.batch_size;
             if r.segments_read + r.quarantined > 0 {
+                (run.on_batch)(&r);
                 reports.push(r);
             }
             if done {
-                return Ok(reports);
+                break;
             }
         }
+        Ok(reports)
     }
     .instrument(tracing::info_span!("team", team))
     .await
@@ -123,12 +162,18 @@ pub async fn run_batch(
 
     // Read: new rows after the watermark, then the carried-over unlinked rows by id.
     let t = Instant::now();
-    let watermark = store.watermark(team).await?;
-    let src = Arc::clone(source);
-    let limit = cfg.batch_size;
-    let page = tokio::task::spawn_blocking(move || src.read_after(team, watermark.as_ref(), limit))
-        .await
-        .context("source reader thread failed")??;
+    let mut watermark = store.watermark(team).await?;
+    if let Some(f) = cfg.from_ms {
+        // Watermark (from, "") sorts before every row inserted at `from` or later.
+        let floor = crate::segment::Watermark {
+            inserted_at_ms: f,
+            document_id: String::new(),
+        };
+        watermark = Some(watermark.map_or(floor.clone(), |w| w.max(floor)));
+    }
+    let page = source
+        .read_after(team, watermark.as_ref(), cfg.until_ms, cfg.batch_size)
+        .await?;
     report.segments_read = page.rows.len();
     let mut quarantined: Vec<Quarantine> = page.rejected;
     if page.rows.is_empty() && quarantined.is_empty() {
@@ -151,15 +196,12 @@ pub async fn run_batch(
         .filter(|id| !new_set.contains(id.as_str()))
         .collect();
     if !carry_ids.is_empty() {
-        let src = Arc::clone(source);
-        let ids = carry_ids.clone();
-        let carried = tokio::task::spawn_blocking(move || src.read_by_ids(team, &ids))
-            .await
-            .context("source reader thread failed")??;
+        let carried = source.read_by_ids(team, &carry_ids).await?;
         report.carried_over = carried.rows.len();
         rows.extend(carried.rows);
     }
     report.read_s = t.elapsed().as_secs_f64();
+    failpoint::hit("after_fetch");
 
     // Validate (quarantine with reasons), normalize, reduce, cluster: the numeric core runs on a
     // blocking thread so the runtime stays responsive.
@@ -180,6 +222,7 @@ pub async fn run_batch(
     report.quarantined = quarantined.len();
     report.clustered = validated.segments.len();
     report.numeric_s = t.elapsed().as_secs_f64();
+    failpoint::hit("after_cluster");
     let segments = validated.segments;
     let unit = validated.embeddings;
     let carried_set: HashSet<&str> = carry_ids.iter().map(String::as_str).collect();
@@ -243,6 +286,7 @@ pub async fn run_batch(
         });
     }
     report.label_s = t.elapsed().as_secs_f64();
+    failpoint::hit("after_label");
 
     // Links, with the distance to the centroid the segment's Task ends the batch with.
     let centroid_of = |target: &Target| -> &[f32] {
@@ -345,6 +389,7 @@ fn cluster(
     if unit.rows() < crate::cluster::MIN_ROWS_TO_CLUSTER {
         return Ok(Clustering::all_noise(unit.rows()));
     }
+    let _turn = device.turn();
     match pca {
         Some(p) => device.hdbscan(&device.pca(unit, p)?.projected, params),
         None => device.hdbscan(unit, params),
@@ -406,23 +451,6 @@ pub struct StoreArgs {
     pub store: String,
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
-    /// Segments file (.parquet or .jsonl) to read new segments from.
-    #[arg(long, env = "SEGCLUST_SOURCE", default_value = "segments.parquet")]
-    pub source: PathBuf,
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Team to process (also the team of rows without team_id).
-    #[arg(long, default_value_t = 1)]
-    pub team: i64,
-    /// Process every team found in the source, one after another.
-    #[arg(long)]
-    pub all_teams: bool,
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct PipelineArgs {
     /// At most this many new segments a batch; a run continues batch by batch until caught up.
@@ -451,78 +479,71 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    pub fn config(&self) -> PipelineConfig {
-        PipelineConfig {
-            batch_size: self.batch_size.max(1),
-            dim: (self.dim > 0).then_some(self.dim),
-            pca: (!self.numeric.no_reduce).then(|| self.numeric.pca()),
-            hdbscan: self.numeric.hdbscan(),
-            task_match_threshold: self.task_match_threshold,
-            high_impact_noise_threshold: self.high_impact_noise_threshold,
-            carry_over_days: self.carry_over_days,
-            impact: ImpactWeights::default(),
-            priority: PriorityWeights {
-                half_life_days: self.recency_half_life_days,
-                ..PriorityWeights::default()
-            },
+    /// Writes the flags given on the command line (or by their env var) into `cfg`; flags left
+    /// at their defaults leave the config file's values alone. `m`: this command's matches.
+    pub fn apply(&self, cfg: &mut crate::config::Config, m: &clap::ArgMatches) {
+        use clap::parser::ValueSource;
+        let given = |id: &str| {
+            matches!(
+                m.try_get_raw(id)
+                    .ok()
+                    .flatten()
+                    .and_then(|_| m.value_source(id)),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let n = &self.numeric;
+        let (c, mt) = (&mut cfg.clustering, &mut cfg.matching);
+        if given("batch_size") {
+            cfg.source.batch_size = self.batch_size;
+        }
+        if given("dim") {
+            c.dim = self.dim;
+        }
+        if given("pca_components") {
+            c.pca_components = n.pca_components;
+        }
+        if n.no_reduce {
+            c.pca_components = 0;
+        }
+        if given("power_iterations") {
+            c.power_iterations = n.power_iterations;
+        }
+        if given("seed") {
+            c.seed = n.seed;
+        }
+        if given("min_cluster_size") {
+            c.min_cluster_size = n.min_cluster_size;
+        }
+        if given("min_samples") {
+            c.min_samples = n.min_samples;
+        }
+        if given("selection") {
+            c.selection = n.selection;
+        }
+        if given("epsilon") {
+            c.epsilon = n.epsilon;
+        }
+        if given("device") {
+            c.device = n.device;
+        }
+        if given("task_match_threshold") {
+            mt.task_match_threshold = self.task_match_threshold;
+        }
+        if given("high_impact_noise_threshold") {
+            mt.high_impact_noise_threshold = self.high_impact_noise_threshold;
+        }
+        if given("carry_over_days") {
+            mt.carry_over_days = self.carry_over_days;
+        }
+        if given("recency_half_life_days") {
+            cfg.priority.half_life_days = self.recency_half_life_days;
         }
     }
 
-    fn now_ms(&self) -> i64 {
+    pub fn now_ms(&self) -> i64 {
         self.now_ms
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis())
-    }
-}
-
-pub async fn run_cmd(a: RunArgs) -> Result<ExitCode> {
-    let source = Arc::new(Source::open_file(&a.source, a.team)?);
-    let store = Store::connect(&a.store.store).await?;
-    let device = Arc::new(Device::open(a.pipeline.numeric.device)?);
-    let teams = if a.all_teams {
-        source.teams()?
-    } else {
-        vec![a.team]
-    };
-    let cfg = a.pipeline.config();
-    let now = a.pipeline.now_ms();
-    let mut failed = 0;
-    for team in teams {
-        match run_team(&source, &store, &device, &FallbackLabeler, team, &cfg, now).await {
-            Ok(reports) => print_reports(team, &reports),
-            Err(e) => {
-                failed += 1;
-                tracing::error!(team, "team failed, its watermark is unchanged: {e:#}");
-            }
-        }
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-fn print_reports(team: i64, reports: &[BatchReport]) {
-    if reports.is_empty() {
-        println!("team {team}: nothing new after the watermark");
-    }
-    for r in reports {
-        println!(
-            "team {team}: {} segments read ({} carried over, {} quarantined), {} clusters, {} noise ({} rescued) -> {} Tasks created, {} updated, {} links  [read {:.2}s, numeric {:.2}s, labels {:.2}s, commit {:.2}s]",
-            r.segments_read,
-            r.carried_over,
-            r.quarantined,
-            r.clusters,
-            r.noise,
-            r.rescued,
-            r.tasks_created,
-            r.tasks_updated,
-            r.links,
-            r.read_s,
-            r.numeric_s,
-            r.label_s,
-            r.commit_s
-        );
     }
 }
 
@@ -605,57 +626,4 @@ pub async fn tasks_cmd(a: TasksArgs) -> Result<()> {
         println!("(no Tasks for team {})", a.team);
     }
     Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// The demo segments file; written first if it does not exist.
-    #[arg(long, default_value = "demo-segments.parquet")]
-    pub source: PathBuf,
-    /// Store for the demo's Tasks.
-    #[arg(long, default_value = "sqlite://segclust-demo.db")]
-    pub store: String,
-    /// Seed of the demo data.
-    #[arg(long, default_value_t = 7)]
-    pub demo_seed: u64,
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-}
-
-pub async fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
-    let team = 1;
-    let now = a.pipeline.now_ms();
-    if !a.source.exists() {
-        let p = crate::demo::DemoParams {
-            seed: a.demo_seed,
-            team_id: team,
-            ..Default::default()
-        };
-        let rows = crate::demo::generate(&p, now);
-        crate::source::write_segments(&a.source, &rows)?;
-        println!(
-            "wrote {} demo segments to {}",
-            rows.len(),
-            a.source.display()
-        );
-    }
-    let code = run_cmd(RunArgs {
-        source: a.source,
-        store: StoreArgs {
-            store: a.store.clone(),
-        },
-        team,
-        all_teams: false,
-        pipeline: a.pipeline,
-    })
-    .await?;
-    tasks_cmd(TasksArgs {
-        store: StoreArgs { store: a.store },
-        team,
-        json: false,
-        limit: 20,
-        now_ms: Some(now),
-    })
-    .await?;
-    Ok(code)
 }

@@ -70,7 +70,7 @@ fn walk(src: &FileSource, team: i64, limit: usize) -> Vec<SourcePage> {
     let mut pages = Vec::new();
     let mut after: Option<Watermark> = None;
     loop {
-        let page = src.read_after(team, after.as_ref(), limit).unwrap();
+        let page = src.read_after(team, after.as_ref(), None, limit).unwrap();
         let Some(last) = page.last.clone() else {
             assert!(page.rows.is_empty());
             break;
@@ -107,7 +107,7 @@ fn parquet_and_jsonl_round_trip_in_watermark_order() {
         write_segments(&path, &rows).unwrap();
         let src = FileSource::open(&path, 99).unwrap();
         for team in [1, 2] {
-            let page = src.read_after(team, None, 1000).unwrap();
+            let page = src.read_after(team, None, None, 1000).unwrap();
             assert!(page.rejected.is_empty(), "{name}: {:?}", page.rejected);
             let want = sorted_team(&rows, team);
             // Exact equality, embeddings included: f32 text from serde_json reads back exactly.
@@ -124,7 +124,11 @@ fn parquet_and_jsonl_round_trip_in_watermark_order() {
         assert_eq!(src.teams().unwrap(), vec![1, 2]);
         // Through the enum as the pipeline uses it.
         let source = Source::open_file(&path, 99).unwrap();
-        assert_eq!(source.read_after(2, None, 3).unwrap().rows.len(), 3);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let page = rt.block_on(source.read_after(2, None, None, 3)).unwrap();
+        assert_eq!(page.rows.len(), 3);
+        let team2 = sorted_team(&rows, 2).len() as u64;
+        assert_eq!(rt.block_on(source.count(2, None, None)).unwrap(), team2);
     }
 }
 
@@ -157,9 +161,14 @@ fn paging_over_shared_timestamps_neither_skips_nor_repeats() {
             inserted_at_ms: mid.inserted_at_ms,
             document_id: mid.document_id.clone(),
         };
-        let page = src.read_after(1, Some(&w), 1000).unwrap();
+        let page = src.read_after(1, Some(&w), None, 1000).unwrap();
         assert_eq!(ids(&page.rows), ids(&all[k + 1..]));
-        assert!(src.read_after(1, Some(&w), 0).unwrap().rows.is_empty());
+        assert!(
+            src.read_after(1, Some(&w), None, 0)
+                .unwrap()
+                .rows
+                .is_empty()
+        );
     }
 }
 
@@ -222,8 +231,8 @@ fn team_filtering_and_read_by_ids() {
         let path = dir.path().join(name);
         write_segments(&path, &rows).unwrap();
         let src = FileSource::open(&path, 0).unwrap();
-        assert!(src.read_after(3, None, 100).unwrap().rows.is_empty());
-        let team2 = src.read_after(2, None, 100).unwrap();
+        assert!(src.read_after(3, None, None, 100).unwrap().rows.is_empty());
+        let team2 = src.read_after(2, None, None, 100).unwrap();
         assert!(team2.rows.iter().all(|r| r.team_id == 2));
         assert_eq!(team2.rows.len(), 20);
 
@@ -264,7 +273,7 @@ fn jsonl_defaults_rfc3339_times_and_metadata_objects() {
     std::fs::write(&path, lines.join("\n")).unwrap();
     let src = FileSource::open(&path, 7).unwrap();
     assert_eq!(src.teams().unwrap(), vec![7]);
-    let page = src.read_after(7, None, 10).unwrap();
+    let page = src.read_after(7, None, None, 10).unwrap();
     assert!(page.rejected.is_empty(), "{:?}", page.rejected);
     let [a, b, c] = &page.rows[..] else {
         panic!("expected 3 rows, got {:?}", page.rows)
@@ -306,7 +315,7 @@ fn jsonl_bad_lines_are_rejected_with_line_numbers_and_the_rest_is_read() {
     ];
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     let src = FileSource::open(&path, 1).unwrap();
-    let page = src.read_after(1, None, 100).unwrap();
+    let page = src.read_after(1, None, None, 100).unwrap();
     assert_eq!(ids(&page.rows), vec!["a:0:1", "b:0:1", "f:0:1"]);
     let reasons: Vec<&str> = page.rejected.iter().map(|q| q.reason.as_str()).collect();
     assert_eq!(reasons.len(), 4, "{reasons:#?}");
@@ -396,7 +405,7 @@ fn parquet_from_arrow_with_float64_lists_and_microsecond_times() {
         write_arrow(&path, batch, None);
         let src = FileSource::open(&path, 42).unwrap();
         assert_eq!(src.teams().unwrap(), vec![42]);
-        let page = src.read_after(42, None, 100).unwrap();
+        let page = src.read_after(42, None, None, 100).unwrap();
         // Time order is the reverse of file order; the null document_id (row 3) is rejected.
         assert_eq!(
             ids(&page.rows),
@@ -465,9 +474,9 @@ fn changed_file_is_re_indexed() {
     let rows = sample();
     write_segments(&path, &rows[..10]).unwrap();
     let src = FileSource::open(&path, 0).unwrap();
-    let before = src.read_after(1, None, 1000).unwrap().rows.len();
+    let before = src.read_after(1, None, None, 1000).unwrap().rows.len();
     write_segments(&path, &rows).unwrap();
-    let after = src.read_after(1, None, 1000).unwrap().rows.len();
+    let after = src.read_after(1, None, None, 1000).unwrap().rows.len();
     assert_eq!(before, sorted_team(&rows[..10], 1).len());
     assert_eq!(after, 40);
 }
@@ -639,7 +648,7 @@ fn large_parquet_read_child() {
     let mut after = None;
     let mut total = 0;
     while let Some(last) = {
-        let page = src.read_after(1, after.as_ref(), 5_000).unwrap();
+        let page = src.read_after(1, after.as_ref(), None, 5_000).unwrap();
         total += page.rows.len();
         page.last
     } {
@@ -652,7 +661,7 @@ fn large_parquet_read_child() {
         peak_mb()
     );
     let t = Instant::now();
-    let page = src.read_after(1, None, 5_000).unwrap();
+    let page = src.read_after(1, None, None, 5_000).unwrap();
     let v = validate(page.rows, None);
     assert_eq!(v.embeddings.rows(), 5_000);
     eprintln!(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# README's test command: finds (or starts) the servers the tests talk to, then runs the whole
+# README's test command: finds (or starts) the servers the tests talk to (PostgreSQL on
+# 127.0.0.1:5432; a throw-away ClickHouse from Debian's clickhouse-server), then runs the whole
 # suite with cargo-nextest. A missing server is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,17 @@ if ! pg_up; then
   for _ in $(seq 30); do pg_up && break; sleep 1; done
   pg_up || { echo "tools/test.sh: FAIL: PostgreSQL is required at 127.0.0.1:5432 (trust auth) for the store tests" >&2; exit 1; }
 fi
+
+# ClickHouse: a throw-away server on loopback for this run (installed from Debian if missing),
+# unless the caller points at one already.
+if [ -z "${SEGCLUST_TEST_CLICKHOUSE:-}" ]; then
+  eval "$(bash tools/clickhouse.sh start)" ||
+    { echo "tools/test.sh: FAIL: could not start ClickHouse for the source tests" >&2; exit 1; }
+  trap 'bash tools/clickhouse.sh stop "$SEGCLUST_CLICKHOUSE_DIR"' EXIT
+fi
+curl -sf "$SEGCLUST_TEST_CLICKHOUSE/ping" >/dev/null ||
+  { echo "tools/test.sh: FAIL: ClickHouse is not answering at $SEGCLUST_TEST_CLICKHOUSE" >&2; exit 1; }
+export SEGCLUST_TEST_CLICKHOUSE
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tools/test.sh: installing cargo-nextest"

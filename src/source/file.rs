@@ -99,6 +99,27 @@ pub struct FileSource {
     index: Mutex<Option<Arc<KeyIndex>>>,
 }
 
+/// The rows of one team's sorted key list after `after` and before `until_ms`.
+fn window<'a>(
+    team_rows: &'a [KeyEntry],
+    after: Option<&Watermark>,
+    until_ms: Option<i64>,
+) -> &'a [KeyEntry] {
+    let start = match after {
+        Some(w) => team_rows.partition_point(|e| !is_after(w, e)),
+        None => 0,
+    };
+    let rest = &team_rows[start..];
+    match until_ms {
+        Some(u) => {
+            let end =
+                rest.partition_point(|e| e.pos.as_ref().is_some_and(|p| p.inserted_at_ms < u));
+            &rest[..end]
+        }
+        None => rest,
+    }
+}
+
 /// Where a row lives in the file.
 #[derive(Clone, Copy, Debug)]
 enum Loc {
@@ -165,22 +186,22 @@ impl FileSource {
         })
     }
 
-    /// Up to `limit` rows of `team` strictly after `after`, ordered by
-    /// `(inserted_at_ms, document_id)`. Rows sharing the last row's exact position are included
-    /// too (only exact duplicates), so paging can never skip one.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Up to `limit` rows of `team` strictly after `after` (and inserted before `until_ms` when
+    /// given), ordered by `(inserted_at_ms, document_id)`. Rows sharing the last row's exact
+    /// position are included too (only exact duplicates), so paging can never skip one.
     pub fn read_after(
         &self,
         team: i64,
         after: Option<&Watermark>,
+        until_ms: Option<i64>,
         limit: usize,
     ) -> Result<SourcePage> {
         let index = self.index()?;
-        let team_rows = index.team(team);
-        let start = match after {
-            Some(w) => team_rows.partition_point(|e| !is_after(w, e)),
-            None => 0,
-        };
-        let rest = &team_rows[start..];
+        let rest = window(index.team(team), after, until_ms);
         let mut end = limit.min(rest.len());
         if end > 0 {
             while end < rest.len() && rest[end].pos == rest[end - 1].pos {
@@ -219,6 +240,17 @@ impl FileSource {
             })
             .collect();
         self.load(&chosen)
+    }
+
+    /// Rows of `team` after `after` and before `until_ms`.
+    pub fn count(
+        &self,
+        team: i64,
+        after: Option<&Watermark>,
+        until_ms: Option<i64>,
+    ) -> Result<u64> {
+        let index = self.index()?;
+        Ok(window(index.team(team), after, until_ms).len() as u64)
     }
 
     /// Distinct team ids in the file, ascending.

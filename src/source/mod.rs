@@ -1,22 +1,22 @@
-//! Where segments come from.
+//! Where segments come from: a local segments file ([`FileSource`]: Parquet or JSON Lines, the
+//! embedded default and the format for experiments) or ClickHouse ([`ClickHouseSource`],
+//! `document_embeddings`, production). The pipeline only talks to [`Source`] and its four
+//! methods: `read_after` (a page strictly after a watermark, in `(inserted_at, document_id)`
+//! order, optionally bounded above for backfill windows), `read_by_ids` (re-reading
+//! carried-over unlinked segments), `teams` and `count`.
 //!
-//! Today the only source is a local segments file ([`FileSource`]: Parquet or JSON Lines, the
-//! embedded default and the format for backfills and experiments). A ClickHouse source
-//! (`document_embeddings`, production) will be added later as another [`Source`] variant behind
-//! the same three methods: `read_after` (a page strictly after a watermark, in
-//! `(inserted_at, document_id)` order), `read_by_ids` (re-reading carried-over unlinked
-//! segments) and `teams`. The pipeline only talks to [`Source`], so adding a variant means
-//! one new module and one new arm per method here, nothing in the callers.
-//!
-//! The methods are synchronous: a page is bounded (at most `limit` rows) and the pipeline calls
-//! them on a blocking thread.
+//! The file reader is synchronous and runs on a blocking thread; ClickHouse is read over HTTP
+//! on the runtime. Every page is bounded (at most `limit` rows).
 
+mod clickhouse;
 mod file;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+pub use clickhouse::{ClickHouseColumns, ClickHouseConfig, ClickHouseSource};
 pub use file::{FileSource, write_segments};
 
 use crate::segment::{Quarantine, RawSegment, Watermark};
@@ -35,42 +35,95 @@ pub struct SourcePage {
     pub last: Option<Watermark>,
 }
 
-/// A source of segments. See the module docs for how variants are added.
+/// A source of segments. See the module docs.
 #[derive(Debug)]
 pub enum Source {
-    File(FileSource),
+    File(Arc<FileSource>),
+    ClickHouse(Box<ClickHouseSource>),
 }
 
 impl Source {
     /// Opens a segments file (`.parquet`, `.jsonl` or `.ndjson`); rows without a team_id belong
     /// to `default_team`.
     pub fn open_file(path: impl AsRef<Path>, default_team: i64) -> Result<Self> {
-        Ok(Source::File(FileSource::open(path, default_team)?))
+        Ok(Source::File(Arc::new(FileSource::open(
+            path,
+            default_team,
+        )?)))
     }
 
-    /// Up to `limit` rows of `team` strictly after `after`, in `(inserted_at, document_id)` order.
-    pub fn read_after(
+    pub fn clickhouse(cfg: ClickHouseConfig) -> Result<Self> {
+        Ok(Source::ClickHouse(Box::new(ClickHouseSource::new(cfg)?)))
+    }
+
+    /// For logs and errors: which file or server, never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(f) => format!("segments file {}", f.path().display()),
+            Source::ClickHouse(c) => c.describe(),
+        }
+    }
+
+    /// Up to `limit` rows of `team` strictly after `after` (and inserted before `until_ms`
+    /// when given), in `(inserted_at, document_id)` order.
+    pub async fn read_after(
         &self,
         team: i64,
         after: Option<&Watermark>,
+        until_ms: Option<i64>,
         limit: usize,
     ) -> Result<SourcePage> {
         match self {
-            Source::File(f) => f.read_after(team, after, limit),
+            Source::File(f) => {
+                let (f, after) = (Arc::clone(f), after.cloned());
+                blocking(move || f.read_after(team, after.as_ref(), until_ms, limit)).await
+            }
+            Source::ClickHouse(c) => c.read_after(team, after, until_ms, limit).await,
         }
     }
 
     /// Rows of `team` whose document_id is in `ids`, in `(inserted_at, document_id)` order.
-    pub fn read_by_ids(&self, team: i64, ids: &[String]) -> Result<SourcePage> {
+    pub async fn read_by_ids(&self, team: i64, ids: &[String]) -> Result<SourcePage> {
         match self {
-            Source::File(f) => f.read_by_ids(team, ids),
+            Source::File(f) => {
+                let (f, ids) = (Arc::clone(f), ids.to_vec());
+                blocking(move || f.read_by_ids(team, &ids)).await
+            }
+            Source::ClickHouse(c) => c.read_by_ids(team, ids).await,
         }
     }
 
     /// Distinct team ids present in the source, ascending.
-    pub fn teams(&self) -> Result<Vec<i64>> {
+    pub async fn teams(&self) -> Result<Vec<i64>> {
         match self {
-            Source::File(f) => f.teams(),
+            Source::File(f) => {
+                let f = Arc::clone(f);
+                blocking(move || f.teams()).await
+            }
+            Source::ClickHouse(c) => c.teams().await,
         }
     }
+
+    /// Rows of `team` after `after` and before `until_ms`: the size of a backfill, for its
+    /// progress bar.
+    pub async fn count(
+        &self,
+        team: i64,
+        after: Option<&Watermark>,
+        until_ms: Option<i64>,
+    ) -> Result<u64> {
+        match self {
+            Source::File(f) => {
+                let (f, after) = (Arc::clone(f), after.cloned());
+                blocking(move || f.count(team, after.as_ref(), until_ms)).await
+            }
+            Source::ClickHouse(c) => c.count(team, after, until_ms).await,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("the source reader thread failed")?
 }

@@ -17,7 +17,10 @@
 //! in SQL, so a rerun of the same batch (after a crash, or by an overlapping worker) cannot drift
 //! them; links are unique per `(team_id, document_id)`.
 
+mod lock;
 mod sql;
+
+pub use lock::TeamLock;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -32,6 +35,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
+use crate::retry::RetryPolicy;
 pub use crate::segment::{Quarantine, Watermark};
 use sql::Repo;
 
@@ -210,6 +214,11 @@ pub struct CommitSummary {
 #[derive(Clone)]
 pub struct Store {
     inner: Inner,
+    /// Deadline and retries of reads; a commit gets the deadline only.
+    retry: RetryPolicy,
+    /// The SQLite database file, next to which team lock files live (None: PostgreSQL or
+    /// an in-memory database).
+    sqlite_path: Option<std::path::PathBuf>,
     /// The URL with any password replaced, for messages.
     display_url: String,
 }
@@ -238,6 +247,17 @@ macro_rules! dispatch {
             Inner::Postgres($repo) => $body,
         }
     };
+}
+
+/// A store read under the store's deadline and retry policy (reads only: see `crate::retry`).
+macro_rules! read {
+    ($self:expr, $what:expr, $repo:ident => $body:expr) => {{
+        let what: String = $what;
+        $self
+            .retry
+            .run(&what, || async { Ok(dispatch!($self, $repo => $body)?) })
+            .await
+    }};
 }
 
 /// How long a writer waits for SQLite's lock before failing; batches commit in well under this.
@@ -334,7 +354,24 @@ impl Store {
             );
         };
         tracing::debug!(url = %display_url, "store connected and migrated");
-        Ok(Store { inner, display_url })
+        let sqlite_path = match &inner {
+            Inner::Sqlite(_) if !url.contains(":memory:") => SqliteConnectOptions::from_str(url)
+                .ok()
+                .map(|o| o.get_filename().to_path_buf()),
+            _ => None,
+        };
+        Ok(Store {
+            inner,
+            display_url,
+            retry: RetryPolicy::default(),
+            sqlite_path,
+        })
+    }
+
+    /// The same store with another deadline/retry policy for its reads.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Store {
+        self.retry = retry;
+        self
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -351,48 +388,41 @@ impl Store {
     }
 
     pub async fn watermark(&self, team: i64) -> Result<Option<Watermark>> {
-        dispatch!(self, r => r.watermark(team).await)
-            .with_context(|| format!("reading the watermark of team {team}"))
+        read!(self, format!("reading the watermark of team {team}"), r => r.watermark(team).await)
     }
 
     /// All Tasks of a team with their centroids (for matching), by id.
     pub async fn tasks(&self, team: i64) -> Result<Vec<Task>> {
-        dispatch!(self, r => r.tasks(team).await)
-            .with_context(|| format!("reading the tasks of team {team}"))
+        read!(self, format!("reading the tasks of team {team}"), r => r.tasks(team).await)
     }
 
     pub async fn task(&self, team: i64, id: i64) -> Result<Option<Task>> {
-        dispatch!(self, r => r.task(team, id).await)
-            .with_context(|| format!("reading task {id} of team {team}"))
+        read!(self, format!("reading task {id} of team {team}"), r => r.task(team, id).await)
     }
 
     /// Links of one Task, oldest segment first.
     pub async fn links(&self, team: i64, task_id: i64) -> Result<Vec<Link>> {
-        dispatch!(self, r => r.links(team, task_id).await)
-            .with_context(|| format!("reading the links of task {task_id} of team {team}"))
+        read!(self, format!("reading the links of task {task_id} of team {team}"), r => r.links(team, task_id).await)
     }
 
     /// Which of `ids` the team already links to a Task.
     pub async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
-        dispatch!(self, r => r.linked_ids(team, ids).await)
-            .with_context(|| format!("looking up linked segments of team {team}"))
+        read!(self, format!("looking up linked segments of team {team}"), r => r.linked_ids(team, ids).await)
     }
 
     /// Unlinked document_ids with `timestamp_ms >= since_ms`, oldest first.
     pub async fn carry_over(&self, team: i64, since_ms: i64) -> Result<Vec<String>> {
-        dispatch!(self, r => r.carry_over(team, since_ms).await)
-            .with_context(|| format!("reading carried-over segments of team {team}"))
+        read!(self, format!("reading carried-over segments of team {team}"), r => r.carry_over(team, since_ms).await)
     }
 
     /// Quarantined rows of a team, in the order they were recorded.
     pub async fn quarantined(&self, team: i64) -> Result<Vec<Quarantine>> {
-        dispatch!(self, r => r.quarantined(team).await)
-            .with_context(|| format!("reading quarantined segments of team {team}"))
+        read!(self, format!("reading quarantined segments of team {team}"), r => r.quarantined(team).await)
     }
 
     /// Teams that have a watermark or Tasks.
     pub async fn teams(&self) -> Result<Vec<i64>> {
-        dispatch!(self, r => r.teams().await).context("listing teams in the store")
+        read!(self, "listing teams in the store".to_string(), r => r.teams().await)
     }
 
     /// Writes one batch in one transaction: all of it or, on any error, nothing.
@@ -403,8 +433,18 @@ impl Store {
     /// their pruning, watermark.
     pub async fn commit_batch(&self, batch: &BatchCommit) -> Result<CommitSummary> {
         let team = batch.team_id;
-        let summary = dispatch!(self, r => r.commit_batch(batch).await)
-            .with_context(|| format!("committing a batch of team {team} (nothing was written)"))?;
+        let summary = tokio::time::timeout(self.retry.timeout(), async {
+            dispatch!(self, r => r.commit_batch(batch).await)
+        })
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "timed out after {:.0} s (the transaction was abandoned)",
+                self.retry.timeout_s
+            )
+        })
+        .and_then(|r| r)
+        .with_context(|| format!("committing a batch of team {team} (nothing was written)"))?;
         tracing::debug!(team, ?summary, "batch committed");
         Ok(summary)
     }

@@ -540,6 +540,7 @@ where
             summary.watermark_advanced = res.affected() == 1;
         }
 
+        crate::failpoint::hit("in_commit");
         tx.commit().await.context("committing the transaction")?;
         Ok(summary)
     }
