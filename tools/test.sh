@@ -16,6 +16,13 @@ if ! pg_up; then
   pg_up || { echo "tools/test.sh: FAIL: PostgreSQL is required at 127.0.0.1:5432 (trust auth) for the store tests" >&2; exit 1; }
 fi
 
+# The report's browser test (tests/report_browser.rs) needs headless Chromium.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  echo "tools/test.sh: installing chromium (Debian package) for the report's browser test"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium
+  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tools/test.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked
