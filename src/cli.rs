@@ -23,6 +23,8 @@ const EXAMPLES: &str = "Examples:
   segclust demo                                   # demo data -> Tasks in segclust-demo.db, then list them
   segclust run --source segments.parquet --store sqlite://segclust.db --team 1
   segclust tasks --store sqlite://segclust.db --team 1 --json
+  segclust tasks show 12 --store sqlite://segclust.db --team 1
+  segclust report --store sqlite://segclust.db --team 1 --out report.html
   segclust cluster --input X.npy --output labels.npy --selection eom
   segclust bench --sizes 2000,10000,50000";
 
@@ -48,9 +50,11 @@ pub struct LogArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Cluster a matrix (.npy) or a segments file and write labels: the numeric core as a tool.
+    #[command(after_help = CLUSTER_EXAMPLES)]
     Cluster(ClusterArgs),
     /// Process new segments of a team (or every enabled team): cluster, match, label, commit
     /// Tasks. The main job; run it every 30 minutes, or use `schedule`.
+    #[command(after_help = RUN_EXAMPLES)]
     Run(crate::coordinator::cmd::RunArgs),
     /// Run every enabled team every interval (default 30m) until SIGTERM.
     Schedule(crate::coordinator::cmd::ScheduleArgs),
@@ -59,12 +63,50 @@ pub enum Command {
     /// Check or show a configuration file.
     #[command(subcommand)]
     Config(crate::coordinator::cmd::ConfigCommand),
-    /// List a team's Tasks by priority.
-    Tasks(crate::pipeline::TasksArgs),
+    /// List a team's Tasks by priority (filters: level, since, label source), or show one.
+    Tasks(crate::tasks_cmd::TasksArgs),
+    /// Write a self-contained HTML report: Tasks, a map of the latest batch, run figures.
+    Report(crate::report::ReportArgs),
     /// Write the demo segments file (if missing), run the main job on it and list the Tasks.
+    #[command(after_help = DEMO_EXAMPLES)]
     Demo(crate::coordinator::cmd::DemoArgs),
     /// Time PCA and HDBSCAN on synthetic data, next to scikit-learn on the same input.
+    #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+}
+
+const CLUSTER_EXAMPLES: &str = "Examples:
+  segclust cluster --input X.npy --output labels.npy
+  segclust cluster --input X.npy --output labels.npy --selection eom --min-samples 5 --probabilities p.npy
+  segclust cluster --input segments.parquet --output labels.npy --team 1 --device cpu";
+
+const RUN_EXAMPLES: &str = "Examples:
+  segclust run --source segments.parquet --store sqlite://segclust.db --team 1
+  segclust run --source segments.jsonl --store postgres://segclust@db/segclust --all-teams
+  SEGCLUST_LOG=debug segclust run --source segments.parquet --batch-size 20000 --device cpu";
+
+const DEMO_EXAMPLES: &str = "Examples:
+  segclust demo                       # demo-segments.parquet -> sqlite://segclust-demo.db, then the Tasks
+  segclust demo && segclust report --store sqlite://segclust-demo.db --out demo.html
+  segclust demo --demo-seed 3 --source /tmp/demo3.parquet --store sqlite:///tmp/demo3.db";
+
+const BENCH_EXAMPLES: &str = "Examples:
+  segclust bench --sizes 2000,10000,50000
+  segclust bench --sizes 50000 --no-sklearn --device gpu --json bench.json";
+
+const COMPLETIONS_EXAMPLES: &str = "Examples:
+  segclust completions bash > ~/.local/share/bash-completion/completions/segclust
+  segclust completions zsh > ~/.zfunc/_segclust        # with fpath+=~/.zfunc in ~/.zshrc
+  segclust completions fish > ~/.config/fish/completions/segclust.fish";
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Options of the numeric core shared by `cluster`, `run` and `bench`.
@@ -210,8 +252,21 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Backfill(a) => runtime()?.block_on(cmd::backfill_cmd(a, m)),
         Command::Config(c) => cmd::config_cmd(c),
         Command::Tasks(a) => runtime()?
-            .block_on(crate::pipeline::tasks_cmd(a))
+            .block_on(crate::tasks_cmd::tasks_cmd(a))
             .map(|()| ExitCode::SUCCESS),
+        Command::Report(a) => runtime()?
+            .block_on(crate::report::report_cmd(a))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "segclust",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(a) => runtime()?.block_on(cmd::demo_cmd(a, m)),
     }
 }
@@ -322,6 +377,44 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_cover_the_new_commands() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "segclust",
+            &mut out,
+        );
+        let script = String::from_utf8(out).expect("UTF-8 script");
+        for word in ["report", "show", "--label-source", "--since", "completions"] {
+            assert!(
+                script.contains(word),
+                "{word} missing from bash completions"
+            );
+        }
+    }
+
+    #[test]
+    fn tasks_takes_filters_or_a_show_subcommand() {
+        let cli = Cli::try_parse_from(["segclust", "tasks", "--level", "critical,high"])
+            .expect("filters parse");
+        let Command::Tasks(a) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert!(a.command.is_none());
+        assert_eq!(a.list.level.len(), 2);
+        let cli = Cli::try_parse_from(["segclust", "tasks", "show", "12", "--team", "3"])
+            .expect("show parses");
+        let Command::Tasks(a) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert!(matches!(
+            a.command,
+            Some(crate::tasks_cmd::TasksCommand::Show(ref s)) if s.id == 12 && s.team == 3
+        ));
     }
 
     #[test]

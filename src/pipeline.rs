@@ -155,6 +155,7 @@ pub async fn run_batch(
     cfg: &PipelineConfig,
     now_ms: i64,
 ) -> Result<BatchReport> {
+    let started_at_ms = chrono::Utc::now().timestamp_millis();
     let mut report = BatchReport {
         team_id: team,
         ..Default::default()
@@ -176,6 +177,7 @@ pub async fn run_batch(
         .await?;
     report.segments_read = page.rows.len();
     let mut quarantined: Vec<Quarantine> = page.rejected;
+    let unreadable = quarantined.len();
     if page.rows.is_empty() && quarantined.is_empty() {
         return Ok(report);
     }
@@ -210,14 +212,15 @@ pub async fn run_batch(
     let pca = cfg.pca.clone();
     let hdbscan = cfg.hdbscan.clone();
     let dev = Arc::clone(device);
-    let (validated, clustering) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let mut v = crate::validate::validate(rows, dim);
-        v.embeddings.normalize_rows();
-        let clustering = cluster(&dev, &v.embeddings, pca.as_ref(), &hdbscan)?;
-        Ok((v, clustering))
-    })
-    .await
-    .context("numeric thread failed")??;
+    let (validated, (clustering, map_coords)) =
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut v = crate::validate::validate(rows, dim);
+            v.embeddings.normalize_rows();
+            let clustering = cluster(&dev, &v.embeddings, pca.as_ref(), &hdbscan)?;
+            Ok((v, clustering))
+        })
+        .await
+        .context("numeric thread failed")??;
     quarantined.extend(validated.quarantined);
     report.quarantined = quarantined.len();
     report.clustered = validated.segments.len();
@@ -318,6 +321,7 @@ pub async fn run_batch(
                 distance: cosine_distance_unit(unit.row(*r), centroid_of(target)),
                 impact: impacts[*r],
                 timestamp_ms: s.timestamp_ms,
+                content: s.content.clone(),
             }
         })
         .collect();
@@ -332,6 +336,16 @@ pub async fn run_batch(
         })
         .collect();
 
+    let run = run_record(
+        &report,
+        started_at_ms,
+        &quarantined,
+        unreadable,
+        &map_coords,
+        &segments,
+        &clusters,
+        &plan.links,
+    );
     let t = Instant::now();
     let weights = cfg.priority;
     let batch = BatchCommit {
@@ -362,6 +376,7 @@ pub async fn run_batch(
             );
             (s, priority::Level::from_score(s).as_str().to_string())
         }),
+        run: Some(run),
     };
     let summary = store.commit_batch(&batch).await?;
     report.commit_s = t.elapsed().as_secs_f64();
@@ -380,19 +395,90 @@ pub async fn run_batch(
     Ok(report)
 }
 
+/// The clustering and, for the report's map, each row on the first two PCA axes.
 fn cluster(
     device: &Device,
     unit: &Matrix,
     pca: Option<&PcaParams>,
     params: &HdbscanParams,
-) -> Result<Clustering> {
+) -> Result<(Clustering, Vec<[f32; 2]>)> {
     if unit.rows() < crate::cluster::MIN_ROWS_TO_CLUSTER {
-        return Ok(Clustering::all_noise(unit.rows()));
+        return Ok((Clustering::all_noise(unit.rows()), Vec::new()));
     }
     let _turn = device.turn();
     match pca {
-        Some(p) => device.hdbscan(&device.pca(unit, p)?.projected, params),
-        None => device.hdbscan(unit, params),
+        Some(p) => {
+            let projected = device.pca(unit, p)?.projected;
+            let c = device.hdbscan(&projected, params)?;
+            Ok((c, crate::report::record::first_two_axes(&projected)))
+        }
+        None => {
+            let c = device.hdbscan(unit, params)?;
+            // Clustering without PCA still gets a map: a 2-component PCA just for it.
+            let map_pca = PcaParams {
+                components: 2,
+                ..PcaParams::default()
+            };
+            let coords = match device.pca(unit, &map_pca) {
+                Ok(p) => crate::report::record::first_two_axes(&p.projected),
+                Err(e) => {
+                    tracing::warn!("no 2-D map for this batch's report: {e:#}");
+                    Vec::new()
+                }
+            };
+            Ok((c, coords))
+        }
+    }
+}
+
+/// The batch's row for the `runs` table: its figures so far, quarantine reasons and map.
+#[allow(clippy::too_many_arguments)]
+fn run_record(
+    report: &BatchReport,
+    started_at_ms: i64,
+    quarantined: &[Quarantine],
+    unreadable: usize,
+    map_coords: &[[f32; 2]],
+    segments: &[Segment],
+    clusters: &[Vec<usize>],
+    links: &[(usize, Target)],
+) -> crate::store::RunRecord {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut cluster_of = vec![-1i32; segments.len()];
+    for (c, rows) in clusters.iter().enumerate() {
+        for &r in rows {
+            cluster_of[r] = i32::try_from(c).unwrap_or(i32::MAX);
+        }
+    }
+    let task_of = links
+        .iter()
+        .map(|(r, t)| {
+            let t = match t {
+                Target::New(j) => TaskRef::New(*j),
+                Target::Existing(id) => TaskRef::Existing(*id),
+            };
+            (*r, t)
+        })
+        .collect();
+    let ids: Vec<&str> = segments.iter().map(|s| s.document_id.as_str()).collect();
+    crate::store::RunRecord {
+        started_at_ms,
+        figures: crate::store::RunFigures {
+            segments_read: count(report.segments_read),
+            already_linked: count(report.already_linked),
+            carried_over: count(report.carried_over),
+            quarantined: count(report.quarantined),
+            clustered: count(report.clustered),
+            clusters: count(report.clusters),
+            noise: count(report.noise),
+            rescued: count(report.rescued),
+            read_s: report.read_s,
+            numeric_s: report.numeric_s,
+            label_s: report.label_s,
+            ..Default::default()
+        },
+        quarantine_reasons: crate::report::record::quarantine_reasons(quarantined, unreadable),
+        map: crate::report::record::map_points(map_coords, &ids, &cluster_of, &task_of),
     }
 }
 
@@ -545,85 +631,4 @@ impl PipelineArgs {
         self.now_ms
             .unwrap_or_else(|| chrono::Utc::now().timestamp_millis())
     }
-}
-
-#[derive(Args, Debug)]
-pub struct TasksArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
-    #[arg(long, default_value_t = 1)]
-    pub team: i64,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// At most this many Tasks (highest priority first).
-    #[arg(long, default_value_t = 50)]
-    pub limit: usize,
-    /// Current time as ms since the epoch, for the recency term; default: the clock.
-    #[arg(long)]
-    pub now_ms: Option<i64>,
-}
-
-pub async fn tasks_cmd(a: TasksArgs) -> Result<()> {
-    let store = Store::connect(&a.store.store).await?;
-    let now = a
-        .now_ms
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-    let w = PriorityWeights::default();
-    let mut tasks = store.tasks(a.team).await?;
-    // Recency decays when Tasks are listed, not only when they were written.
-    for t in &mut tasks {
-        t.priority_score = priority::score(
-            t.distinct_user_count as u64,
-            t.impact,
-            t.last_seen_ms,
-            now,
-            &w,
-        );
-        t.priority_level = priority::Level::from_score(t.priority_score)
-            .as_str()
-            .to_string();
-    }
-    tasks.sort_by(|a, b| {
-        b.priority_score
-            .total_cmp(&a.priority_score)
-            .then(a.id.cmp(&b.id))
-    });
-    tasks.truncate(a.limit);
-    if a.json {
-        let v: Vec<serde_json::Value> = tasks
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "id": t.id, "title": t.title, "description": t.description,
-                    "label_source": t.label_source.as_str(), "priority": t.priority_score,
-                    "level": t.priority_level, "impact": t.impact, "segments": t.segment_count,
-                    "occurrences": t.occurrence_count, "users": t.distinct_user_count,
-                    "first_seen_ms": t.first_seen_ms, "last_seen_ms": t.last_seen_ms,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!(
-        "{:>5}  {:<8}  {:>6}  {:>5}  {:>5}  {:>6}  title",
-        "id", "level", "score", "users", "occ", "impact"
-    );
-    for t in &tasks {
-        println!(
-            "{:>5}  {:<8}  {:>6.2}  {:>5}  {:>5}  {:>6.2}  {}",
-            t.id,
-            t.priority_level,
-            t.priority_score,
-            t.distinct_user_count,
-            t.occurrence_count,
-            t.impact,
-            t.title
-        );
-    }
-    if tasks.is_empty() {
-        println!("(no Tasks for team {})", a.team);
-    }
-    Ok(())
 }

@@ -270,3 +270,79 @@ async fn demo_problems_become_tasks() {
         "the demo plants at least 10 frequent problems, saw {checked}"
     );
 }
+
+/// Each committed batch leaves one `runs` row with its figures, its quarantine reasons counted by
+/// kind, and a map of every clustered row pointing at Tasks that exist; a rerun adds none.
+#[tokio::test]
+async fn each_batch_records_its_run_for_the_report() {
+    let (mut rows, _) = demo(300, 5);
+    for (i, at) in [3usize, 7].into_iter().enumerate() {
+        let mut r = rows[i].clone();
+        r.document_id = format!("bad-nan-{i}:0:1");
+        r.embedding[at] = f32::NAN;
+        rows.push(r);
+    }
+    let env = env(&rows).await;
+    let reports = env.run().await;
+    assert_eq!(reports.len(), 1);
+    let runs = env.store.runs(1, 10).await.expect("runs");
+    assert_eq!(runs.len(), 1, "one row per committed batch");
+    let (r, f) = (&runs[0], &runs[0].figures);
+    let b = &reports[0];
+    assert_eq!(
+        (
+            f.segments_read,
+            f.clustered,
+            f.clusters,
+            f.noise,
+            f.quarantined
+        ),
+        (
+            b.segments_read as i64,
+            b.clustered as i64,
+            b.clusters as i64,
+            b.noise as i64,
+            b.quarantined as i64
+        )
+    );
+    assert_eq!(
+        (f.tasks_created, f.tasks_updated, f.links),
+        (
+            b.tasks_created as i64,
+            b.tasks_updated as i64,
+            b.links as i64
+        )
+    );
+    assert_eq!(
+        r.quarantine_reasons,
+        vec![("embedding value at index N is NaN".to_string(), 2)]
+    );
+    assert_eq!(
+        r.map.len(),
+        b.clustered,
+        "under 5,000 rows every row is drawn"
+    );
+    let task_ids: HashSet<i64> = env
+        .store
+        .tasks(1)
+        .await
+        .expect("tasks")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    let linked = r.map.iter().filter_map(|p| p.task_id).collect::<Vec<_>>();
+    assert_eq!(linked.len(), b.links, "every linked row carries its Task");
+    assert!(linked.iter().all(|id| task_ids.contains(id)));
+    assert_eq!(
+        r.map.iter().filter(|p| p.cluster < 0).count(),
+        b.noise,
+        "noise rows are marked as noise"
+    );
+    assert!(
+        r.map.iter().any(|p| p.x != 0.0) && r.map.iter().any(|p| p.y != 0.0),
+        "rows sit on the PCA plane"
+    );
+
+    assert!(env.run().await.is_empty(), "nothing new");
+    assert_eq!(env.store.runs(1, 10).await.expect("runs").len(), 1);
+}

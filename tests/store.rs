@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use segclust::segment::{Quarantine, Watermark};
 use segclust::store::{
-    BatchCommit, CentroidUpdate, LabelSource, NewLink, NewTask, PriorityFn, Store, TaskAggregates,
-    TaskRef, UnlinkedSegment,
+    BatchCommit, CentroidUpdate, LabelSource, MapPoint, NewLink, NewTask, PriorityFn, RunFigures,
+    RunRecord, Store, StoredMapPoint, TaskAggregates, TaskRef, UnlinkedSegment,
 };
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -158,6 +158,7 @@ on_both_backends!(
     linked_ids_across_many_chunks,
     refresh_priorities_and_relabel,
     concurrent_commits_all_land,
+    run_row_and_descriptions_commit_with_the_batch,
 );
 
 /// A priority that depends on every input, so that a stale aggregate shows in the score.
@@ -193,6 +194,7 @@ fn link(task: TaskRef, doc: &str, session: &str, user: &str, impact: f64, ts: i6
         distance: 0.125,
         impact,
         timestamp_ms: ts,
+        content: format!("segment {doc} of session {session}"),
     }
 }
 
@@ -218,6 +220,7 @@ fn empty_batch() -> BatchCommit {
         carry_over_prune_before_ms: NOW - 7 * DAY_MS,
         watermark: None,
         priority: test_priority(),
+        run: None,
     }
 }
 
@@ -993,5 +996,110 @@ async fn concurrent_commits_all_land(backend: Backend) {
             (NOW + 2, "r2:19")
         );
     }
+    db.finish(store).await;
+}
+
+/// The run row is written by the batch's own commit: it resolves the map's new-Task references to
+/// the ids the commit gave, takes the counts only the commit knows, and is absent when the commit
+/// fails. Links keep their descriptions, markup and all.
+async fn run_row_and_descriptions_commit_with_the_batch(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let record = RunRecord {
+        started_at_ms: NOW - 5_000,
+        figures: RunFigures {
+            segments_read: 6,
+            clustered: 5,
+            clusters: 2,
+            noise: 1,
+            quarantined: 1,
+            read_s: 0.25,
+            // Ignored: the commit fills these in.
+            tasks_created: 99,
+            links: 99,
+            ..RunFigures::default()
+        },
+        quarantine_reasons: vec![("embedding value at index N is NaN".into(), 1)],
+        map: vec![
+            MapPoint {
+                x: 0.5,
+                y: -0.25,
+                cluster: 0,
+                task: Some(TaskRef::New(1)),
+            },
+            MapPoint {
+                x: 0.123456,
+                y: 2.0,
+                cluster: -1,
+                task: None,
+            },
+        ],
+    };
+    let mut batch = two_task_batch();
+    batch.links[0].content = "<script>window.__pwned=1</script> clicked Pay".into();
+    batch.run = Some(record.clone());
+    let summary = store.commit_batch(&batch).await.unwrap();
+    let b_id = summary.new_task_ids[1].expect("task B kept");
+
+    let runs = store.runs(TEAM, 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(
+        (r.team_id, r.started_at_ms, r.now_ms),
+        (TEAM, NOW - 5_000, NOW)
+    );
+    assert_eq!(r.figures.tasks_created, 2);
+    assert_eq!(r.figures.links, 5);
+    assert_eq!(r.figures.tasks_updated, 0);
+    assert_eq!(
+        (
+            r.figures.segments_read,
+            r.figures.clusters,
+            r.figures.read_s
+        ),
+        (6, 2, 0.25)
+    );
+    assert!(r.figures.commit_s >= 0.0 && r.finished_at_ms > 0);
+    assert_eq!(r.quarantine_reasons, record.quarantine_reasons);
+    assert_eq!(
+        r.map,
+        vec![
+            StoredMapPoint {
+                x: 0.5,
+                y: -0.25,
+                cluster: 0,
+                task_id: Some(b_id)
+            },
+            StoredMapPoint {
+                x: 0.1235,
+                y: 2.0,
+                cluster: -1,
+                task_id: None
+            },
+        ]
+    );
+    let a_id = summary.new_task_ids[0].expect("task A kept");
+    let links = store.links(TEAM, a_id).await.unwrap();
+    assert!(
+        links
+            .iter()
+            .any(|l| l.content == "<script>window.__pwned=1</script> clicked Pay"),
+        "{links:?}"
+    );
+
+    // A failed commit leaves no run row behind.
+    let mut bad = empty_batch();
+    bad.links = vec![link(
+        TaskRef::Existing(987_654),
+        "x:0:1",
+        "x",
+        "u",
+        0.0,
+        NOW,
+    )];
+    bad.run = Some(record);
+    assert!(store.commit_batch(&bad).await.is_err());
+    assert_eq!(store.runs(TEAM, 10).await.unwrap().len(), 1);
+    assert!(store.runs(TEAM + 1, 10).await.unwrap().is_empty());
     db.finish(store).await;
 }

@@ -28,6 +28,13 @@ curl -sf "$SEGCLUST_TEST_CLICKHOUSE/ping" >/dev/null ||
   { echo "tools/test.sh: FAIL: ClickHouse is not answering at $SEGCLUST_TEST_CLICKHOUSE" >&2; exit 1; }
 export SEGCLUST_TEST_CLICKHOUSE
 
+# The report's browser test (tests/report_browser.rs) needs headless Chromium.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  echo "tools/test.sh: installing chromium (Debian package) for the report's browser test"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium
+  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tools/test.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked

@@ -542,13 +542,12 @@ pub async fn demo_cmd(a: DemoArgs, m: &ArgMatches) -> Result<ExitCode> {
     let c = coordinator(&cfg, team, Duration::from_secs(60), Shutdown::default()).await?;
     let outcomes = c.round(&[team], now).await;
     let code = print_outcomes(&outcomes);
-    crate::pipeline::tasks_cmd(crate::pipeline::TasksArgs {
-        store: crate::pipeline::StoreArgs { store: a.store },
+    crate::tasks_cmd::list_cmd(crate::tasks_cmd::ListArgs::new(
+        a.store,
         team,
-        json: false,
-        limit: 20,
-        now_ms: Some(now),
-    })
+        20,
+        Some(now),
+    ))
     .await?;
     Ok(code)
 }

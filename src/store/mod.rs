@@ -84,6 +84,8 @@ pub struct Link {
     pub impact: f64,
     pub timestamp_ms: i64,
     pub created_at_ms: i64,
+    /// The segment's description ('' for links stored before descriptions were kept).
+    pub content: String,
 }
 
 /// What priority is computed from; recomputed from the links on every commit.
@@ -137,6 +139,76 @@ pub struct NewLink {
     pub distance: f64,
     pub impact: f64,
     pub timestamp_ms: i64,
+    /// The segment's description, kept so that reports need no access to the source.
+    pub content: String,
+}
+
+/// A batch's figures, as stored in `runs`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RunFigures {
+    pub segments_read: i64,
+    pub already_linked: i64,
+    pub carried_over: i64,
+    pub quarantined: i64,
+    pub clustered: i64,
+    pub clusters: i64,
+    pub noise: i64,
+    pub rescued: i64,
+    pub tasks_created: i64,
+    pub tasks_updated: i64,
+    pub links: i64,
+    pub read_s: f64,
+    pub numeric_s: f64,
+    pub label_s: f64,
+    pub commit_s: f64,
+}
+
+/// One row of a batch on its 2-D map (the first two PCA axes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapPoint {
+    pub x: f32,
+    pub y: f32,
+    /// HDBSCAN cluster of the row in its batch; -1 = noise.
+    pub cluster: i32,
+    /// The Task the row was linked to, if any.
+    pub task: Option<TaskRef>,
+}
+
+/// What a batch records about itself; written by [`Store::commit_batch`] in the batch's own
+/// transaction, so a run row exists exactly when the batch's Tasks and links do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunRecord {
+    pub started_at_ms: i64,
+    /// `tasks_created`, `tasks_updated`, `links` and `commit_s` are filled in by the commit
+    /// (the values given here are ignored): only the commit knows them.
+    pub figures: RunFigures,
+    /// Quarantine reason -> rows, most frequent first.
+    pub quarantine_reasons: Vec<(String, i64)>,
+    pub map: Vec<MapPoint>,
+}
+
+/// A stored batch run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub id: i64,
+    pub team_id: i64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    /// The batch's notion of now (pinned by `--now-ms`, else the clock).
+    pub now_ms: i64,
+    pub figures: RunFigures,
+    /// Most frequent first.
+    pub quarantine_reasons: Vec<(String, i64)>,
+    pub map: Vec<StoredMapPoint>,
+}
+
+/// A map point as stored: Tasks created by the batch are resolved to their ids.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredMapPoint {
+    pub x: f32,
+    pub y: f32,
+    pub cluster: i32,
+    pub task_id: Option<i64>,
 }
 
 /// A noise segment linked to no Task, kept so that later batches can cluster it again.
@@ -170,6 +242,8 @@ pub struct BatchCommit {
     /// Moves the team's watermark forward; a watermark at or before the stored one is ignored.
     pub watermark: Option<Watermark>,
     pub priority: Arc<PriorityFn>,
+    /// The batch's figures and map for the report (`runs` table); None writes no run row.
+    pub run: Option<RunRecord>,
 }
 
 impl fmt::Debug for BatchCommit {
@@ -187,6 +261,7 @@ impl fmt::Debug for BatchCommit {
                 &self.carry_over_prune_before_ms,
             )
             .field("watermark", &self.watermark)
+            .field("run", &self.run.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -420,6 +495,12 @@ impl Store {
         read!(self, format!("reading quarantined segments of team {team}"), r => r.quarantined(team).await)
     }
 
+    /// The team's most recent batch runs, newest first.
+    pub async fn runs(&self, team: i64, limit: usize) -> Result<Vec<Run>> {
+        dispatch!(self, r => r.runs(team, limit).await)
+            .with_context(|| format!("reading the runs of team {team}"))
+    }
+
     /// Teams that have a watermark or Tasks.
     pub async fn teams(&self) -> Result<Vec<i64>> {
         read!(self, "listing teams in the store".to_string(), r => r.teams().await)
@@ -430,7 +511,7 @@ impl Store {
     /// Order inside: new Tasks, links (existing document_ids skipped), centroid updates of Tasks
     /// that gained links, removal of new Tasks that gained none (a rerun), aggregates and
     /// priority of every touched Task recomputed from its links, quarantine, unlinked rows and
-    /// their pruning, watermark.
+    /// their pruning, watermark, and the batch's run row (`batch.run`).
     pub async fn commit_batch(&self, batch: &BatchCommit) -> Result<CommitSummary> {
         let team = batch.team_id;
         let summary = tokio::time::timeout(self.retry.timeout(), async {

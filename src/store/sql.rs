@@ -12,14 +12,15 @@ use sqlx::{
 };
 
 use super::{
-    BatchCommit, CommitSummary, LabelSource, Link, PriorityFn, Quarantine, Task, TaskAggregates,
-    TaskRef, Watermark, centroid_from_bytes, centroid_to_bytes,
+    BatchCommit, CommitSummary, LabelSource, Link, PriorityFn, Quarantine, Run, RunFigures,
+    RunRecord, StoredMapPoint, Task, TaskAggregates, TaskRef, Watermark, centroid_from_bytes,
+    centroid_to_bytes,
 };
 
 /// Most rows in one multi-row statement (bind limits: SQLite 32,766, PostgreSQL 65,535).
 const MAX_ROWS: usize = 500;
-// The widest rows (links, aggregate updates) bind 9 values each.
-const _: () = assert!(MAX_ROWS * 9 < 32_766);
+// The widest rows (links) bind 10 values each.
+const _: () = assert!(MAX_ROWS * 10 < 32_766);
 
 /// Target size of one statement's bound values. sqlx 0.9.0 does not set TCP_NODELAY
 /// (launchbadge/sqlx#4335): over TLS a message larger than one 16 KiB record leaves in pieces
@@ -90,6 +91,15 @@ macro_rules! task_columns {
     };
 }
 
+/// The columns of `runs` after `id`, in the order `insert_run` binds and `run_from_row` reads.
+macro_rules! run_columns {
+    () => {
+        "id, team_id, started_at_ms, finished_at_ms, now_ms, segments_read, already_linked, \
+         carried_over, quarantined, clustered, clusters, noise, rescued, tasks_created, \
+         tasks_updated, links, read_s, numeric_s, label_s, commit_s, quarantine_reasons, map"
+    };
+}
+
 impl<DB> Repo<DB>
 where
     DB: Database,
@@ -152,7 +162,7 @@ where
     pub(super) async fn links(&self, team: i64, task_id: i64) -> Result<Vec<Link>> {
         let rows = sqlx::query(
             "SELECT task_id, team_id, document_id, session_id, distinct_id, distance, impact, \
-             timestamp_ms, created_at_ms FROM task_segment_links \
+             timestamp_ms, created_at_ms, content FROM task_segment_links \
              WHERE team_id = $1 AND task_id = $2 ORDER BY timestamp_ms, document_id",
         )
         .bind(team)
@@ -171,6 +181,7 @@ where
                     impact: r.try_get(6)?,
                     timestamp_ms: r.try_get(7)?,
                     created_at_ms: r.try_get(8)?,
+                    content: r.try_get(9)?,
                 })
             })
             .collect()
@@ -230,6 +241,19 @@ where
             .collect()
     }
 
+    pub(super) async fn runs(&self, team: i64, limit: usize) -> Result<Vec<Run>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE team_id = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(team)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row::<DB>).collect()
+    }
+
     pub(super) async fn teams(&self) -> Result<Vec<i64>> {
         let rows = sqlx::query(
             "SELECT team_id FROM clustering_state UNION SELECT team_id FROM tasks ORDER BY 1",
@@ -242,6 +266,7 @@ where
     pub(super) async fn commit_batch(&self, b: &BatchCommit) -> Result<CommitSummary> {
         let team = b.team_id;
         let now = b.now_ms;
+        let started = std::time::Instant::now();
         let mut summary = CommitSummary::default();
         // Dropping `tx` on any early return rolls everything back.
         let mut tx = self.pool.begin_with(self.begin_sql).await?;
@@ -285,13 +310,15 @@ where
         let mut gained: HashMap<i64, usize> = HashMap::new();
         let per = rows_per_statement(widest(
             &resolved,
-            |(_, l)| l.document_id.len() + l.session_id.len() + l.distinct_id.len(),
-            6 * NUM + 3 * PARAM_OVERHEAD,
+            |(_, l)| {
+                l.document_id.len() + l.session_id.len() + l.distinct_id.len() + l.content.len()
+            },
+            6 * NUM + 4 * PARAM_OVERHEAD,
         ));
         for chunk in resolved.chunks(per) {
             let mut qb = QueryBuilder::<DB>::new(
                 "INSERT INTO task_segment_links (task_id, team_id, document_id, session_id, \
-                 distinct_id, distance, impact, timestamp_ms, created_at_ms) ",
+                 distinct_id, distance, impact, timestamp_ms, created_at_ms, content) ",
             );
             qb.push_values(chunk, |mut row, (task_id, l)| {
                 row.push_bind(*task_id)
@@ -302,7 +329,8 @@ where
                     .push_bind(l.distance)
                     .push_bind(l.impact)
                     .push_bind(l.timestamp_ms)
-                    .push_bind(now);
+                    .push_bind(now)
+                    .push_bind(l.content.as_str());
             });
             qb.push(" ON CONFLICT (team_id, document_id) DO NOTHING RETURNING task_id");
             let rows = qb.build().fetch_all(&mut *tx).await.context(
@@ -540,6 +568,10 @@ where
             summary.watermark_advanced = res.affected() == 1;
         }
 
+        if let Some(run) = &b.run {
+            insert_run(&mut tx, team, now, run, &summary, started).await?;
+        }
+
         crate::failpoint::hit("in_commit");
         tx.commit().await.context("committing the transaction")?;
         Ok(summary)
@@ -626,6 +658,155 @@ where
         .await?;
         Ok(res.affected() == 1)
     }
+}
+
+/// Writes the batch's run row inside its transaction. The figures only the commit knows (Tasks
+/// created and updated, links, commit time up to here) come from `summary` and `started`.
+async fn insert_run<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    team: i64,
+    now: i64,
+    run: &RunRecord,
+    summary: &CommitSummary,
+    started: std::time::Instant,
+) -> Result<()>
+where
+    DB: Database,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    f64: for<'q> Encode<'q, DB> + Type<DB>,
+    String: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    let map: Vec<StoredMapPoint> = run
+        .map
+        .iter()
+        .map(|p| StoredMapPoint {
+            x: p.x,
+            y: p.y,
+            cluster: p.cluster,
+            task_id: match p.task {
+                Some(TaskRef::Existing(id)) => Some(id),
+                Some(TaskRef::New(i)) => summary.new_task_ids.get(i).copied().flatten(),
+                None => None,
+            },
+        })
+        .collect();
+    let reasons: serde_json::Map<String, serde_json::Value> = run
+        .quarantine_reasons
+        .iter()
+        .map(|(k, v)| (k.clone(), (*v).into()))
+        .collect();
+    let f = &run.figures;
+    let created = i64::try_from(summary.tasks_created).unwrap_or(i64::MAX);
+    let updated = i64::try_from(summary.tasks_updated).unwrap_or(i64::MAX);
+    let links = i64::try_from(summary.links_inserted).unwrap_or(i64::MAX);
+    let commit_s = started.elapsed().as_secs_f64();
+    let reasons = serde_json::Value::Object(reasons).to_string();
+    let map = map_to_json(&map);
+    let mut qb = QueryBuilder::<DB>::new(
+        "INSERT INTO runs (team_id, started_at_ms, finished_at_ms, now_ms, segments_read, \
+         already_linked, carried_over, quarantined, clustered, clusters, noise, rescued, \
+         tasks_created, tasks_updated, links, read_s, numeric_s, label_s, commit_s, \
+         quarantine_reasons, map) ",
+    );
+    qb.push_values(std::iter::once(()), |mut row, ()| {
+        row.push_bind(team)
+            .push_bind(run.started_at_ms)
+            .push_bind(chrono::Utc::now().timestamp_millis())
+            .push_bind(now)
+            .push_bind(f.segments_read)
+            .push_bind(f.already_linked)
+            .push_bind(f.carried_over)
+            .push_bind(f.quarantined)
+            .push_bind(f.clustered)
+            .push_bind(f.clusters)
+            .push_bind(f.noise)
+            .push_bind(f.rescued)
+            .push_bind(created)
+            .push_bind(updated)
+            .push_bind(links)
+            .push_bind(f.read_s)
+            .push_bind(f.numeric_s)
+            .push_bind(f.label_s)
+            .push_bind(commit_s)
+            .push_bind(reasons.clone())
+            .push_bind(map.clone());
+    });
+    qb.build()
+        .execute(&mut **tx)
+        .await
+        .context("recording the batch's run")?;
+    Ok(())
+}
+
+/// `[[x, y, cluster, task_id|null], ...]` with coordinates at 4 decimals: a 5,000-point map stays
+/// near 150 KB.
+fn map_to_json(points: &[StoredMapPoint]) -> String {
+    let rows: Vec<serde_json::Value> = points
+        .iter()
+        .map(|p| {
+            let round = |v: f32| (f64::from(v) * 1e4).round() / 1e4;
+            serde_json::json!([round(p.x), round(p.y), p.cluster, p.task_id])
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+fn run_from_row<DB>(r: &DB::Row) -> Result<Run>
+where
+    DB: Database,
+    usize: ColumnIndex<DB::Row>,
+    i64: for<'r> Decode<'r, DB> + Type<DB>,
+    f64: for<'r> Decode<'r, DB> + Type<DB>,
+    String: for<'r> Decode<'r, DB> + Type<DB>,
+{
+    let id: i64 = r.try_get(0)?;
+    let reasons: String = r.try_get(20)?;
+    let reasons: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&reasons)
+        .with_context(|| format!("run {id}: quarantine_reasons is not a JSON object"))?;
+    let mut quarantine_reasons: Vec<(String, i64)> = reasons
+        .into_iter()
+        .map(|(k, v)| (k, v.as_i64().unwrap_or(0)))
+        .collect();
+    quarantine_reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let map: String = r.try_get(21)?;
+    let map: Vec<(f32, f32, i32, Option<i64>)> = serde_json::from_str(&map)
+        .with_context(|| format!("run {id}: map is not a JSON array of [x, y, cluster, task]"))?;
+    Ok(Run {
+        id,
+        team_id: r.try_get(1)?,
+        started_at_ms: r.try_get(2)?,
+        finished_at_ms: r.try_get(3)?,
+        now_ms: r.try_get(4)?,
+        figures: RunFigures {
+            segments_read: r.try_get(5)?,
+            already_linked: r.try_get(6)?,
+            carried_over: r.try_get(7)?,
+            quarantined: r.try_get(8)?,
+            clustered: r.try_get(9)?,
+            clusters: r.try_get(10)?,
+            noise: r.try_get(11)?,
+            rescued: r.try_get(12)?,
+            tasks_created: r.try_get(13)?,
+            tasks_updated: r.try_get(14)?,
+            links: r.try_get(15)?,
+            read_s: r.try_get(16)?,
+            numeric_s: r.try_get(17)?,
+            label_s: r.try_get(18)?,
+            commit_s: r.try_get(19)?,
+        },
+        quarantine_reasons,
+        map: map
+            .into_iter()
+            .map(|(x, y, cluster, task_id)| StoredMapPoint {
+                x,
+                y,
+                cluster,
+                task_id,
+            })
+            .collect(),
+    })
 }
 
 fn task_from_row<DB>(r: &DB::Row) -> Result<Task>
