@@ -57,6 +57,8 @@ pub enum Command {
     Demo(crate::pipeline::DemoArgs),
     /// Time PCA and HDBSCAN on synthetic data, next to scikit-learn on the same input.
     Bench(BenchArgs),
+    /// Replace the labels of a team's Tasks with LLM labels (--only-fallback: offline ones only).
+    Relabel(crate::labeling::relabel::RelabelArgs),
 }
 
 /// Options of the numeric core shared by `cluster`, `run` and `bench`.
@@ -191,6 +193,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             .block_on(crate::pipeline::tasks_cmd(a))
             .map(|()| ExitCode::SUCCESS),
         Command::Demo(a) => runtime()?.block_on(crate::pipeline::demo_cmd(a)),
+        Command::Relabel(a) => runtime()?.block_on(crate::labeling::relabel::relabel_cmd(a)),
     }
 }
 

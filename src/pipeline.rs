@@ -6,7 +6,7 @@ use crate::cli::NumericArgs;
 use crate::cluster::{Clustering, HdbscanParams};
 use crate::device::Device;
 use crate::impact::{self, ImpactWeights};
-use crate::labeling::{FallbackLabeler, LabelRequest, Labeler};
+use crate::labeling::{ConfiguredLabeler, LabelRequest, Labeler, LlmArgs, label_all};
 use crate::matching::{self, Target, TaskCentroid};
 use crate::matrix::{Matrix, cosine_distance_unit};
 use crate::priority::{self, PriorityWeights};
@@ -228,20 +228,27 @@ pub async fn run_batch(
         .filter(|g| g.members.len() == 1)
         .count();
 
-    // Labels for new Tasks only.
+    // Labels for new Tasks only, fetched concurrently (at most the labeler's bound in flight),
+    // in the Tasks' order; a Task the LLM fails on gets the fallback label.
     let t = Instant::now();
-    let mut new_tasks = Vec::with_capacity(plan.new_tasks.len());
-    for g in &plan.new_tasks {
-        let req = label_request(&segments, &unit, &g.members, &g.centroid, &impacts);
-        let label = labeler.label(&req).await?;
-        new_tasks.push(NewTask {
+    let requests: Vec<LabelRequest> = plan
+        .new_tasks
+        .iter()
+        .map(|g| label_request(&segments, &unit, &g.members, &g.centroid, &impacts))
+        .collect();
+    let labels = label_all(labeler, &requests).await;
+    let new_tasks: Vec<NewTask> = plan
+        .new_tasks
+        .iter()
+        .zip(labels)
+        .map(|(g, label)| NewTask {
             title: label.title,
             description: label.description,
             label_source: label.source,
             centroid: g.centroid.clone(),
             centroid_weight: g.members.len() as i64,
-        });
-    }
+        })
+        .collect();
     report.label_s = t.elapsed().as_secs_f64();
 
     // Links, with the distance to the centroid the segment's Task ends the batch with.
@@ -421,6 +428,8 @@ pub struct RunArgs {
     pub all_teams: bool,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -485,9 +494,23 @@ pub async fn run_cmd(a: RunArgs) -> Result<ExitCode> {
     };
     let cfg = a.pipeline.config();
     let now = a.pipeline.now_ms();
+    let labeler = ConfiguredLabeler::from_config(&a.llm.config())?;
     let mut failed = 0;
     for team in teams {
-        match run_team(&source, &store, &device, &FallbackLabeler, team, &cfg, now).await {
+        if labeler.is_llm() {
+            // Fallback labels of earlier runs (LLM down or failing then) get their LLM label now.
+            let relabelled =
+                crate::labeling::relabel::relabel_team(&source, &store, &labeler, team, true, now)
+                    .await;
+            match relabelled {
+                Ok(r) if r.relabelled > 0 => {
+                    tracing::info!(team, "{} fallback labels replaced", r.relabelled)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(team, "relabelling fallback labels failed: {e:#}"),
+            }
+        }
+        match run_team(&source, &store, &device, &labeler, team, &cfg, now).await {
             Ok(reports) => print_reports(team, &reports),
             Err(e) => {
                 failed += 1;
@@ -495,6 +518,7 @@ pub async fn run_cmd(a: RunArgs) -> Result<ExitCode> {
             }
         }
     }
+    labeler.log_stats();
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -620,6 +644,8 @@ pub struct DemoArgs {
     pub demo_seed: u64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 pub async fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
@@ -647,6 +673,7 @@ pub async fn demo_cmd(a: DemoArgs) -> Result<ExitCode> {
         team,
         all_teams: false,
         pipeline: a.pipeline,
+        llm: a.llm,
     })
     .await?;
     tasks_cmd(TasksArgs {
