@@ -156,7 +156,8 @@ async fn a_hijacked_model_changes_only_label_text_and_stays_within_the_bound() {
 // ---------------------------------------------------------------------------------------------
 // The binary
 
-fn segclust(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Runs the binary on a blocking thread, so that the test's server (on this runtime) answers it.
+async fn segclust(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_segclust"));
     cmd.current_dir(dir).args(args);
     for name in [
@@ -177,7 +178,10 @@ fn segclust(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("run segclust")
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run segclust")
 }
 
 fn text(out: &[u8]) -> String {
@@ -215,7 +219,8 @@ async fn a_demo_with_nothing_configured_connects_to_nothing() {
             ("OPENAI_BASE_URL", &server.base_url()),
             ("OPENAI_API_BASE", &server.base_url()),
         ],
-    );
+    )
+    .await;
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
@@ -250,7 +255,8 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
             "run", "--source", &file, "--store", &db, "--dim", "384", "--now-ms", &now,
         ],
         &[],
-    );
+    )
+    .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let n = sources(&db).await.len();
     assert!(n >= 10, "{n}");
@@ -277,7 +283,8 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
             "debug",
         ],
         &with_key,
-    );
+    )
+    .await;
     let mut logs = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -320,7 +327,8 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
             "debug",
         ],
         &with_key,
-    );
+    )
+    .await;
     logs.push_str(&text(&out.stderr));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -348,7 +356,8 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
             "debug",
         ],
         &with_key,
-    );
+    )
+    .await;
     logs.push_str(&text(&out.stderr));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&format!("{n} of {n} Tasks relabelled")));
