@@ -503,8 +503,8 @@ impl LlmLabeler {
 }
 
 impl Labeler for LlmLabeler {
-    fn label(&self, req: &LabelRequest) -> impl Future<Output = Result<Label>> + Send {
-        async move { Ok(self.label_or_fallback(req).await) }
+    async fn label(&self, req: &LabelRequest) -> Result<Label> {
+        Ok(self.label_or_fallback(req).await)
     }
 
     fn max_in_flight(&self) -> usize {

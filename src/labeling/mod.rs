@@ -143,7 +143,8 @@ pub async fn label_all(labeler: &impl Labeler, reqs: &[LabelRequest]) -> Vec<Lab
 /// offline fallback.
 pub enum ConfiguredLabeler {
     Fallback(FallbackLabeler),
-    Llm(LlmLabeler),
+    /// Boxed: the fallback variant is empty.
+    Llm(Box<LlmLabeler>),
 }
 
 impl ConfiguredLabeler {
@@ -158,7 +159,7 @@ impl ConfiguredLabeler {
             );
             return Ok(ConfiguredLabeler::Fallback(FallbackLabeler));
         }
-        Ok(ConfiguredLabeler::Llm(LlmLabeler::new(cfg)?))
+        Ok(ConfiguredLabeler::Llm(Box::new(LlmLabeler::new(cfg)?)))
     }
 
     pub fn is_llm(&self) -> bool {
@@ -190,12 +191,10 @@ impl ConfiguredLabeler {
 }
 
 impl Labeler for ConfiguredLabeler {
-    fn label(&self, req: &LabelRequest) -> impl Future<Output = anyhow::Result<Label>> + Send {
-        async move {
-            match self {
-                ConfiguredLabeler::Fallback(f) => f.label(req).await,
-                ConfiguredLabeler::Llm(l) => l.label(req).await,
-            }
+    async fn label(&self, req: &LabelRequest) -> anyhow::Result<Label> {
+        match self {
+            ConfiguredLabeler::Fallback(f) => f.label(req).await,
+            ConfiguredLabeler::Llm(l) => l.label(req).await,
         }
     }
 
@@ -313,7 +312,7 @@ mod tests {
             async move {
                 let n: u64 = first.parse()?;
                 tokio::time::sleep(std::time::Duration::from_millis(40 - n * 4)).await;
-                anyhow::ensure!(n % 2 == 0, "odd request {n} fails");
+                anyhow::ensure!(n.is_multiple_of(2), "odd request {n} fails");
                 Ok(Label {
                     title: format!("Fix problem number {n} now"),
                     description: "d".into(),
