@@ -303,7 +303,7 @@ impl LlmLabeler {
         let endpoint = redact_endpoint(&endpoint);
         tracing::info!(
             "LLM labels from {endpoint} (model {}), at most {} requests at once, {:.1} s timeout, \
-             {} attempts per Task",
+             at most {} attempts per Task",
             cfg.model,
             cfg.concurrency,
             cfg.timeout_secs,
@@ -461,9 +461,10 @@ impl LlmLabeler {
         Counters::add(&self.counters.fallbacks, 1);
         if let Some(why) = why {
             tracing::warn!(
-                "the LLM gave no valid label in {} attempts ({why}); the Task gets a fallback \
+                "the LLM gave no valid label in {} attempt{} ({why}); the Task gets a fallback \
                  label, to be relabelled by a later run",
-                self.max_attempts
+                self.max_attempts,
+                if self.max_attempts == 1 { "" } else { "s" }
             );
         }
         fallback_label(req)
