@@ -73,6 +73,8 @@ pub enum Command {
     /// Time PCA and HDBSCAN on synthetic data, next to scikit-learn on the same input.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Replace the labels of a team's Tasks with LLM labels (--only-fallback: offline ones only).
+    Relabel(crate::labeling::relabel::RelabelArgs),
     /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
@@ -268,6 +270,7 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => runtime()?.block_on(cmd::demo_cmd(a, m)),
+        Command::Relabel(a) => runtime()?.block_on(crate::labeling::relabel::relabel_cmd(a)),
     }
 }
 

@@ -41,8 +41,8 @@ pub struct Config {
     pub impact: ImpactConfig,
     pub priority: PriorityConfig,
     pub metrics: MetricsConfig,
-    /// The LLM endpoint (`[llm]`); read by the labeler.
-    pub llm: Option<toml::Table>,
+    /// The LLM endpoint (`[llm]`); the API key comes from the environment only.
+    pub llm: crate::labeling::LlmConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -7,7 +7,7 @@ use crate::cluster::{Clustering, HdbscanParams};
 use crate::device::Device;
 use crate::failpoint;
 use crate::impact::{self, ImpactWeights};
-use crate::labeling::{LabelRequest, Labeler};
+use crate::labeling::{LabelRequest, Labeler, label_all};
 use crate::matching::{self, Target, TaskCentroid};
 use crate::matrix::{Matrix, cosine_distance_unit};
 use crate::priority::{self, PriorityWeights};
@@ -274,20 +274,27 @@ pub async fn run_batch(
         .filter(|g| g.members.len() == 1)
         .count();
 
-    // Labels for new Tasks only.
+    // Labels for new Tasks only, fetched concurrently (at most the labeler's bound in flight),
+    // in the Tasks' order; a Task the LLM fails on gets the fallback label.
     let t = Instant::now();
-    let mut new_tasks = Vec::with_capacity(plan.new_tasks.len());
-    for g in &plan.new_tasks {
-        let req = label_request(&segments, &unit, &g.members, &g.centroid, &impacts);
-        let label = labeler.label(&req).await?;
-        new_tasks.push(NewTask {
+    let requests: Vec<LabelRequest> = plan
+        .new_tasks
+        .iter()
+        .map(|g| label_request(&segments, &unit, &g.members, &g.centroid, &impacts))
+        .collect();
+    let labels = label_all(labeler, &requests).await;
+    let new_tasks: Vec<NewTask> = plan
+        .new_tasks
+        .iter()
+        .zip(labels)
+        .map(|(g, label)| NewTask {
             title: label.title,
             description: label.description,
             label_source: label.source,
             centroid: g.centroid.clone(),
             centroid_weight: g.members.len() as i64,
-        });
-    }
+        })
+        .collect();
     report.label_s = t.elapsed().as_secs_f64();
     failpoint::hit("after_label");
 

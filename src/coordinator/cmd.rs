@@ -14,12 +14,13 @@ use clap::{ArgMatches, Args, Subcommand};
 use super::{Coordinator, Shutdown, TeamOutcome};
 use crate::config::{Config, SourceKind};
 use crate::device::Device;
-use crate::labeling::FallbackLabeler;
+use crate::labeling::{ConfiguredLabeler, LlmArgs};
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchReport, PipelineArgs};
 use crate::segment::Watermark;
 use crate::source::Source;
 use crate::store::Store;
+use clap::parser::ValueSource;
 
 /// Where to read, where to write, and the constants: shared by run, schedule, backfill.
 #[derive(Args, Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct SetupArgs {
     pub grace_s: f64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 impl SetupArgs {
@@ -84,6 +87,7 @@ impl SetupArgs {
             cfg.coordinator.lock = false;
         }
         self.pipeline.apply(&mut cfg, m);
+        apply_llm_flags(&self.llm, &mut cfg, m);
         let problems = cfg.problems();
         if let Some((key, why)) = problems.first() {
             bail!("invalid setting {key}: {why}");
@@ -92,13 +96,48 @@ impl SetupArgs {
     }
 }
 
+/// LLM flags given on the command line (or by env) win over the file's `[llm]`; the key always
+/// comes from the environment.
+fn apply_llm_flags(a: &LlmArgs, cfg: &mut Config, m: &ArgMatches) {
+    let given = |id: &str| {
+        matches!(
+            m.try_get_raw(id)
+                .ok()
+                .flatten()
+                .and_then(|_| m.value_source(id)),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    let flags = a.config();
+    let l = &mut cfg.llm;
+    if given("llm_base_url") {
+        l.base_url = flags.base_url;
+    }
+    if given("llm_model") {
+        l.model = flags.model;
+    }
+    if given("llm_concurrency") {
+        l.concurrency = flags.concurrency;
+    }
+    if given("llm_timeout_secs") {
+        l.timeout_secs = flags.timeout_secs;
+    }
+    if given("llm_max_attempts") {
+        l.max_attempts = flags.max_attempts;
+    }
+    if given("llm_response_format") {
+        l.response_format = flags.response_format;
+    }
+    l.api_key = flags.api_key;
+}
+
 /// Opens the source, store and device and builds the coordinator.
 pub async fn coordinator(
     cfg: &Config,
     default_team: i64,
     grace: Duration,
     shutdown: Shutdown,
-) -> Result<Arc<Coordinator<FallbackLabeler>>> {
+) -> Result<Arc<Coordinator>> {
     let source = Arc::new(match cfg.source.kind {
         SourceKind::File => Source::open_file(&cfg.source.path, default_team)?,
         SourceKind::Clickhouse => Source::clickhouse(cfg.source.clickhouse.clone())?,
@@ -124,7 +163,7 @@ pub async fn coordinator(
         source,
         store,
         device,
-        labeler: Arc::new(FallbackLabeler),
+        labeler: Arc::new(ConfiguredLabeler::from_config(&cfg.llm)?),
         pipeline: cfg.pipeline(),
         concurrency: cfg.coordinator.concurrency,
         lock: cfg.coordinator.lock,
@@ -162,6 +201,7 @@ pub async fn run_cmd(a: RunArgs, m: &ArgMatches) -> Result<ExitCode> {
     let now = a.setup.pipeline.now_ms();
     let started = Instant::now();
     let outcomes = c.round(&teams, now).await;
+    c.labeler.log_stats();
     c.metrics.run_finished(
         chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
         started.elapsed().as_secs_f64(),
@@ -284,6 +324,7 @@ pub async fn schedule_cmd(a: ScheduleArgs, m: &ArgMatches) -> Result<ExitCode> {
                 .await;
         }
     }
+    c.labeler.log_stats();
     tracing::info!(rounds = round, "schedule stopped");
     Ok(if any_failed {
         ExitCode::FAILURE
@@ -516,6 +557,8 @@ pub struct DemoArgs {
     pub demo_seed: u64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 pub async fn demo_cmd(a: DemoArgs, m: &ArgMatches) -> Result<ExitCode> {
@@ -539,6 +582,7 @@ pub async fn demo_cmd(a: DemoArgs, m: &ArgMatches) -> Result<ExitCode> {
     cfg.source.path = a.source.clone();
     cfg.store.url = a.store.clone();
     a.pipeline.apply(&mut cfg, m);
+    apply_llm_flags(&a.llm, &mut cfg, m);
     let c = coordinator(&cfg, team, Duration::from_secs(60), Shutdown::default()).await?;
     let outcomes = c.round(&[team], now).await;
     let code = print_outcomes(&outcomes);

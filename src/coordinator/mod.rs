@@ -22,7 +22,8 @@ use tracing::Instrument;
 
 use crate::config::TeamsConfig;
 use crate::device::Device;
-use crate::labeling::Labeler;
+use crate::labeling::ConfiguredLabeler;
+use crate::labeling::relabel::relabel_team;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchReport, PipelineConfig, TeamRun, run_team_with};
 use crate::source::Source;
@@ -91,11 +92,11 @@ impl TeamOutcome {
 }
 
 /// Everything a round needs; shared by the concurrent teams.
-pub struct Coordinator<L> {
+pub struct Coordinator {
     pub source: Arc<Source>,
     pub store: Store,
     pub device: Arc<Device>,
-    pub labeler: Arc<L>,
+    pub labeler: Arc<ConfiguredLabeler>,
     pub pipeline: PipelineConfig,
     pub concurrency: usize,
     pub lock: bool,
@@ -107,7 +108,7 @@ pub struct Coordinator<L> {
     pub progress: Option<indicatif::ProgressBar>,
 }
 
-impl<L: Labeler + 'static> Coordinator<L> {
+impl Coordinator {
     /// The enabled teams: the configured list, the configured store query, or every team the
     /// source has.
     pub async fn enabled_teams(&self, teams: &TeamsConfig) -> Result<Vec<i64>> {
@@ -149,6 +150,42 @@ impl<L: Labeler + 'static> Coordinator<L> {
         }
         results.sort_by_key(|r| r.0);
         self.metrics.set_gpu_fallbacks(self.device.gpu_fallbacks());
+        if let Some(s) = self.labeler.stats() {
+            for (name, help, v) in [
+                (
+                    "segclust_llm_requests_total",
+                    "LLM HTTP requests sent.",
+                    s.requests,
+                ),
+                (
+                    "segclust_llm_failures_total",
+                    "LLM attempts that gave no valid label.",
+                    s.failures,
+                ),
+                (
+                    "segclust_llm_retries_total",
+                    "LLM attempts after the first for a Task.",
+                    s.retries,
+                ),
+                (
+                    "segclust_llm_fallbacks_total",
+                    "New Tasks that got the fallback label.",
+                    s.fallbacks,
+                ),
+                (
+                    "segclust_llm_prompt_tokens_total",
+                    "Prompt tokens reported by the LLM.",
+                    s.prompt_tokens,
+                ),
+                (
+                    "segclust_llm_completion_tokens_total",
+                    "Completion tokens reported by the LLM.",
+                    s.completion_tokens,
+                ),
+            ] {
+                self.metrics.set_extra(name, help, v as f64);
+            }
+        }
         if let Err(e) = self.metrics.write() {
             tracing::warn!("{e:#}");
         }
@@ -204,6 +241,25 @@ impl<L: Labeler + 'static> Coordinator<L> {
     }
 
     async fn team_locked(&self, team: i64, now_ms: i64) -> TeamOutcome {
+        if self.labeler.is_llm() {
+            // Fallback labels of earlier runs (LLM down or failing then) get their LLM label now.
+            match relabel_team(
+                &self.source,
+                &self.store,
+                self.labeler.as_ref(),
+                team,
+                true,
+                now_ms,
+            )
+            .await
+            {
+                Ok(r) if r.relabelled > 0 => {
+                    tracing::info!("{} fallback labels replaced", r.relabelled)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("relabelling fallback labels failed: {e:#}"),
+            }
+        }
         let committed = std::sync::Mutex::new(Vec::new());
         let on_batch = |r: &BatchReport| {
             if let Some(p) = &self.progress {

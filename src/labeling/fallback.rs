@@ -1,86 +1,16 @@
-//! Titles and descriptions for new Tasks: the seam where an LLM labeler plugs in, and the
-//! deterministic fallback used offline or after the LLM failed.
+//! The deterministic label, written without a network: used offline (no LLM configured), and
+//! for a Task whose LLM requests failed. Such a label is marked [`LabelSource::Fallback`] so a
+//! later run, or `segclust relabel`, replaces it.
 //!
-//! Segment descriptions are untrusted text (anyone who can get text on a recorded screen can put
-//! words into them). The fallback therefore never interprets a description: it only quotes it,
-//! after removing control and bidi-override characters and collapsing whitespace, and cuts the
-//! result to the store's limits. A Task labelled by the fallback is marked
-//! [`LabelSource::Fallback`] so a later run can relabel it with the LLM.
+//! It never interprets a description: it only quotes it, after [`sanitize`] has removed control
+//! and bidi-override characters, and cuts the result to the store's limits.
 
-use std::fmt;
 use std::future::Future;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
-
-/// Longest title the store keeps, in characters.
-pub const MAX_TITLE_CHARS: usize = 255;
-/// Longest description the store keeps, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 2000;
-/// How many descriptions a labeler is given.
-pub const MAX_DESCRIPTIONS: usize = 5;
-
-/// What a labeler gets for one new Task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LabelRequest {
-    /// Up to [`MAX_DESCRIPTIONS`] segment descriptions closest to the centroid, from distinct
-    /// sessions, closest first.
-    pub descriptions: Vec<String>,
-    pub segment_count: usize,
-    pub distinct_users: usize,
-    pub mean_impact: f64,
-}
-
-/// Who wrote a label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LabelSource {
-    Llm,
-    /// Deterministic, written without an LLM; to be relabelled when one is available.
-    Fallback,
-}
-
-impl LabelSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LabelSource::Llm => "llm",
-            LabelSource::Fallback => "fallback",
-        }
-    }
-}
-
-impl fmt::Display for LabelSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for LabelSource {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "llm" => Ok(LabelSource::Llm),
-            "fallback" => Ok(LabelSource::Fallback),
-            _ => anyhow::bail!("unknown label source {s:?}: expected llm or fallback"),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Label {
-    /// At most [`MAX_TITLE_CHARS`] characters, starting with a verb.
-    pub title: String,
-    /// At most [`MAX_DESCRIPTION_CHARS`] characters.
-    pub description: String,
-    pub source: LabelSource,
-}
-
-/// Writes a label for a new Task. Implementations must return labels within the length limits
-/// (use [`truncate_chars`]) and must treat the descriptions as data, never as instructions.
-pub trait Labeler: Send + Sync {
-    fn label(&self, req: &LabelRequest) -> impl Future<Output = anyhow::Result<Label>> + Send;
-}
+use super::{
+    Label, LabelRequest, LabelSource, Labeler, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS, sanitize,
+    truncate_chars,
+};
 
 /// Labels without a network: quotes the most central description.
 #[derive(Clone, Copy, Debug, Default)]
@@ -117,6 +47,84 @@ const DANGLING: &[&str] = &[
     "their", "his", "her", "its", "into", "onto", "than", "was", "were", "is", "are",
 ];
 
+/// Verbs (with their common inflections) whose meaning needs the particle after them: "log in"
+/// is not "log", so a title must not stop before the particle.
+const PHRASAL_VERBS: &[&str] = &[
+    "log",
+    "logs",
+    "logged",
+    "logging",
+    "sign",
+    "signs",
+    "signed",
+    "signing",
+    "check",
+    "checks",
+    "checked",
+    "checking",
+    "set",
+    "sets",
+    "setting",
+    "opt",
+    "opts",
+    "opted",
+    "opting",
+    "turn",
+    "turns",
+    "turned",
+    "turning",
+    "switch",
+    "switched",
+    "switching",
+    "zoom",
+    "zoomed",
+    "zooming",
+    "fill",
+    "fills",
+    "filled",
+    "filling",
+    "back",
+    "backed",
+    "top",
+    "topped",
+    "plug",
+    "plugged",
+    "clock",
+    "clocked",
+    "hold",
+    "held",
+    "carry",
+    "carried",
+    "drop",
+    "dropped",
+    "give",
+    "gave",
+    "pick",
+    "picked",
+    "look",
+    "looked",
+    "try",
+    "tried",
+    "type",
+    "typed",
+    "scroll",
+    "scrolled",
+];
+
+/// Particles that complete a phrasal verb ("log in", "sign on", "back up").
+const PARTICLES: &[&str] = &["in", "on", "up", "out", "off", "down", "over", "back"];
+
+/// Whether `last` (the title's last word, punctuation trimmed) is a particle that completes the
+/// phrasal verb just before it, as in "could not log in".
+fn completes_phrasal_verb(words: &[&str], last: &str) -> bool {
+    let n = words.len();
+    if n < 2 || !PARTICLES.contains(&last.to_lowercase().as_str()) {
+        return false;
+    }
+    let verb = words[n - 2].to_lowercase();
+    PHRASAL_VERBS.contains(&verb.as_str())
+}
+
 /// Most words of the description a title quotes.
 const TITLE_QUOTED_WORDS: usize = 7;
 
@@ -134,6 +142,7 @@ pub fn fallback_label(req: &LabelRequest) -> Label {
             title: "Investigate unlabelled user problem".to_string(),
             description: metrics_sentence(req),
             source: LabelSource::Fallback,
+            actionable: None,
         };
     };
     let title = match strip_subject(&central) {
@@ -157,6 +166,7 @@ pub fn fallback_label(req: &LabelRequest) -> Label {
         title: truncate_chars(&title, MAX_TITLE_CHARS).to_string(),
         description: truncate_chars(&description, MAX_DESCRIPTION_CHARS).to_string(),
         source: LabelSource::Fallback,
+        actionable: None,
     }
 }
 
@@ -214,7 +224,8 @@ fn title_words(text: &str) -> Vec<&str> {
     }
     while let Some(&last) = words.last() {
         let trimmed = last.trim_end_matches(|c: char| !c.is_alphanumeric());
-        let dangling = DANGLING.contains(&trimmed.to_lowercase().as_str());
+        let dangling = DANGLING.contains(&trimmed.to_lowercase().as_str())
+            && !completes_phrasal_verb(&words, trimmed);
         if trimmed.is_empty() || (dangling && words.len() > 1) {
             words.pop();
         } else {
@@ -224,28 +235,6 @@ fn title_words(text: &str) -> Vec<&str> {
         }
     }
     words
-}
-
-/// Removes control and invisible formatting characters (bidi overrides, zero-width) and
-/// collapses runs of whitespace to one space.
-pub fn sanitize(text: &str) -> String {
-    let invisible = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
-    };
-    text.split(|c: char| c.is_whitespace() || c.is_control())
-        .map(|w| w.chars().filter(|&c| !invisible(c)).collect::<String>())
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The first `max_chars` characters of `s` (never splitting a character).
-pub fn truncate_chars(s: &str, max_chars: usize) -> &str {
-    match s.char_indices().nth(max_chars) {
-        Some((at, _)) => &s[..at],
-        None => s,
-    }
 }
 
 #[cfg(test)]
@@ -318,6 +307,26 @@ mod tests {
     }
 
     #[test]
+    fn titles_keep_the_particle_of_a_phrasal_verb() {
+        let l = fallback_label(&req(&["User could not log in after the password reset"]));
+        assert_eq!(l.title, "Investigate why users could not log in");
+        let l = fallback_label(&req(&["The user tried to sign in, then gave up"]));
+        assert_eq!(l.title, "Investigate why users tried to sign in");
+        let l = fallback_label(&req(&["The user could not check in."]));
+        assert_eq!(l.title, "Investigate why users could not check in");
+        // A preposition that does not complete a verb still goes.
+        let l = fallback_label(&req(&[
+            "User waited for the report in the dashboard and then left",
+        ]));
+        assert_eq!(
+            l.title,
+            "Investigate why users waited for the report in the dashboard"
+        );
+        let l = fallback_label(&req(&["User clicked the banner on and then left"]));
+        assert_eq!(l.title, "Investigate why users clicked the banner");
+    }
+
+    #[test]
     fn description_quotes_the_central_description_and_metrics() {
         let l = fallback_label(&req(&["User waited for the export", "Other text"]));
         assert!(l.description.contains("\"User waited for the export\""));
@@ -366,28 +375,6 @@ mod tests {
             l.description.ends_with(')'),
             "the trailing note survives the cut"
         );
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate_chars("héllo", 2), "hé");
-        assert_eq!(truncate_chars("héllo", 10), "héllo");
-        assert_eq!(truncate_chars("", 3), "");
-        assert_eq!(truncate_chars("abc", 0), "");
-    }
-
-    #[test]
-    fn sanitize_collapses_whitespace_and_strips_invisibles() {
-        assert_eq!(sanitize("  a\u{200B}b \r\n\tc\u{0000}d  "), "ab c d");
-    }
-
-    #[test]
-    fn source_text_round_trip() {
-        for s in [LabelSource::Llm, LabelSource::Fallback] {
-            assert_eq!(s.as_str().parse::<LabelSource>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
-        }
-        assert!("gpt".parse::<LabelSource>().is_err());
     }
 
     #[tokio::test]
