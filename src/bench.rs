@@ -227,8 +227,9 @@ mod tests {
     #[test]
     #[ignore = "writes large files; run by hand for benchmarks"]
     fn write_synthetic_npy() {
-        let n: usize = std::env::var("SEGCLUST_SYNTH_N")
-            .map_or(50_000, |v| v.parse().expect("SEGCLUST_SYNTH_N is a row count"));
+        let n: usize = std::env::var("SEGCLUST_SYNTH_N").map_or(50_000, |v| {
+            v.parse().expect("SEGCLUST_SYNTH_N is a row count")
+        });
         let out = std::env::var("SEGCLUST_SYNTH_OUT").unwrap_or_else(|_| format!("/tmp/synth-{n}"));
         let (x, _) = synthetic_embeddings(n, 3072, 42);
         crate::npy::write_matrix(format!("{out}.npy"), &x).expect("write the input");

@@ -3,8 +3,8 @@
 //!
 //! For every fixture and parameter set:
 //! - the exact path (`prim::mst` + `labels_from_mst`) must give scikit-learn's labels with the
-//!   same ids and its probabilities to the last bit. Where the fixture says scikit-learn's own result
-//!   under a stable sort of the MST differs from what numpy's unstable argsort gave
+//!   same ids and its probabilities to the last bit. Where the fixture says scikit-learn's own
+//!   result under a stable sort of the MST differs from what numpy's unstable argsort gave
 //!   (`stable_labels` / `stable_probabilities`: the order of equal-weight merges is left open
 //!   by scikit-learn), we must match the stable one exactly, since segclust sorts stably;
 //!   runs marked `tie_sensitive` are compared to scikit-learn's actual labels only in a report;
@@ -310,8 +310,8 @@ fn fast_path_matches_scikit_learn() {
                 b.sort_by(f64::total_cmp);
                 // Every MST has the same sorted weights, and both paths compute distances the
                 // way scikit-learn does (column-order sums), so they must agree to the bit.
-                let same = a.len() == b.len()
-                    && a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+                let same =
+                    a.len() == b.len() && a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
                 if !same {
                     failures.push(format!("{what}: Boruvka MST weights differ from Prim's"));
                 }

@@ -27,8 +27,8 @@
 //! is needed, the core distance bounds just never prune.
 
 use super::MstEdge;
-use super::prim::euclidean;
 use super::knn::{LeafIndex, PositionKnn, knn_positions, safe_lb};
+use super::prim::euclidean;
 use crate::matrix::Matrix;
 use anyhow::Result;
 use rayon::prelude::*;
