@@ -220,6 +220,25 @@ pub fn table(rows: &[BenchRow]) -> String {
 mod tests {
     use super::*;
 
+    /// Writes the bench's synthetic input (and its PCA projection) as .npy files, for timing
+    /// `segclust cluster` and measuring its peak memory on exactly the data `bench` uses:
+    /// `SEGCLUST_SYNTH_N=50000 SEGCLUST_SYNTH_OUT=/tmp/s50k cargo test --lib write_synthetic_npy
+    /// -- --ignored` writes `/tmp/s50k.npy` (N x 3072) and `/tmp/s50k.pca.npy` (N x 100).
+    #[test]
+    #[ignore = "writes large files; run by hand for benchmarks"]
+    fn write_synthetic_npy() {
+        let n: usize = std::env::var("SEGCLUST_SYNTH_N").map_or(50_000, |v| {
+            v.parse().expect("SEGCLUST_SYNTH_N is a row count")
+        });
+        let out = std::env::var("SEGCLUST_SYNTH_OUT").unwrap_or_else(|_| format!("/tmp/synth-{n}"));
+        let (x, _) = synthetic_embeddings(n, 3072, 42);
+        crate::npy::write_matrix(format!("{out}.npy"), &x).expect("write the input");
+        if std::env::var("SEGCLUST_SYNTH_PCA").is_ok_and(|v| v == "1") {
+            let p = crate::reduce::pca_cpu(&x, &PcaParams::default()).expect("PCA");
+            crate::npy::write_matrix(format!("{out}.pca.npy"), &p.projected).expect("write PCA");
+        }
+    }
+
     #[test]
     fn synthetic_data_is_deterministic_unit_and_clustered() {
         let (a, truth) = synthetic_embeddings(500, 64, 7);

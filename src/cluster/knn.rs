@@ -7,14 +7,19 @@
 //! far-apart points, split at the median), so a leaf is a compact ball; the centre-to-centre
 //! distances and a per-leaf visiting order (nearest leaves first) are computed once.
 //!
-//! Why two precisions: every distance that decides a result is the exact f64 one (`exact`: the
-//! sum of squared f32 -> f64 differences, then `sqrt`). Candidates are screened first with an
-//! f32 squared distance summed from differences (`sq4`), whose error has a rigorous *relative*
-//! bound (`Kernels::rel`: every term is positive, so the sum's relative error is at most about
-//! D units of f32 round-off). A candidate is dropped only when even the most favourable rounding
-//! puts it beyond the cutoff, so screening never changes a result. The f32 path is 2-3x faster
+//! Why two precisions: every distance that decides a result is the exact f64 one
+//! (`prim::euclidean`: the sum of squared f32 -> f64 differences *in column order*, then `sqrt`,
+//! bit for bit scikit-learn's `EuclideanDistance64`, so that core distances and MST weights, and
+//! hence exact ties, are scikit-learn's own values). `Kernels::exact` (8 partial sums, 1 ulp
+//! away at times) serves only bounds: leaf centres, radii, centre-to-centre distances.
+//! Candidates are screened first with an f32 squared distance summed from differences (`sq4`),
+//! whose error has a rigorous *relative* bound (`Kernels::rel`: every term is positive, so the
+//! sum's relative error is at most about D units of f32 round-off). A candidate is dropped only
+//! when even the most favourable rounding puts it beyond the cutoff, so screening never changes
+//! a result. The f32 path is 2-3x faster
 //! and is dispatched to AVX2+FMA at run time where the CPU has it.
 
+use super::prim::euclidean;
 use crate::matrix::Matrix;
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
@@ -34,7 +39,7 @@ type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
 pub(crate) struct Kernels {
     /// f32 squared distances from `q` to four rows, with the error bound `rel`.
     pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
-    /// The exact f64 distance.
+    /// An f64 distance for bounds (partial sums: may differ from `prim::euclidean` by an ulp).
     pub exact: fn(&[f32], &[f32]) -> f64,
     /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
     pub proj4: Proj4,
@@ -236,11 +241,14 @@ mod simd {
 /// `data`), `perm` maps a position back to the caller's row.
 pub(crate) struct LeafIndex {
     pub n: usize,
-    pub dim: usize,
+    /// Row length in `data` and `centres`: the dimension rounded up to a multiple of 8 and
+    /// zero-padded, so the kernels never run their scalar tail (at 100 dimensions that tail was
+    /// a quarter of `sq4`'s instructions); zeros change no sum, f32 or f64, sequential or not.
+    pub stride: usize,
     pub kern: Kernels,
     /// position -> original row.
     pub perm: Vec<u32>,
-    /// The rows in position order (a copy, for contiguous scans).
+    /// The rows in position order (a copy, for contiguous scans), `stride` values each.
     pub data: Vec<f32>,
     /// Leaf `l` holds positions `start[l]..start[l + 1]`.
     pub start: Vec<usize>,
@@ -254,7 +262,7 @@ pub(crate) struct LeafIndex {
     pub cc: Vec<f64>,
     /// `order[q * leaves + i]`: the i-th nearest leaf to leaf q (by centre distance; q first).
     pub order: Vec<u32>,
-    /// Leaf centres, f32 rows.
+    /// Leaf centres, f32 rows of `stride` values.
     pub centres: Vec<f32>,
 }
 
@@ -270,6 +278,7 @@ impl LeafIndex {
             "the matrix to cluster holds NaN or infinite values; validate the input first"
         );
         let kern = Kernels::new(dim);
+        let stride = dim.next_multiple_of(8);
         let leaf_size = LEAF_SIZE.max((2 * n).div_ceil(MAX_LEAVES));
         let leaves = if n == 0 {
             Vec::new()
@@ -289,10 +298,12 @@ impl LeafIndex {
                     }
                 }
                 let cnt = leaf.len() as f64;
-                c.into_iter().map(move |v| (v / cnt) as f32)
+                c.into_iter()
+                    .map(move |v| (v / cnt) as f32)
+                    .chain(std::iter::repeat_n(0.0, stride - dim))
             })
             .collect();
-        let centre = |l: usize| &centres[l * dim..(l + 1) * dim];
+        let centre = |l: usize| &centres[l * stride..l * stride + dim];
         // Within a leaf, points go by distance to the centre, farthest first, so that the
         // pivot bound |d(p, centre) - d(o, centre)| rules out a prefix and a suffix at once.
         let sorted: Vec<Vec<(f64, u32)>> = leaves
@@ -316,9 +327,10 @@ impl LeafIndex {
             to_centre.extend(leaf.iter().map(|v| v.0));
             start.push(perm.len());
         }
-        let mut data = Vec::with_capacity(n * dim);
+        let mut data = Vec::with_capacity(n * stride);
         for &p in &perm {
             data.extend_from_slice(x.row(p as usize));
+            data.resize(data.len() + stride - dim, 0.0);
         }
         let mut leaf_of = vec![0u32; n];
         for l in 0..nl {
@@ -357,7 +369,7 @@ impl LeafIndex {
             .collect();
         Ok(Self {
             n,
-            dim,
+            stride,
             kern,
             perm,
             data,
@@ -378,7 +390,7 @@ impl LeafIndex {
 
     #[inline]
     pub fn row(&self, p: usize) -> &[f32] {
-        &self.data[p * self.dim..(p + 1) * self.dim]
+        &self.data[p * self.stride..(p + 1) * self.stride]
     }
 
     /// A lower bound on the distance from position `p` (in leaf `q`) to any point of leaf `r`,
@@ -389,7 +401,7 @@ impl LeafIndex {
     }
 
     pub fn centre(&self, r: usize) -> &[f32] {
-        &self.centres[r * self.dim..(r + 1) * self.dim]
+        &self.centres[r * self.stride..(r + 1) * self.stride]
     }
 
     /// Exact distance from position `p` to the centre of leaf `r`.
@@ -817,7 +829,7 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
                         continue;
                     }
                     let ob = buf[j];
-                    let cand = ((ix.kern.exact)(pr, ix.row(ob)), ob as u32);
+                    let cand = (euclidean(pr, ix.row(ob)), ob as u32);
                     if b.len() == k {
                         let last = b[k - 1];
                         if cand >= last {
