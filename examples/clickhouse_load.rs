@@ -33,7 +33,9 @@ struct Row {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).context("usage: clickhouse_load URL DATABASE SEGMENTS [DAYS]")?;
+    let url = args
+        .get(1)
+        .context("usage: clickhouse_load URL DATABASE SEGMENTS [DAYS]")?;
     let db = args.get(2).context("missing DATABASE")?;
     let n: usize = args.get(3).context("missing SEGMENTS")?.parse()?;
     let days: usize = args.get(4).map_or(Ok(14), |d| d.parse())?;
@@ -50,7 +52,11 @@ async fn main() -> Result<()> {
         },
         now,
     );
-    eprintln!("generated {} segments in {:.1} s", rows.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {} segments in {:.1} s",
+        rows.len(),
+        t.elapsed().as_secs_f64()
+    );
     let client = clickhouse::Client::default()
         .with_url(url)
         .with_validation(false);

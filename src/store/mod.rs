@@ -335,6 +335,11 @@ macro_rules! read {
     }};
 }
 
+/// Large batches make statements with tens of thousands of parameters that legitimately take a
+/// second; sqlx would log each at WARN with its whole text. Keep them at DEBUG.
+const SLOW_STATEMENT: Duration = Duration::from_secs(2);
+const SLOW_STATEMENT_LEVEL: log::LevelFilter = log::LevelFilter::Debug;
+
 /// How long a writer waits for SQLite's lock before failing; batches commit in well under this.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 const PG_MAX_CONNECTIONS: u32 = 8;
@@ -353,6 +358,7 @@ impl Store {
                 .map_err(|e| {
                     anyhow::anyhow!("invalid SQLite store URL {display_url}: {}", scrub(&e))
                 })?
+                .log_slow_statements(SLOW_STATEMENT_LEVEL, SLOW_STATEMENT)
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // NORMAL is durable across application crashes in WAL mode; only an OS crash can
@@ -390,9 +396,11 @@ impl Store {
                 })?;
             Inner::Sqlite(Repo::new(pool, "BEGIN IMMEDIATE"))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let opts = PgConnectOptions::from_str(url).map_err(|e| {
-                anyhow::anyhow!("invalid PostgreSQL store URL {display_url}: {}", scrub(&e))
-            })?;
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(|e| {
+                    anyhow::anyhow!("invalid PostgreSQL store URL {display_url}: {}", scrub(&e))
+                })?
+                .log_slow_statements(SLOW_STATEMENT_LEVEL, SLOW_STATEMENT);
             // One direct connection first: the pool would retry a refused connection until its
             // acquire timeout, while this fails at once with the driver's reason.
             let probe = opts.connect().await.map_err(|e| {
