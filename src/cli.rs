@@ -22,6 +22,7 @@ transaction.";
 const EXAMPLES: &str = "Examples:
   segclust demo                                   # demo data -> Tasks in segclust-demo.db, then list them
   segclust run --source segments.parquet --store sqlite://segclust.db --team 1
+  segclust run --config segclust.toml --all-teams   # production: ClickHouse -> PostgreSQL, every team
   segclust tasks --store sqlite://segclust.db --team 1 --json
   segclust tasks show 12 --store sqlite://segclust.db --team 1
   segclust report --store sqlite://segclust.db --team 1 --out report.html
@@ -57,11 +58,13 @@ pub enum Command {
     #[command(after_help = RUN_EXAMPLES)]
     Run(crate::coordinator::cmd::RunArgs),
     /// Run every enabled team every interval (default 30m) until SIGTERM.
+    #[command(after_help = SCHEDULE_EXAMPLES)]
     Schedule(crate::coordinator::cmd::ScheduleArgs),
     /// Process a team's history in bounded windows through the same code path; resumable.
+    #[command(after_help = BACKFILL_EXAMPLES)]
     Backfill(crate::coordinator::cmd::BackfillArgs),
     /// Check or show a configuration file.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = CONFIG_EXAMPLES)]
     Config(crate::coordinator::cmd::ConfigCommand),
     /// List a team's Tasks by priority (filters: level, since, label source), or show one.
     Tasks(crate::tasks_cmd::TasksArgs),
@@ -74,6 +77,7 @@ pub enum Command {
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
     /// Replace the labels of a team's Tasks with LLM labels (--only-fallback: offline ones only).
+    #[command(after_help = RELABEL_EXAMPLES)]
     Relabel(crate::labeling::relabel::RelabelArgs),
     /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
@@ -88,7 +92,27 @@ const CLUSTER_EXAMPLES: &str = "Examples:
 const RUN_EXAMPLES: &str = "Examples:
   segclust run --source segments.parquet --store sqlite://segclust.db --team 1
   segclust run --source segments.jsonl --store postgres://segclust@db/segclust --all-teams
-  SEGCLUST_LOG=debug segclust run --source segments.parquet --batch-size 20000 --device cpu";
+  SEGCLUST_LOG=debug segclust run --source segments.parquet --batch-size 20000 --device cpu
+  segclust run --config segclust.toml --all-teams --metrics-file /metrics/segclust.prom --log-json
+  segclust run --clickhouse http://127.0.0.1:8123 --store postgres://segclust@db/segclust --team 7";
+
+const SCHEDULE_EXAMPLES: &str = "Examples:
+  segclust schedule --config segclust.toml                  # every enabled team every 30 minutes
+  segclust schedule --config segclust.toml --interval 10m --concurrency 4
+  segclust schedule --source segments.parquet --rounds 1    # one round, then exit";
+
+const BACKFILL_EXAMPLES: &str = "Examples:
+  segclust backfill --config segclust.toml --team 7 --from 2026-10-01 --to 2026-11-01
+  segclust backfill --clickhouse http://127.0.0.1:8123 --store postgres://segclust@db/segclust --team 7 --window 6h
+  segclust backfill --source history.parquet --team 1          # the whole file, 1-day windows; rerun to resume";
+
+const CONFIG_EXAMPLES: &str = "Examples:
+  segclust config check --config segclust.toml     # exit 1 and name each bad key and its line
+  SEGCLUST__CLUSTERING__MIN_SAMPLES=5 segclust config show --config segclust.toml";
+
+const RELABEL_EXAMPLES: &str = "Examples:
+  segclust relabel --team 1 --only-fallback --llm-base-url http://127.0.0.1:11434/v1 --llm-model qwen2.5:7b
+  SEGCLUST_LLM_API_KEY=sk-... segclust relabel --team 1 --store postgres://segclust@db/segclust";
 
 const DEMO_EXAMPLES: &str = "Examples:
   segclust demo                       # demo-segments.parquet -> sqlite://segclust-demo.db, then the Tasks

@@ -1,0 +1,206 @@
+//! Faults, with the real binary and real servers: an unreachable ClickHouse or PostgreSQL fails
+//! after bounded retries with a message that says what and why; a team whose commit PostgreSQL
+//! rejects mid-run fails cleanly (nothing of it written, watermark untouched) while the other
+//! teams go on, and the exit code and output name the failed team.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use segclust::demo::{DemoParams, generate};
+use segclust::source::write_segments;
+use segclust::store::Store;
+
+const NOW: i64 = 1_764_000_000_000;
+const DIM: usize = 32;
+const BIN: &str = env!("CARGO_BIN_EXE_segclust");
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn segclust(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("SEGCLUST_CONFIG")
+        .env_remove("SEGCLUST_FAILPOINT")
+        .env("SEGCLUST_LOG", "warn")
+        // Fast retries: 2 attempts, short deadlines.
+        .env("SEGCLUST__SOURCE__CLICKHOUSE__RETRY__ATTEMPTS", "2")
+        .env("SEGCLUST__SOURCE__CLICKHOUSE__RETRY__TIMEOUT_S", "3")
+        .env("SEGCLUST__SOURCE__CLICKHOUSE__RETRY__BACKOFF_S", "0.05")
+        .env("SEGCLUST__STORE__RETRY__ATTEMPTS", "2")
+        .env("SEGCLUST__STORE__RETRY__TIMEOUT_S", "5")
+        .env("SEGCLUST__STORE__RETRY__BACKOFF_S", "0.05")
+        .output()
+        .expect("start segclust")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_teams(path: &Path, teams: &[i64]) {
+    let rows: Vec<_> = teams
+        .iter()
+        .flat_map(|&t| {
+            generate(
+                &DemoParams {
+                    seed: t as u64,
+                    team_id: t,
+                    segments: 300,
+                    dim: DIM,
+                    users: 40,
+                    problems: 8,
+                    ..DemoParams::default()
+                },
+                NOW,
+            )
+        })
+        .collect();
+    write_segments(path, &rows).expect("write segments");
+}
+
+#[test]
+fn unreachable_clickhouse_fails_the_team_after_retries_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("s.db").display());
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let out = segclust(&[
+        "run",
+        "--clickhouse",
+        &url,
+        "--store",
+        &store,
+        "--team",
+        "3",
+        "--device",
+        "cpu",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("team 3: FAILED"), "{t}");
+    assert!(t.contains("failed 2 time(s)"), "{t}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(Store::connect(&store)).unwrap();
+    assert_eq!(rt.block_on(s.watermark(3)).unwrap(), None);
+    assert!(rt.block_on(s.tasks(3)).unwrap().is_empty());
+}
+
+#[test]
+fn unreachable_postgres_is_a_clear_error_after_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.parquet");
+    write_teams(&file, &[1]);
+    let store = format!("postgres://postgres@127.0.0.1:{}/test", closed_port());
+    let out = segclust(&[
+        "run",
+        "--source",
+        file.to_str().unwrap(),
+        "--store",
+        &store,
+        "--dim",
+        &DIM.to_string(),
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("cannot connect to the PostgreSQL store"), "{t}");
+    assert!(t.contains("failed 2 time(s)"), "{t}");
+}
+
+/// PostgreSQL rejects team 6's links (a trigger raises inside the commit): team 6 fails with
+/// nothing written, team 5 goes through; with the fault gone, a rerun finishes team 6.
+#[tokio::test]
+async fn a_team_whose_commit_fails_mid_run_leaves_no_trace_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.parquet");
+    write_teams(&file, &[5, 6]);
+    let base = std::env::var("SEGCLUST_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("segclust_faults_{}", std::process::id());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("PostgreSQL at SEGCLUST_TEST_PG");
+    let exec = |q: String| sqlx::query(sqlx::AssertSqlSafe(q));
+    exec(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    exec(format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options[search_path]={schema}");
+    Store::connect(&url).await.unwrap().close().await; // migrate
+    exec(format!(
+        "CREATE FUNCTION {schema}.reject() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'injected fault for team %', NEW.team_id; END $$"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    exec(format!(
+        "CREATE TRIGGER reject_team_6 BEFORE INSERT ON {schema}.task_segment_links \
+         FOR EACH ROW WHEN (NEW.team_id = 6) EXECUTE FUNCTION {schema}.reject()"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let args = [
+        "run",
+        "--source",
+        file.to_str().unwrap(),
+        "--store",
+        &url,
+        "--all-teams",
+        "--dim",
+        &DIM.to_string(),
+        "--now-ms",
+        &NOW.to_string(),
+        "--device",
+        "cpu",
+    ];
+    let out = segclust(&args);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("team 5: 300 segments read"), "{t}");
+    assert!(t.contains("team 6: FAILED"), "{t}");
+    assert!(t.contains("injected fault for team 6"), "{t}");
+    let store = Store::connect(&url).await.unwrap();
+    assert!(store.watermark(5).await.unwrap().is_some());
+    assert!(!store.tasks(5).await.unwrap().is_empty());
+    assert_eq!(
+        store.watermark(6).await.unwrap(),
+        None,
+        "watermark untouched"
+    );
+    assert!(
+        store.tasks(6).await.unwrap().is_empty(),
+        "nothing of team 6 written"
+    );
+    assert!(store.quarantined(6).await.unwrap().is_empty());
+
+    exec(format!(
+        "DROP TRIGGER reject_team_6 ON {schema}.task_segment_links"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let out = segclust(&args);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("team 6: 300 segments read"), "{t}");
+    assert!(t.contains("team 5: nothing new"), "{t}");
+    assert!(!store.tasks(6).await.unwrap().is_empty());
+    store.close().await;
+    exec(format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
