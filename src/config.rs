@@ -249,8 +249,15 @@ impl Config {
     /// Parses a config text, then applies `SEGCLUST__SECTION__KEY` overrides, then checks
     /// every value. Errors name the file, the key and its line.
     pub fn parse(text: &str, name: &str, overrides: &[(String, String)]) -> Result<Config> {
-        // Deserialize the text alone first: its errors carry line and column.
-        let cfg: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        // Deserialize the text alone first: its errors carry a span, from which the key and its
+        // line are named up front.
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .and_then(|sp| key_at(text, sp.start))
+                .map_or_else(String::new, |(key, line)| format!(" {key} (line {line}):"));
+            anyhow::anyhow!("{name}:{at} {e}")
+        })?;
         let cfg = if overrides.is_empty() {
             cfg
         } else {
@@ -478,6 +485,31 @@ fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<()>
     Ok(())
 }
 
+/// The dotted key set on the line holding byte `offset`, and that line (1-based).
+fn key_at(text: &str, offset: usize) -> Option<(String, usize)> {
+    let line_no = text.get(..offset)?.matches('\n').count() + 1;
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            section = h.trim().to_string();
+        }
+        if i + 1 == line_no {
+            let (k, _) = l.split_once('=')?;
+            let k = k.trim();
+            return Some((
+                if section.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{section}.{k}")
+                },
+                line_no,
+            ));
+        }
+    }
+    None
+}
+
 /// The 1-based line where a dotted key (`section.sub.key`) is set in the text, if it is.
 fn line_of(text: &str, dotted: &str) -> Option<usize> {
     let (section, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
@@ -560,16 +592,17 @@ mod tests {
         let text = "[clustering]\nmin_cluster_size = 2\nmin_samples = \"two\"\n";
         let err = format!("{:#}", Config::parse(text, "bad.toml", &[]).unwrap_err());
         assert!(err.contains("bad.toml"), "{err}");
-        assert!(err.contains("line 3"), "{err}");
-        assert!(err.contains("min_samples"), "{err}");
+        assert!(err.contains("clustering.min_samples (line 3)"), "{err}");
     }
 
     #[test]
     fn an_unknown_key_is_rejected_with_its_line() {
         let text = "[matching]\ntask_match_treshold = 0.2\n";
         let err = format!("{:#}", Config::parse(text, "t.toml", &[]).unwrap_err());
-        assert!(err.contains("task_match_treshold"), "{err}");
-        assert!(err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("matching.task_match_treshold (line 2)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -204,3 +204,57 @@ async fn a_team_whose_commit_fails_mid_run_leaves_no_trace_and_the_others_go_on(
         .await
         .unwrap();
 }
+
+/// `schedule` finishes its round, then SIGTERM during the wait for the next one stops it at
+/// once, cleanly (exit 0), with everything of the round committed.
+#[test]
+fn schedule_stops_on_sigterm_between_rounds() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.parquet");
+    write_teams(&file, &[1]);
+    let store = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut child = Command::new(BIN)
+        .args([
+            "schedule",
+            "--source",
+            file.to_str().unwrap(),
+            "--store",
+            &store,
+            "--interval",
+            "1h",
+            "--dim",
+            &DIM.to_string(),
+            "--device",
+            "cpu",
+        ])
+        .env_remove("SEGCLUST_CONFIG")
+        .env("SEGCLUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start segclust");
+    let stdout = child.stdout.take().unwrap();
+    let line = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("team 1:"))
+        .expect("a round's report");
+    assert!(line.contains("300 segments read"), "{line}");
+    let t = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(t.elapsed().as_secs_f64() < 10.0, "stopped promptly");
+    assert!(err.contains("SIGTERM"), "{err}");
+    assert!(err.contains("schedule stopped"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(Store::connect(&store)).unwrap();
+    assert!(rt.block_on(s.watermark(1)).unwrap().is_some());
+}
