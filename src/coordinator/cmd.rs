@@ -290,17 +290,17 @@ pub async fn schedule_cmd(a: ScheduleArgs, m: &ArgMatches) -> Result<ExitCode> {
     while !shutdown.requested() && a.rounds.is_none_or(|n| round < n) {
         round += 1;
         let started = Instant::now();
-        let span = tracing::info_span!("round", round);
-        let _g = span.enter();
         let teams = match c.enabled_teams(&cfg.teams).await {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!("cannot list the enabled teams, retrying next round: {e:#}");
+                tracing::error!(
+                    round,
+                    "cannot list the enabled teams, retrying next round: {e:#}"
+                );
                 Vec::new()
             }
         };
-        tracing::info!(teams = teams.len(), "round starts");
-        drop(_g);
+        tracing::info!(round, teams = teams.len(), "round starts");
         let now = chrono::Utc::now().timestamp_millis();
         let outcomes = c.round(&teams, now).await;
         any_failed |= print_outcomes(&outcomes) != ExitCode::SUCCESS;
@@ -534,11 +534,10 @@ pub fn config_cmd(c: ConfigCommand) -> Result<ExitCode> {
             }
         },
         ConfigCommand::Show { config } => {
-            let cfg = Config::load(config.as_deref())?;
-            let mut shown = format!("{cfg:#?}");
-            // The store URL may carry a password.
-            shown = shown.replace(&cfg.store.url, &crate::store::redact_url(&cfg.store.url));
-            println!("{shown}");
+            let mut cfg = Config::load(config.as_deref())?;
+            // The store URL may carry a password; the API key is never in `cfg` (env only).
+            cfg.store.url = crate::store::redact_url(&cfg.store.url);
+            println!("{cfg:#?}");
             Ok(ExitCode::SUCCESS)
         }
     }
