@@ -454,6 +454,19 @@ impl Config {
     }
 }
 
+/// True when the flag `id` was given on the command line or by its env var, not left at its
+/// default: only such flags override the config file. `m`: the command's own matches.
+pub fn given_on_command_line(m: &clap::ArgMatches, id: &str) -> bool {
+    use clap::parser::ValueSource;
+    matches!(
+        m.try_get_raw(id)
+            .ok()
+            .flatten()
+            .and_then(|_| m.value_source(id)),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
 /// `SEGCLUST__CLUSTERING__MIN_SAMPLES=5` sets `clustering.min_samples = 5`. The value is read
 /// as a TOML value when it parses as one (numbers, booleans, arrays), else as a string.
 fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<()> {

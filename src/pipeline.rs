@@ -575,16 +575,7 @@ impl PipelineArgs {
     /// Writes the flags given on the command line (or by their env var) into `cfg`; flags left
     /// at their defaults leave the config file's values alone. `m`: this command's matches.
     pub fn apply(&self, cfg: &mut crate::config::Config, m: &clap::ArgMatches) {
-        use clap::parser::ValueSource;
-        let given = |id: &str| {
-            matches!(
-                m.try_get_raw(id)
-                    .ok()
-                    .flatten()
-                    .and_then(|_| m.value_source(id)),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
+        let given = |id: &str| crate::config::given_on_command_line(m, id);
         let n = &self.numeric;
         let (c, mt) = (&mut cfg.clustering, &mut cfg.matching);
         if given("batch_size") {

@@ -20,7 +20,6 @@ use crate::pipeline::{BatchReport, PipelineArgs};
 use crate::segment::Watermark;
 use crate::source::Source;
 use crate::store::Store;
-use clap::parser::ValueSource;
 
 /// Where to read, where to write, and the constants: shared by run, schedule, backfill.
 #[derive(Args, Debug, Clone)]
@@ -99,15 +98,7 @@ impl SetupArgs {
 /// LLM flags given on the command line (or by env) win over the file's `[llm]`; the key always
 /// comes from the environment.
 fn apply_llm_flags(a: &LlmArgs, cfg: &mut Config, m: &ArgMatches) {
-    let given = |id: &str| {
-        matches!(
-            m.try_get_raw(id)
-                .ok()
-                .flatten()
-                .and_then(|_| m.value_source(id)),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-    };
+    let given = |id: &str| crate::config::given_on_command_line(m, id);
     let flags = a.config();
     let l = &mut cfg.llm;
     if given("llm_base_url") {

@@ -230,6 +230,30 @@ impl ClickHouseSource {
         self.cfg.filters.values()
     }
 
+    /// `sql` (written with [`Shape::window`]) with the window's values bound, in its order.
+    fn bind_window(
+        &self,
+        sql: &str,
+        team: i64,
+        after: Option<&Watermark>,
+        until_ms: Option<i64>,
+    ) -> clickhouse::query::Query {
+        let mut q = self.client.query(sql).bind(team);
+        for v in self.filter_values() {
+            q = q.bind(v);
+        }
+        if let Some(w) = after {
+            q = q
+                .bind(w.inserted_at_ms)
+                .bind(w.inserted_at_ms)
+                .bind(&w.document_id);
+        }
+        if let Some(u) = until_ms {
+            q = q.bind(u);
+        }
+        q
+    }
+
     /// Up to `limit` rows of `team` strictly after `after` and, when `until_ms` is given,
     /// inserted before it; in `(inserted_at, document_id)` order.
     pub async fn read_after(
@@ -240,21 +264,14 @@ impl ClickHouseSource {
         limit: usize,
     ) -> Result<SourcePage> {
         let s = self.shape().await?;
-        let mut sql = format!(
-            "SELECT {} FROM {} WHERE {} = ?{}",
-            s.select, s.from, s.team_id, s.filters
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT ?",
+            s.select,
+            s.from,
+            s.window(after.is_some(), until_ms.is_some()),
+            s.inserted_ms,
+            s.document_id
         );
-        if after.is_some() {
-            sql += &format!(
-                " AND ({ms} > ? OR ({ms} = ? AND {id} > ?))",
-                ms = s.inserted_ms,
-                id = s.document_id
-            );
-        }
-        if until_ms.is_some() {
-            sql += &format!(" AND {} < ?", s.inserted_ms);
-        }
-        sql += &format!(" ORDER BY {}, {} LIMIT ?", s.inserted_ms, s.document_id);
         let what = format!(
             "reading team {team}'s new segments from {}",
             self.describe()
@@ -263,19 +280,7 @@ impl ClickHouseSource {
             .cfg
             .retry
             .run(&what, || async {
-                let mut q = self.client.query(&sql).bind(team);
-                for v in self.filter_values() {
-                    q = q.bind(v);
-                }
-                if let Some(w) = after {
-                    q = q
-                        .bind(w.inserted_at_ms)
-                        .bind(w.inserted_at_ms)
-                        .bind(&w.document_id);
-                }
-                if let Some(u) = until_ms {
-                    q = q.bind(u);
-                }
+                let q = self.bind_window(&sql, team, after, until_ms);
                 fetch(q.bind(limit as u64)).await
             })
             .await?;
@@ -361,37 +366,16 @@ impl ClickHouseSource {
         until_ms: Option<i64>,
     ) -> Result<u64> {
         let s = self.shape().await?;
-        let mut sql = format!(
-            "SELECT toUInt64(count()) FROM {} WHERE {} = ?{}",
-            s.from, s.team_id, s.filters
+        let sql = format!(
+            "SELECT toUInt64(count()) FROM {} WHERE {}",
+            s.from,
+            s.window(after.is_some(), until_ms.is_some())
         );
-        if after.is_some() {
-            sql += &format!(
-                " AND ({ms} > ? OR ({ms} = ? AND {id} > ?))",
-                ms = s.inserted_ms,
-                id = s.document_id
-            );
-        }
-        if until_ms.is_some() {
-            sql += &format!(" AND {} < ?", s.inserted_ms);
-        }
         let what = format!("counting team {team}'s segments in {}", self.describe());
         self.cfg
             .retry
             .run(&what, || async {
-                let mut q = self.client.query(&sql).bind(team);
-                for v in self.filter_values() {
-                    q = q.bind(v);
-                }
-                if let Some(w) = after {
-                    q = q
-                        .bind(w.inserted_at_ms)
-                        .bind(w.inserted_at_ms)
-                        .bind(&w.document_id);
-                }
-                if let Some(u) = until_ms {
-                    q = q.bind(u);
-                }
+                let q = self.bind_window(&sql, team, after, until_ms);
                 Ok(q.fetch_one::<u64>().await?)
             })
             .await
@@ -481,6 +465,26 @@ impl Shape {
             team_id,
             filters,
         })
+    }
+}
+
+impl Shape {
+    /// The condition of a team's rows strictly after a watermark and before `until`:
+    /// `team = ? AND <filters> [AND after (inserted, id)] [AND inserted < ?]`. Page reads and
+    /// counts share it so they can never disagree about a window; `bind_window` binds it.
+    fn window(&self, after: bool, until: bool) -> String {
+        let mut w = format!("{} = ?{}", self.team_id, self.filters);
+        if after {
+            w += &format!(
+                " AND ({ms} > ? OR ({ms} = ? AND {id} > ?))",
+                ms = self.inserted_ms,
+                id = self.document_id
+            );
+        }
+        if until {
+            w += &format!(" AND {} < ?", self.inserted_ms);
+        }
+        w
     }
 }
 
