@@ -179,7 +179,8 @@ fn session_from_document_id(document_id: &str) -> Option<String> {
     (!session.is_empty()).then(|| session.to_string())
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// How a JSON value's type reads in an error message ("a string", "an array").
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

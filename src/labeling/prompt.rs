@@ -23,6 +23,7 @@ use super::{
     LabelRequest, MAX_DESCRIPTION_CHARS, MAX_DESCRIPTIONS, MAX_TITLE_CHARS, sanitize,
     truncate_chars, truncate_words,
 };
+use crate::validate::json_kind;
 
 /// Longest segment description sent, in characters.
 pub const MAX_SENT_DESCRIPTION_CHARS: usize = 1000;
@@ -186,7 +187,7 @@ pub fn check_answer(content: &str, lenient: bool) -> Result<Answer, Vec<String>>
         Some(other) => {
             problems.push(format!(
                 "\"actionable\" must be true or false, not {}",
-                kind(other)
+                json_kind(other)
             ));
             None
         }
@@ -234,20 +235,12 @@ fn text_field(value: &Value, name: &str, problems: &mut Vec<String>) -> Option<S
             None
         }
         Some(other) => {
-            problems.push(format!("\"{name}\" must be a string, not {}", kind(other)));
+            problems.push(format!(
+                "\"{name}\" must be a string, not {}",
+                json_kind(other)
+            ));
             None
         }
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
