@@ -91,6 +91,8 @@ pub struct BenchOptions {
     pub python: Option<String>,
     /// Largest N for which scikit-learn's HDBSCAN is run (it is O(N^2) in 100 dims).
     pub sklearn_hdbscan_max_n: usize,
+    /// Where to keep each size's input and PCA projection, if anywhere.
+    pub save_inputs: Option<std::path::PathBuf>,
 }
 
 pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<BenchRow>> {
@@ -105,6 +107,13 @@ pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<B
         let t = Instant::now();
         let clustering = device.hdbscan(&pca.projected, &opts.hdbscan)?;
         let hdbscan_s = t.elapsed().as_secs_f64();
+        if let Some(dir) = &opts.save_inputs {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+            let stem = dir.join(format!("synthetic-{n}x{}", opts.dim));
+            crate::npy::write_matrix(&stem.with_extension("npy"), &x)?;
+            crate::npy::write_matrix(&stem.with_extension("pca.npy"), &pca.projected)?;
+        }
         tracing::info!(
             pca_s,
             hdbscan_s,

@@ -229,6 +229,11 @@ pub struct BenchArgs {
     /// Also write the rows as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Keep each size's input and its PCA projection in this folder
+    /// (`synthetic-NxD.npy`, `synthetic-NxD.pca.npy`), to time `segclust cluster --no-reduce`
+    /// or another tool on exactly the same data.
+    #[arg(long, value_name = "DIR")]
+    pub save_inputs: Option<PathBuf>,
     #[command(flatten)]
     pub numeric: NumericArgs,
 }
@@ -246,6 +251,13 @@ pub fn main() -> ExitCode {
         .unwrap_or_default();
     match dispatch(cli.command, &sub) {
         Ok(code) => code,
+        // The reader of our output went away (`segclust tasks | head`): not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -379,6 +391,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         hdbscan: a.numeric.hdbscan(),
         python: (!a.no_sklearn).then_some(a.python),
         sklearn_hdbscan_max_n: a.sklearn_hdbscan_max_n,
+        save_inputs: a.save_inputs,
     };
     let dir = tempfile_dir()?;
     let rows = bench::run(&device, &opts, &dir)?;

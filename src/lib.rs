@@ -4,6 +4,16 @@
 //! `reduce` -> `cluster` -> `impact` -> `matching` -> `labeling` -> `priority` -> `store`, driven
 //! for one team by `pipeline`. `device` is the one numeric interface over the CPU and `gpu`.
 
+/// `println!` for command output: returns the `io::Error` instead of panicking when stdout is
+/// closed early (`segclust tasks | head`); `cli::main` treats a broken pipe as a normal end.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub mod bench;
 pub mod cli;
 pub mod cluster;

@@ -230,15 +230,21 @@ pub async fn list_cmd(a: ListArgs) -> Result<()> {
     let tasks = select(store.tasks(a.team).await?, &a, now);
     if a.json {
         let v: Vec<serde_json::Value> = tasks.iter().map(task_json).collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:>5}  {:<8}  {:>6}  {:>5}  {:>5}  {:>6}  {:<8}  title",
-        "id", "level", "score", "users", "occ", "impact", "label"
-    );
+        "id",
+        "level",
+        "score",
+        "users",
+        "occ",
+        "impact",
+        "label"
+    )?;
     for t in &tasks {
-        println!(
+        crate::outln!(
             "{:>5}  {:<8}  {:>6.2}  {:>5}  {:>5}  {:>6.2}  {:<8}  {}",
             t.id,
             t.priority_level,
@@ -248,10 +254,10 @@ pub async fn list_cmd(a: ListArgs) -> Result<()> {
             t.impact,
             t.label_source.as_str(),
             one_line(&t.title)
-        );
+        )?;
     }
     if tasks.is_empty() {
-        println!("(no Tasks for team {} match)", a.team);
+        crate::outln!("(no Tasks for team {} match)", a.team)?;
     }
     Ok(())
 }
@@ -308,11 +314,11 @@ pub async fn show_cmd(a: ShowArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
-    println!("Task {}: {}", task.id, one_line(&task.title));
-    println!(
+    crate::outln!("Task {}: {}", task.id, one_line(&task.title))?;
+    crate::outln!(
         "level {} (score {:.2})  users {}  occurrences {}  segments {}  impact {:.2}  label {}",
         task.priority_level,
         task.priority_score,
@@ -321,25 +327,28 @@ pub async fn show_cmd(a: ShowArgs) -> Result<()> {
         task.segment_count,
         task.impact,
         task.label_source.as_str()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "first seen {}  last seen {}",
         format_ms(task.first_seen_ms),
         format_ms(task.last_seen_ms)
-    );
+    )?;
     if !task.description.is_empty() {
-        println!("\n{}", task.description);
+        crate::outln!("\n{}", task.description)?;
     }
-    println!(
+    crate::outln!(
         "\nsegments, most central first ({} of {total}):",
         links.len()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "{:>8}  {:<17}  {:<20}  {:<16}  description",
-        "distance", "time (UTC)", "session", "user"
-    );
+        "distance",
+        "time (UTC)",
+        "session",
+        "user"
+    )?;
     for l in &links {
-        println!(
+        crate::outln!(
             "{:>8.4}  {:<17}  {:<20}  {:<16}  {}",
             l.distance,
             format_ms(l.timestamp_ms),
@@ -350,7 +359,7 @@ pub async fn show_cmd(a: ShowArgs) -> Result<()> {
             } else {
                 one_line(&l.content)
             }
-        );
+        )?;
     }
     Ok(())
 }

@@ -27,8 +27,8 @@
 //! is needed, the core distance bounds just never prune.
 
 use super::MstEdge;
-use super::knn::{LeafIndex, PositionKnn, knn_positions, safe_lb};
-use super::prim::euclidean;
+use super::knn::{LeafIndex, PairMemo, PositionKnn, knn_positions, safe_lb};
+
 use crate::matrix::Matrix;
 use anyhow::Result;
 use rayon::prelude::*;
@@ -94,11 +94,12 @@ pub fn mst(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
     }
     let ix = LeafIndex::build(x)?;
     let k = LIST_K.max(m - 1).min(n - 1);
-    let nn = knn_positions(&ix, k);
+    let mut memo = PairMemo::new(&ix);
+    let nn = knn_positions(&ix, k, &mut memo);
     let core: Vec<f64> = (0..n)
         .map(|p| if m == 1 { 0.0 } else { nn.dist[p * k + m - 2] })
         .collect();
-    let mut edges: Vec<MstEdge> = boruvka(&ix, &nn, &core)
+    let mut edges: Vec<MstEdge> = boruvka(&ix, &nn, &core, &mut memo)
         .into_iter()
         .map(|c| MstEdge {
             a: ix.perm[c.lo as usize],
@@ -167,7 +168,7 @@ impl UnionFind {
 }
 
 /// The Boruvka rounds, in position space.
-fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
+fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64], memo: &mut PairMemo) -> Vec<Cand> {
     let n = ix.n;
     let nl = ix.leaves();
     let k = nn.k;
@@ -260,15 +261,21 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
         for &p in &need {
             by_leaf[ix.leaf_of[p as usize] as usize].push(p);
         }
+        let ctx = Context {
+            comp: &comp,
+            leaf_comp: &leaf_comp,
+            core,
+            min_core: &min_core,
+            comp_best: &comp_best,
+        };
         let found: Vec<(Cand, f64)> = by_leaf
             .par_iter()
+            .zip(memo.rows_mut())
             .enumerate()
-            .filter(|(_, v)| !v.is_empty())
-            .flat_map_iter(|(q, pts)| {
+            .filter(|(_, (v, _))| !v.is_empty())
+            .flat_map_iter(|(q, (pts, memo))| {
                 let start: Vec<Cand> = pts.iter().map(|&p| known[p as usize].0).collect();
-                search_leaf(
-                    ix, q, pts, &start, &comp, &leaf_comp, core, &min_core, &comp_best,
-                )
+                search_leaf(ix, q, pts, &start, &ctx, memo)
             })
             .collect();
         let need: Vec<u32> = by_leaf.into_iter().flatten().collect();
@@ -314,21 +321,24 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64]) -> Vec<Cand> {
 /// is projected on the line between the two leaf centres: in many dimensions the spread of a
 /// cluster along that one line is far smaller than its radius, so `<o - p, u> / |u|` rules out
 /// most pairs between distinct clusters that the triangle inequality cannot.
-#[allow(clippy::too_many_arguments)]
 fn search_leaf(
     ix: &LeafIndex,
     q: usize,
     pts: &[u32],
     start: &[Cand],
-    comp: &[u32],
-    leaf_comp: &[u32],
-    core: &[f64],
-    min_core: &[f64],
-    comp_best: &[Cand],
+    ctx: &Context<'_>,
+    memo: &mut [[f64; 2]],
 ) -> Vec<(Cand, f64)> {
+    let Context {
+        comp,
+        leaf_comp,
+        core,
+        min_core,
+        comp_best,
+    } = *ctx;
     let nl = ix.leaves();
     let kern = &ix.kern;
-    let mut best = start.to_vec();
+    let best = start.to_vec();
     // The best edge of each component met, shared by the task's points as a cutoff: a point
     // only matters to its component if it beats it.
     let mut shared: Vec<(u32, Cand)> = Vec::new();
@@ -350,23 +360,22 @@ fn search_leaf(
             shared[slot[i]].1 = *b;
         }
     }
-    let cut = |best: &[Cand], shared: &[(u32, Cand)], i: usize| best[i].w.min(shared[slot[i]].1.w);
+    let mut st = Bests { best, shared };
     let mut active: Vec<usize> = Vec::with_capacity(pts.len());
+    let mut live: Vec<((f64, f64), usize)> = Vec::with_capacity(pts.len());
     let mut pb = super::knn::PairBounds::new();
-    let mut buf = [0usize; 4];
     for &r in &ix.order[q * nl..(q + 1) * nl] {
         let r = r as usize;
         active.clear();
         let mut any_left = false;
         for (i, &p) in pts.iter().enumerate() {
             let p = p as usize;
-            if ix.rest_lb(p, q, r) >= cut(&best, &shared, i) {
+            let cut = st.cut(&slot, i);
+            if ix.rest_lb(p, q, r) >= cut {
                 continue;
             }
             any_left = true;
-            if leaf_comp[r] == comp[p]
-                || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= cut(&best, &shared, i)
-            {
+            if leaf_comp[r] == comp[p] || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= cut {
                 continue;
             }
             active.push(i);
@@ -377,88 +386,95 @@ fn search_leaf(
         if active.is_empty() {
             continue;
         }
-        pb.fill(ix, q, r);
-        // Cheapest bounds first: the pivot bound is free, the projection costs one dot product
-        // (four queries at a time), the exact centre distance one distance.
-        active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < cut(&best, &shared, i));
+        pb.fill(ix, q, r, memo);
+        // Cheapest bounds first: the pivot bound is free; the projection and the distance to
+        // r's centre cost one f32 product each, four queries at a time.
+        active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < st.cut(&slot, i));
         let mut pps = [0f64; 4];
-        let mut pass: Vec<(usize, f64)> = Vec::with_capacity(active.len());
+        live.clear();
         for chunk in active.chunks(4) {
             let ps: Vec<usize> = chunk.iter().map(|&i| pts[i] as usize).collect();
             pb.query_proj4(ix, q, &ps, &mut pps);
+            let dpc = ix.to_leaf_centre4(&ps, r);
             for (j, &i) in chunk.iter().enumerate() {
-                if pb.leaf_lb(ix, ps[j], pps[j]) < cut(&best, &shared, i) {
-                    pass.push((i, pps[j]));
+                let cut = st.cut(&slot, i);
+                if pb.leaf_lb(ix, ps[j], pps[j]) < cut && safe_lb(dpc[j].0 - ix.radius[r]) < cut {
+                    live.push((dpc[j], i));
                 }
             }
         }
-        for &(i, pp) in &pass {
-            let p = pts[i] as usize;
-            let (c, cp, pr) = (comp[p], core[p], ix.row(p));
-            let dpc = ix.to_leaf_centre(p, r);
-            if safe_lb(dpc - ix.radius[r]) >= cut(&best, &shared, i) {
-                continue;
+        // Queries at similar distances from r's centre share most of their pivot ranges.
+        live.sort_by(|a, b| a.0.0.total_cmp(&b.0.0).then(a.1.cmp(&b.1)));
+        for group in live.chunks(4) {
+            let mut ps = [0usize; 4];
+            let mut is = [0usize; 4];
+            let mut range = usize::MAX..0;
+            for (j, &(dpc, i)) in group.iter().enumerate() {
+                (ps[j], is[j]) = (pts[i] as usize, i);
+                let cut = st.cut(&slot, i);
+                let rj = ix.pivot_range(r, dpc, |lb| lb >= cut);
+                if !rj.is_empty() {
+                    range = range.start.min(rj.start)..range.end.max(rj.end);
+                }
             }
-            let range = ix.pivot_range(r, dpc, |lb| lb >= cut(&best, &shared, i));
-            let filt = pb.filter(ix, p, pp, cut(&best, &shared, i), false);
-            let mut nb = 0;
-            let mut o = range.start;
-            loop {
-                let flush = o == range.end;
-                if !flush {
-                    let keep =
-                        comp[o] != c && cp.max(core[o]) < cut(&best, &shared, i) && !filt.skip(o);
-                    o += 1;
-                    if !keep {
-                        continue;
+            let ps = &ps[..group.len()];
+            super::knn::scan(
+                ix,
+                ps,
+                range,
+                &mut st,
+                |st, j| kern.screen(st.cut(&slot, is[j])),
+                |st, j, o, d| {
+                    let (p, i) = (ps[j], is[j]);
+                    let cp = core[p];
+                    if comp[o] == comp[p] || cp.max(core[o]) >= st.cut(&slot, i) {
+                        return;
                     }
-                    buf[nb] = o - 1;
-                    nb += 1;
-                    if nb < 4 {
-                        continue;
-                    }
-                } else if nb == 0 {
-                    break;
-                }
-                for j in nb..4 {
-                    buf[j] = buf[0];
-                }
-                let sq = (kern.sq4)(
-                    pr,
-                    [
-                        ix.row(buf[0]),
-                        ix.row(buf[1]),
-                        ix.row(buf[2]),
-                        ix.row(buf[3]),
-                    ],
-                );
-                for j in 0..nb {
-                    if !kern.may_be_within(sq[j], cut(&best, &shared, i)) {
-                        continue;
-                    }
-                    let ob = buf[j];
-                    let d = euclidean(pr, ix.row(ob));
-                    let cand = Cand::new(cp.max(core[ob]).max(d), p, ob);
-                    if cand.less(&best[i]) {
-                        best[i] = cand;
-                        if cand.less(&shared[slot[i]].1) {
-                            shared[slot[i]].1 = cand;
+                    let cand = Cand::new(cp.max(core[o]).max(d), p, o);
+                    if cand.less(&st.best[i]) {
+                        st.best[i] = cand;
+                        if cand.less(&st.shared[slot[i]].1) {
+                            st.shared[slot[i]].1 = cand;
                         }
                     }
-                }
-                nb = 0;
-                if flush {
-                    break;
-                }
-            }
+                },
+            );
         }
     }
     // Every point outside was either measured or ruled out at the cutoff of the time, so the
     // final cutoff is a lower bound; the point's own edge is its exact best when it is the cutoff.
-    best.iter()
+    st.best
+        .iter()
         .enumerate()
-        .map(|(i, b)| (*b, cut(&best, &shared, i)))
+        .map(|(i, b)| (*b, st.cut(&slot, i)))
         .collect()
+}
+
+/// What a round knows of every position and leaf, shared read-only by its search tasks.
+struct Context<'a> {
+    comp: &'a [u32],
+    /// The component of a leaf's points when they all share one, else `u32::MAX`.
+    leaf_comp: &'a [u32],
+    core: &'a [f64],
+    /// Least core distance in each leaf.
+    min_core: &'a [f64],
+    /// Each component's best edge at the start of the round.
+    comp_best: &'a [Cand],
+}
+
+/// A search task's running bests: each point's own, and each component's (shared by the
+/// task's points of that component).
+struct Bests {
+    best: Vec<Cand>,
+    shared: Vec<(u32, Cand)>,
+}
+
+impl Bests {
+    /// The weight a point's next candidate must beat: its own best or its component's.
+    #[inline]
+    fn cut(&self, slot: &[usize], i: usize) -> f64 {
+        self.best[i].w.min(self.shared[slot[i]].1.w)
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@
 //! a result. The f32 path is 2-3x faster
 //! and is dispatched to AVX2+FMA at run time where the CPU has it.
 
-use super::prim::euclidean;
+use super::prim::euclidean4;
 use crate::matrix::Matrix;
 use anyhow::{Result, ensure};
 use rayon::prelude::*;
@@ -33,12 +33,19 @@ const ABS_SLACK: f64 = 1e-30;
 
 /// `<row - c, u>` for four rows: (c, u, rows).
 type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
+/// Squared distances, four queries by two rows.
+type Tile = fn([&[f32]; 4], [&[f32]; 2]) -> [[f32; 2]; 4];
 
 /// The SIMD kernels, chosen once for the running CPU.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     /// f32 squared distances from `q` to four rows, with the error bound `rel`.
     pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
+    /// f32 squared distances from four queries to two rows (`out[i][j]` for query i, row j),
+    /// with the same bound. The scans' workhorse: each row read serves four queries, so the
+    /// candidates stream from L2 a quarter as often as through `sq4`, and the eight sums keep
+    /// both FMA pipes busy.
+    pub tile: Tile,
     /// An f64 distance for bounds (partial sums: may differ from `prim::euclidean` by an ulp).
     pub exact: fn(&[f32], &[f32]) -> f64,
     /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
@@ -60,6 +67,7 @@ impl Kernels {
             {
                 return Self {
                     sq4: simd::sq4_avx2,
+                    tile: simd::tile_avx2,
                     exact: simd::exact_avx2,
                     proj4: simd::proj4_avx2,
                     rel,
@@ -68,17 +76,26 @@ impl Kernels {
         }
         Self {
             sq4: sq4_generic::<false>,
+            tile: tile_generic::<false>,
             exact: exact_generic,
             proj4: proj4_generic::<false>,
             rel,
         }
     }
 
-    /// Whether an f32 squared distance `s` may belong to a pair whose exact distance is
-    /// `<= cutoff` (never false for such a pair).
+    /// An f32 threshold for `sq4`/`tile` results: every pair whose exact distance is `<= cutoff`
+    /// has an f32 squared distance `<=` it (a superset of `may_be_within`, compared in f32).
     #[inline]
-    pub fn may_be_within(&self, s: f32, cutoff: f64) -> bool {
-        f64::from(s) <= cutoff * cutoff * (1.0 + self.rel) + ABS_SLACK
+    pub fn screen(&self, cutoff: f64) -> f32 {
+        let x = cutoff * cutoff * (1.0 + self.rel) + ABS_SLACK;
+        let t = x as f32;
+        if f64::from(t) < x { t.next_up() } else { t }
+    }
+
+    /// An upper bound on the exact distance of a pair whose f32 squared distance is `s`.
+    #[inline]
+    pub fn upper_bound(&self, s: f32) -> f64 {
+        ((f64::from(s) + ABS_SLACK) / (1.0 - self.rel)).sqrt() * (1.0 + 1e-10)
     }
 
     /// A lower bound on the exact distance of a pair whose f32 squared distance is `s`.
@@ -136,6 +153,65 @@ fn sq4_generic<const FMA: bool>(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
             s += t * t;
         }
         out[i] = s;
+    }
+    out
+}
+
+/// One query's eight lanes against two rows (`tile_generic`'s inner step).
+#[inline(always)]
+fn tile_row<const FMA: bool>(b: &[f32], a0: &[f32; 8], a1: &[f32; 8], acc: &mut [[f32; 8]; 2]) {
+    let Ok(b): Result<&[f32; 8], _> = b.try_into() else {
+        return;
+    };
+    for j in 0..8 {
+        let t0 = b[j] - a0[j];
+        let t1 = b[j] - a1[j];
+        if FMA {
+            acc[0][j] = t0.mul_add(t0, acc[0][j]);
+            acc[1][j] = t1.mul_add(t1, acc[1][j]);
+        } else {
+            acc[0][j] += t0 * t0;
+            acc[1][j] += t1 * t1;
+        }
+    }
+}
+
+#[inline(always)]
+fn tile_generic<const FMA: bool>(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    let d = r[0].len();
+    let (r0, r1) = (r[0], &r[1][..d]);
+    let (q0, q1, q2, q3) = (&q[0][..d], &q[1][..d], &q[2][..d], &q[3][..d]);
+    let mut acc = [[[0f32; 8]; 2]; 4];
+    let chunks = r0
+        .chunks_exact(8)
+        .zip(r1.chunks_exact(8))
+        .zip(q0.chunks_exact(8))
+        .zip(q1.chunks_exact(8))
+        .zip(q2.chunks_exact(8))
+        .zip(q3.chunks_exact(8));
+    for (((((a0, a1), b0), b1), b2), b3) in chunks {
+        let (a0, a1): (&[f32; 8], &[f32; 8]) = (
+            a0.try_into().unwrap_or(&[0.0; 8]),
+            a1.try_into().unwrap_or(&[0.0; 8]),
+        );
+        let [c0, c1, c2, c3] = &mut acc;
+        tile_row::<FMA>(b0, a0, a1, c0);
+        tile_row::<FMA>(b1, a0, a1, c1);
+        tile_row::<FMA>(b2, a0, a1, c2);
+        tile_row::<FMA>(b3, a0, a1, c3);
+    }
+    let tail = d - d % 8;
+    let mut out = [[0f32; 2]; 4];
+    for (i, qq) in [q0, q1, q2, q3].into_iter().enumerate() {
+        for (c, rr) in [r0, r1].into_iter().enumerate() {
+            let a = &acc[i][c];
+            let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            for j in tail..d {
+                let t = qq[j] - rr[j];
+                s += t * t;
+            }
+            out[i][c] = s;
+        }
     }
     out
 }
@@ -209,6 +285,50 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     fn sq4_impl(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
         super::sq4_generic::<true>(q, r)
+    }
+
+    /// Written with intrinsics: LLVM does not vectorize `tile_generic`'s eight accumulators
+    /// (it fell back to scalar code, 4x slower than `sq4`).
+    #[target_feature(enable = "avx2,fma")]
+    fn tile_impl(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
+        use std::arch::x86_64::*;
+        let d = r[0].len();
+        if d % 8 != 0 || r[1].len() < d || q.iter().any(|x| x.len() < d) {
+            return super::tile_generic::<true>(q, r);
+        }
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for o in (0..d).step_by(8) {
+            // SAFETY: o + 8 <= d <= the length of every slice, checked above.
+            let (a0, a1) = unsafe {
+                (
+                    _mm256_loadu_ps(r[0].as_ptr().add(o)),
+                    _mm256_loadu_ps(r[1].as_ptr().add(o)),
+                )
+            };
+            for i in 0..4 {
+                // SAFETY: as above.
+                let b = unsafe { _mm256_loadu_ps(q[i].as_ptr().add(o)) };
+                let t0 = _mm256_sub_ps(b, a0);
+                let t1 = _mm256_sub_ps(b, a1);
+                acc[2 * i] = _mm256_fmadd_ps(t0, t0, acc[2 * i]);
+                acc[2 * i + 1] = _mm256_fmadd_ps(t1, t1, acc[2 * i + 1]);
+            }
+        }
+        let mut out = [[0f32; 2]; 4];
+        for (i, row) in out.iter_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                let mut a = [0f32; 8];
+                // SAFETY: `a` holds exactly eight f32.
+                unsafe { _mm256_storeu_ps(a.as_mut_ptr(), acc[2 * i + c]) };
+                *v = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            }
+        }
+        out
+    }
+
+    pub fn tile_avx2(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
+        // SAFETY: as `sq4_avx2`.
+        unsafe { tile_impl(q, r) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -404,30 +524,38 @@ impl LeafIndex {
         &self.centres[r * self.stride..(r + 1) * self.stride]
     }
 
-    /// Exact distance from position `p` to the centre of leaf `r`.
+    /// Bounds `(lo, hi)` on the distances from up to four positions to the centre of leaf `r`,
+    /// from one f32 `sq4` (a quarter of the cost of four exact distances); a position of `r`
+    /// itself gets its stored exact distance.
     #[inline]
-    pub fn to_leaf_centre(&self, p: usize, r: usize) -> f64 {
-        if self.leaf_of[p] as usize == r {
-            self.to_centre[p]
-        } else {
-            (self.kern.exact)(self.row(p), self.centre(r))
+    pub fn to_leaf_centre4(&self, ps: &[usize], r: usize) -> [(f64, f64); 4] {
+        let row = |j: usize| self.row(ps[j.min(ps.len() - 1)]);
+        let sq = (self.kern.sq4)(self.centre(r), [row(0), row(1), row(2), row(3)]);
+        let mut out = [(0.0, 0.0); 4];
+        for (j, &p) in ps.iter().enumerate().take(4) {
+            out[j] = if self.leaf_of[p] as usize == r {
+                (self.to_centre[p], self.to_centre[p])
+            } else {
+                (self.kern.lower_bound(sq[j]), self.kern.upper_bound(sq[j]))
+            };
         }
+        out
     }
 
-    /// The positions of leaf `r` that the pivot bound `|dpc - d(o, centre)|` (a lower bound on
-    /// the distance to a point at distance `dpc` from the centre) does not rule out; `prune`
-    /// must be monotone in the bound.
+    /// The positions of leaf `r` that the pivot bound does not rule out, for a query whose
+    /// distance to the centre lies in `dpc = (lo, hi)`: a point at distance `t` from the centre
+    /// is at least `t - hi` and `lo - t` away. `prune` must be monotone in the bound.
     #[inline]
     pub fn pivot_range(
         &self,
         r: usize,
-        dpc: f64,
+        (lo, hi): (f64, f64),
         prune: impl Fn(f64) -> bool,
     ) -> std::ops::Range<usize> {
         let (s, e) = (self.start[r], self.start[r + 1]);
         let tc = &self.to_centre[s..e];
-        let a = tc.partition_point(|&t| prune(safe_lb(t - dpc)));
-        let b = tc.partition_point(|&t| !prune(safe_lb(dpc - t)));
+        let a = tc.partition_point(|&t| prune(safe_lb(t - hi)));
+        let b = tc.partition_point(|&t| !prune(safe_lb(lo - t)));
         s + a..s + b.max(a)
     }
 
@@ -452,13 +580,10 @@ pub(crate) struct PairBounds {
     pub active: bool,
     u: Vec<f32>,
     unorm: f64,
-    margin: f64,
-    /// `(projection - margin) / |u|` per point of `r`.
-    proj: Vec<f64>,
-    dq: Vec<f64>,
+    /// Least `(projection - margin) / |u|` over the points of `r`.
     pmin: f64,
+    /// Least lower bound on a distance from `centre(q)` to a point of `r`.
     dqmin: f64,
-    start: usize,
 }
 
 impl PairBounds {
@@ -467,21 +592,19 @@ impl PairBounds {
             active: false,
             u: Vec::new(),
             unorm: 0.0,
-            margin: 0.0,
-            proj: Vec::new(),
-            dq: Vec::new(),
             pmin: 0.0,
             dqmin: 0.0,
-            start: 0,
         }
     }
 
-    pub fn fill(&mut self, ix: &LeafIndex, q: usize, r: usize) {
+    /// Sets the bounds up for the pair (q, r). `memo` is leaf q's row of a `PairMemo`: the two
+    /// minimums over r's points cost O(|r| D) and are computed once per pair for the kNN search
+    /// and all Boruvka rounds together.
+    pub fn fill(&mut self, ix: &LeafIndex, q: usize, r: usize, memo: &mut [[f64; 2]]) {
         let nl = ix.leaves();
         let kern = &ix.kern;
         let cq = ix.centre(q);
         let (s, e) = (ix.start[r], ix.start[r + 1]);
-        self.start = s;
         self.u.clear();
         self.u
             .extend(ix.centre(r).iter().zip(cq).map(|(&a, &b)| a - b));
@@ -495,26 +618,25 @@ impl PairBounds {
         if !self.active {
             return;
         }
+        if !memo[r][0].is_nan() {
+            [self.pmin, self.dqmin] = memo[r];
+            return;
+        }
         // f32 projection error: below rel * |row - centre q| * |u| for both ends.
-        self.margin =
+        let margin =
             2.0 * kern.rel * (ix.cc[q * nl + r] + ix.radius[r] + ix.radius[q]) * self.unorm + 1e-30;
-        self.proj.clear();
-        self.dq.clear();
+        let (mut pmin, mut sqmin) = (f32::INFINITY, f32::INFINITY);
         for o in (s..e).step_by(4) {
             let id = |j: usize| ix.row((o + j).min(e - 1));
             let rows = [id(0), id(1), id(2), id(3)];
             let v = (kern.proj4)(cq, &self.u, rows);
             let d = (kern.sq4)(cq, rows);
-            let m = 4.min(e - o);
-            self.proj.extend(
-                v[..m]
-                    .iter()
-                    .map(|&x| (f64::from(x) - self.margin) / self.unorm),
-            );
-            self.dq.extend(d[..m].iter().map(|&x| kern.lower_bound(x)));
+            pmin = v.iter().fold(pmin, |m, &x| m.min(x));
+            sqmin = d.iter().fold(sqmin, |m, &x| m.min(x));
         }
-        self.pmin = self.proj.iter().fold(f64::INFINITY, |m, &v| m.min(v));
-        self.dqmin = self.dq.iter().fold(f64::INFINITY, |m, &v| m.min(v));
+        self.pmin = (f64::from(pmin) - margin) / self.unorm;
+        self.dqmin = kern.lower_bound(sqmin);
+        memo[r] = [self.pmin, self.dqmin];
     }
 
     /// Lower bound on the distance from query `p` to every point of `r` through the pivot
@@ -549,59 +671,82 @@ impl PairBounds {
         let a = safe_lb(self.pmin - pp / self.unorm);
         a.max(self.pivot_lb(ix, p))
     }
+}
 
-    /// A cheap per-point filter for query `p` (projection `pp`) and cutoff `cut`: `skip(o)` is
-    /// true only when a bound puts position `o` of `r` at a distance `>= cut` (`> cut` when
-    /// `strict`).
-    #[inline]
-    pub fn filter(
-        &self,
-        ix: &LeafIndex,
-        p: usize,
-        pp: f64,
-        cut: f64,
-        strict: bool,
-    ) -> PointFilter<'_> {
-        if !self.active || !cut.is_finite() {
-            return PointFilter {
-                proj: &[],
-                dq: &[],
-                tp: f64::INFINITY,
-                td: f64::INFINITY,
-                start: self.start,
-            };
+/// Measures up to four queries `ps` against the positions `range`, two rows at a time through
+/// `Kernels::tile`. A pair whose f32 squared distance passes query j's screen `screen(st, j)`
+/// is measured exactly (`prim::euclidean4`, four pairs at a time) and handed to
+/// `hit(st, j, o, distance)`, which decides; the screens are re-read after every batch, as the
+/// cutoffs shrink. A query is never paired with itself.
+///
+/// There is deliberately no per-candidate test before the tile: at four queries per row a
+/// distance costs a few cycles, less than a test the branch predictor gets wrong; the caller
+/// prunes by leaves and contiguous ranges.
+pub(crate) fn scan<S>(
+    ix: &LeafIndex,
+    ps: &[usize],
+    range: std::ops::Range<usize>,
+    st: &mut S,
+    screen: impl Fn(&S, usize) -> f32,
+    mut hit: impl FnMut(&mut S, usize, usize, f64),
+) {
+    let m = ps.len();
+    debug_assert!((1..=4).contains(&m));
+    if m == 0 || range.is_empty() {
+        return;
+    }
+    let q = |j: usize| ix.row(ps[j.min(m - 1)]);
+    let rows = [q(0), q(1), q(2), q(3)];
+    let mut th = [f32::NEG_INFINITY; 4];
+    let refresh = |st: &S, th: &mut [f32; 4]| {
+        for (j, t) in th.iter_mut().enumerate().take(m) {
+            *t = screen(st, j);
         }
-        // The bounds are `proj[o] - pp / |u|` and `dq[o] - to_centre[p]`; moving the query's
-        // term to the threshold side costs one rounding, covered (with room to spare) by the
-        // relative slack; strictness is kept by the same slack.
-        let slack = 1e-9 * (cut.abs() + (pp / self.unorm).abs() + ix.to_centre[p] + 1e-300);
-        let extra = if strict { slack } else { slack * 0.5 };
-        PointFilter {
-            proj: &self.proj,
-            dq: &self.dq,
-            tp: cut + pp / self.unorm + extra + self.pmin.abs() * 1e-9,
-            td: cut + ix.to_centre[p] + extra + self.dqmin.abs() * 1e-9,
-            start: self.start,
+    };
+    refresh(st, &mut th);
+    let mut pend = [(0usize, 0usize); 4];
+    let mut np = 0;
+    let mut flush = |st: &mut S, pend: &[(usize, usize)], th: &mut [f32; 4]| {
+        let pair = |i: usize| pend[i.min(pend.len() - 1)];
+        let d = euclidean4(
+            [0, 1, 2, 3].map(|i| rows[pair(i).0]),
+            [0, 1, 2, 3].map(|i| ix.row(pair(i).1)),
+        );
+        for (&(j, o), &d) in pend.iter().zip(&d) {
+            hit(st, j, o, d);
+        }
+        refresh(st, th);
+    };
+    let end = range.end;
+    for o in range.step_by(2) {
+        let w = (end - o).min(2);
+        let sq = (ix.kern.tile)(rows, [ix.row(o), ix.row(o + w - 1)]);
+        // Almost every pair fails its screen: test all eight without a branch first.
+        let mut pass = 0u32;
+        for (j, sj) in sq.iter().enumerate() {
+            pass |= u32::from(sj[0] <= th[j]) << (2 * j);
+            pass |= u32::from(sj[1] <= th[j]) << (2 * j + 1);
+        }
+        if w == 1 {
+            pass &= 0x55;
+        }
+        while pass != 0 {
+            let bit = pass.trailing_zeros() as usize;
+            pass &= pass - 1;
+            let (j, c) = (bit / 2, bit % 2);
+            if ps[j] == o + c {
+                continue;
+            }
+            pend[np] = (j, o + c);
+            np += 1;
+            if np == 4 {
+                flush(st, &pend, &mut th);
+                np = 0;
+            }
         }
     }
-}
-
-pub(crate) struct PointFilter<'a> {
-    proj: &'a [f64],
-    dq: &'a [f64],
-    tp: f64,
-    td: f64,
-    start: usize,
-}
-
-impl PointFilter<'_> {
-    #[inline]
-    pub fn skip(&self, o: usize) -> bool {
-        if self.proj.is_empty() {
-            return false;
-        }
-        let i = o - self.start;
-        self.proj[i] >= self.tp || self.dq[i] >= self.td
+    if np > 0 {
+        flush(st, &pend[..np], &mut th);
     }
 }
 
@@ -710,15 +855,37 @@ pub(crate) struct PositionKnn {
     pub dist: Vec<f64>,
 }
 
+/// `PairBounds::fill`'s per-pair minimums, for every ordered pair of leaves (NaN: not computed
+/// yet). Row q (`rows_mut`) belongs to whichever task searches from leaf q, so the rows are
+/// filled in parallel without locks.
+pub(crate) struct PairMemo {
+    nl: usize,
+    vals: Vec<[f64; 2]>,
+}
+
+impl PairMemo {
+    pub fn new(ix: &LeafIndex) -> Self {
+        let nl = ix.leaves();
+        Self {
+            nl,
+            vals: vec![[f64::NAN; 2]; nl * nl],
+        }
+    }
+
+    pub fn rows_mut(&mut self) -> rayon::slice::ChunksMut<'_, [f64; 2]> {
+        self.vals.par_chunks_mut(self.nl.max(1))
+    }
+}
+
 /// All-points exact kNN over the index, `k <= n - 1`.
-pub(crate) fn knn_positions(ix: &LeafIndex, k: usize) -> PositionKnn {
+pub(crate) fn knn_positions(ix: &LeafIndex, k: usize, memo: &mut PairMemo) -> PositionKnn {
     let n = ix.n;
     debug_assert!(k < n.max(1));
-    let nl = ix.leaves();
-    let per_leaf: Vec<(Vec<u32>, Vec<f64>)> = (0..nl)
-        .into_par_iter()
-        .map(|q| {
-            let best = knn_leaf(ix, q, k);
+    let per_leaf: Vec<(Vec<u32>, Vec<f64>)> = memo
+        .rows_mut()
+        .enumerate()
+        .map(|(q, memo)| {
+            let best = knn_leaf(ix, q, k, memo);
             let idx = best.iter().flat_map(|b| b.iter().map(|v| v.1)).collect();
             let dist = best.iter().flat_map(|b| b.iter().map(|v| v.0)).collect();
             (idx, dist)
@@ -734,7 +901,7 @@ pub(crate) fn knn_positions(ix: &LeafIndex, k: usize) -> PositionKnn {
 }
 
 /// The k nearest (by (distance, position)) of every point of leaf `q`, each list sorted.
-fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
+fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Vec<(f64, u32)>> {
     let nl = ix.leaves();
     let (qs, qe) = (ix.start[q], ix.start[q + 1]);
     let mut best: Vec<Vec<(f64, u32)>> = vec![Vec::with_capacity(k + 1); qe - qs];
@@ -750,6 +917,7 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
     };
     let mut pb = PairBounds::new();
     let mut active: Vec<usize> = Vec::with_capacity(qe - qs);
+    let mut live: Vec<((f64, f64), usize)> = Vec::with_capacity(qe - qs);
     for &r in &ix.order[q * nl..(q + 1) * nl] {
         let r = r as usize;
         // Strict comparisons: a point exactly at the k-th distance may still win on position.
@@ -771,80 +939,57 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize) -> Vec<Vec<(f64, u32)>> {
         if active.is_empty() {
             continue;
         }
-        pb.fill(ix, q, r);
+        pb.fill(ix, q, r, memo);
         active.retain(|&p| pb.pivot_lb(ix, p) <= kth(&best[p - qs]));
         let mut pps = [0f64; 4];
-        let mut pass: Vec<(usize, f64)> = Vec::with_capacity(active.len());
+        live.clear();
         for chunk in active.chunks(4) {
             pb.query_proj4(ix, q, chunk, &mut pps);
+            let dpc = ix.to_leaf_centre4(chunk, r);
             for (j, &p) in chunk.iter().enumerate() {
-                if pb.leaf_lb(ix, p, pps[j]) <= kth(&best[p - qs]) {
-                    pass.push((p, pps[j]));
+                let t = kth(&best[p - qs]);
+                if pb.leaf_lb(ix, p, pps[j]) <= t && safe_lb(dpc[j].0 - ix.radius[r]) <= t {
+                    live.push((dpc[j], p));
                 }
             }
         }
-        for &(p, pp) in &pass {
-            let b = &mut best[p - qs];
-            let mut t = kth(b);
-            let dpc = ix.to_leaf_centre(p, r);
-            if safe_lb(dpc - ix.radius[r]) > t {
-                continue;
+        // Queries at similar distances from r's centre share most of their pivot ranges.
+        live.sort_by(|a, b| a.0.0.total_cmp(&b.0.0).then(a.1.cmp(&b.1)));
+        for group in live.chunks(4) {
+            let mut ps = [0usize; 4];
+            let mut lists: [Vec<(f64, u32)>; 4] = Default::default();
+            let mut range = usize::MAX..0;
+            for (j, &(dpc, p)) in group.iter().enumerate() {
+                ps[j] = p;
+                lists[j] = std::mem::take(&mut best[p - qs]);
+                let t = kth(&lists[j]);
+                let rj = ix.pivot_range(r, dpc, |lb| lb > t);
+                if !rj.is_empty() {
+                    range = range.start.min(rj.start)..range.end.max(rj.end);
+                }
             }
-            let pr = ix.row(p);
-            let range = ix.pivot_range(r, dpc, |lb| lb > t);
-            let filt = pb.filter(ix, p, pp, t, true);
-            let mut buf = [0usize; 4];
-            let mut nb = 0;
-            let mut o = range.start;
-            loop {
-                let flush = o == range.end;
-                if !flush {
-                    let keep = o != p && !filt.skip(o);
-                    o += 1;
-                    if !keep {
-                        continue;
-                    }
-                    buf[nb] = o - 1;
-                    nb += 1;
-                    if nb < 4 {
-                        continue;
-                    }
-                } else if nb == 0 {
-                    break;
-                }
-                for j in nb..4 {
-                    buf[j] = buf[0];
-                }
-                let sq = (ix.kern.sq4)(
-                    pr,
-                    [
-                        ix.row(buf[0]),
-                        ix.row(buf[1]),
-                        ix.row(buf[2]),
-                        ix.row(buf[3]),
-                    ],
-                );
-                for j in 0..nb {
-                    if !ix.kern.may_be_within(sq[j], t) {
-                        continue;
-                    }
-                    let ob = buf[j];
-                    let cand = (euclidean(pr, ix.row(ob)), ob as u32);
+            let ps = &ps[..group.len()];
+            scan(
+                ix,
+                ps,
+                range,
+                &mut lists,
+                |l, j| ix.kern.screen(kth(&l[j])),
+                |l, j, o, d| {
+                    let b = &mut l[j];
+                    let cand = (d, o as u32);
                     if b.len() == k {
-                        let last = b[k - 1];
-                        if cand >= last {
-                            continue;
+                        if cand >= b[k - 1] {
+                            return;
                         }
                         b.pop();
                     }
                     let at = b.partition_point(|v| *v < cand);
                     b.insert(at, cand);
-                    t = kth(b);
-                }
-                nb = 0;
-                if flush {
-                    break;
-                }
+                },
+            );
+            for (j, &p) in ps.iter().enumerate() {
+                best[p - qs] = std::mem::take(&mut lists[j]);
             }
         }
     }
@@ -864,7 +1009,7 @@ pub fn knn(x: &Matrix, k: usize) -> Result<Neighbours> {
     let n = x.rows();
     let k = k.min(n.saturating_sub(1));
     let ix = LeafIndex::build(x)?;
-    let pk = knn_positions(&ix, k);
+    let pk = knn_positions(&ix, k, &mut PairMemo::new(&ix));
     let mut indices = vec![0u32; n * k];
     let mut distances = vec![0f64; n * k];
     for p in 0..n {
@@ -953,7 +1098,7 @@ mod tests {
         let b = [1.0f32 + 1e-6, 2.0, 3.0 - 1e-6];
         let s = (k.sq4)(&a, [&b, &a, &b, &b]);
         let e = (k.exact)(&a, &b);
-        assert!(k.may_be_within(s[0], e));
+        assert!(s[0] <= k.screen(e));
         assert!(k.lower_bound(s[0]) <= e);
         assert_eq!(s[1], 0.0);
         assert!(
@@ -962,6 +1107,57 @@ mod tests {
                 .iter()
                 .all(|&c| c == 0.0)
         );
+    }
+
+    /// The tile kernel (both the intrinsics and the portable one) stays within the error bound
+    /// the screen allows for, on rows of every length class and wildly different scales.
+    #[test]
+    fn tile_results_pass_the_screen_of_their_exact_distance() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for d in [1usize, 7, 8, 13, 100, 104, 3072] {
+            let k = Kernels::new(d);
+            for scale in [1e-3f32, 1.0, 1e3] {
+                let rows: Vec<Vec<f32>> = (0..6)
+                    .map(|_| {
+                        (0..d)
+                            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+                            .collect()
+                    })
+                    .collect();
+                let q = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+                let r = [&rows[4][..], &rows[5][..]];
+                for got in [(k.tile)(q, r), tile_generic::<false>(q, r)] {
+                    for i in 0..4 {
+                        for c in 0..2 {
+                            let exact = super::super::prim::euclidean(q[i], r[c]);
+                            assert!(
+                                got[i][c] <= k.screen(exact),
+                                "d={d} scale={scale} ({i},{c}): {} vs {exact}",
+                                got[i][c]
+                            );
+                            assert!(k.lower_bound(got[i][c]) <= exact);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn euclidean4_is_euclidean_to_the_bit() {
+        let mut rng = StdRng::seed_from_u64(6);
+        for d in [0usize, 1, 5, 100, 104] {
+            let rows: Vec<Vec<f32>> = (0..8)
+                .map(|_| (0..d).map(|_| rng.random_range(-3.0f32..3.0)).collect())
+                .collect();
+            let a = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
+            let b = [&rows[4][..], &rows[5][..], &rows[6][..], &rows[7][..]];
+            let got = euclidean4(a, b);
+            for i in 0..4 {
+                let want = super::super::prim::euclidean(a[i], b[i]);
+                assert_eq!(got[i].to_bits(), want.to_bits(), "d={d} pair {i}");
+            }
+        }
     }
 
     #[test]
