@@ -314,16 +314,24 @@ mod simd {
                 acc[2 * i + 1] = _mm256_fmadd_ps(t1, t1, acc[2 * i + 1]);
             }
         }
-        let mut out = [[0f32; 2]; 4];
-        for (i, row) in out.iter_mut().enumerate() {
-            for (c, v) in row.iter_mut().enumerate() {
-                let mut a = [0f32; 8];
-                // SAFETY: `a` holds exactly eight f32.
-                unsafe { _mm256_storeu_ps(a.as_mut_ptr(), acc[2 * i + c]) };
-                *v = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            }
-        }
-        out
+        // The eight horizontal sums at once, in the order (query, row): two rounds of `hadd`
+        // leave each accumulator's half-sums in the two 128-bit lanes, which one add combines.
+        let h0 = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[0], acc[1]),
+            _mm256_hadd_ps(acc[2], acc[3]),
+        );
+        let h1 = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[4], acc[5]),
+            _mm256_hadd_ps(acc[6], acc[7]),
+        );
+        let sums = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(h0, h1),
+            _mm256_permute2f128_ps::<0x31>(h0, h1),
+        );
+        let mut a = [0f32; 8];
+        // SAFETY: `a` holds exactly eight f32.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), sums) };
+        [[a[0], a[1]], [a[2], a[3]], [a[4], a[5]], [a[6], a[7]]]
     }
 
     pub fn tile_avx2(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
