@@ -33,18 +33,19 @@ const ABS_SLACK: f64 = 1e-30;
 
 /// `<row - c, u>` for four rows: (c, u, rows).
 type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
-/// Squared distances, four queries by two rows.
-type Tile = fn([&[f32]; 4], [&[f32]; 2]) -> [[f32; 2]; 4];
+/// Four queries by two rows, screened: bit `2 i + c` is set when query i's f32 squared distance
+/// to row c is `<= th[2 i + c]`.
+type Tile = fn([&[f32]; 4], [&[f32]; 2], &[f32; 8]) -> u32;
 
 /// The SIMD kernels, chosen once for the running CPU.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     /// f32 squared distances from `q` to four rows, with the error bound `rel`.
     pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
-    /// f32 squared distances from four queries to two rows (`out[i][j]` for query i, row j),
-    /// with the same bound. The scans' workhorse: each row read serves four queries, so the
-    /// candidates stream from L2 a quarter as often as through `sq4`, and the eight sums keep
-    /// both FMA pipes busy.
+    /// The f32 squared distances from four queries to two rows (same bound as `sq4`), compared
+    /// with eight thresholds at once (`Tile`). The scans' workhorse: each row read serves four
+    /// queries, so candidates stream from L2 a quarter as often as through `sq4`, the eight
+    /// sums keep both FMA pipes busy, and the screen costs one vector compare.
     pub tile: Tile,
     /// An f64 distance for bounds (partial sums: may differ from `prim::euclidean` by an ulp).
     pub exact: fn(&[f32], &[f32]) -> f64,
@@ -177,7 +178,19 @@ fn tile_row<const FMA: bool>(b: &[f32], a0: &[f32; 8], a1: &[f32; 8], acc: &mut 
 }
 
 #[inline(always)]
-fn tile_generic<const FMA: bool>(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
+fn tile_generic<const FMA: bool>(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
+    let sums = tile_sums::<FMA>(q, r);
+    let mut mask = 0;
+    for (i, row) in sums.iter().enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            mask |= u32::from(v <= th[2 * i + c]) << (2 * i + c);
+        }
+    }
+    mask
+}
+
+#[inline(always)]
+fn tile_sums<const FMA: bool>(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
     let d = r[0].len();
     let (r0, r1) = (r[0], &r[1][..d]);
     let (q0, q1, q2, q3) = (&q[0][..d], &q[1][..d], &q[2][..d], &q[3][..d]);
@@ -290,11 +303,11 @@ mod simd {
     /// Written with intrinsics: LLVM does not vectorize `tile_generic`'s eight accumulators
     /// (it fell back to scalar code, 4x slower than `sq4`).
     #[target_feature(enable = "avx2,fma")]
-    fn tile_impl(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    fn tile_impl(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
         use std::arch::x86_64::*;
         let d = r[0].len();
         if d % 8 != 0 || r[1].len() < d || q.iter().any(|x| x.len() < d) {
-            return super::tile_generic::<true>(q, r);
+            return super::tile_generic::<true>(q, r, th);
         }
         let mut acc = [_mm256_setzero_ps(); 8];
         for o in (0..d).step_by(8) {
@@ -328,15 +341,14 @@ mod simd {
             _mm256_permute2f128_ps::<0x20>(h0, h1),
             _mm256_permute2f128_ps::<0x31>(h0, h1),
         );
-        let mut a = [0f32; 8];
-        // SAFETY: `a` holds exactly eight f32.
-        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), sums) };
-        [[a[0], a[1]], [a[2], a[3]], [a[4], a[5]], [a[6], a[7]]]
+        // SAFETY: `th` holds exactly eight f32.
+        let th = unsafe { _mm256_loadu_ps(th.as_ptr()) };
+        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(sums, th)) as u32
     }
 
-    pub fn tile_avx2(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
+    pub fn tile_avx2(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
         // SAFETY: as `sq4_avx2`.
-        unsafe { tile_impl(q, r) }
+        unsafe { tile_impl(q, r, th) }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -705,16 +717,19 @@ pub(crate) fn scan<S>(
     }
     let q = |j: usize| ix.row(ps[j.min(m - 1)]);
     let rows = [q(0), q(1), q(2), q(3)];
-    let mut th = [f32::NEG_INFINITY; 4];
-    let refresh = |st: &S, th: &mut [f32; 4]| {
-        for (j, t) in th.iter_mut().enumerate().take(m) {
-            *t = screen(st, j);
+    // Query j's screen for rows 0 and 1; padding queries pass nothing.
+    let mut th = [f32::NEG_INFINITY; 8];
+    let refresh = |st: &S, th: &mut [f32; 8]| {
+        for j in 0..m {
+            let t = screen(st, j);
+            th[2 * j] = t;
+            th[2 * j + 1] = t;
         }
     };
     refresh(st, &mut th);
     let mut pend = [(0usize, 0usize); 4];
     let mut np = 0;
-    let mut flush = |st: &mut S, pend: &[(usize, usize)], th: &mut [f32; 4]| {
+    let mut flush = |st: &mut S, pend: &[(usize, usize)], th: &mut [f32; 8]| {
         let pair = |i: usize| pend[i.min(pend.len() - 1)];
         let d = euclidean4(
             [0, 1, 2, 3].map(|i| rows[pair(i).0]),
@@ -728,13 +743,7 @@ pub(crate) fn scan<S>(
     let end = range.end;
     for o in range.step_by(2) {
         let w = (end - o).min(2);
-        let sq = (ix.kern.tile)(rows, [ix.row(o), ix.row(o + w - 1)]);
-        // Almost every pair fails its screen: test all eight without a branch first.
-        let mut pass = 0u32;
-        for (j, sj) in sq.iter().enumerate() {
-            pass |= u32::from(sj[0] <= th[j]) << (2 * j);
-            pass |= u32::from(sj[1] <= th[j]) << (2 * j + 1);
-        }
+        let mut pass = (ix.kern.tile)(rows, [ix.row(o), ix.row(o + w - 1)], &th);
         if w == 1 {
             pass &= 0x55;
         }
@@ -1134,18 +1143,21 @@ mod tests {
                     .collect();
                 let q = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
                 let r = [&rows[4][..], &rows[5][..]];
-                for got in [(k.tile)(q, r), tile_generic::<false>(q, r)] {
-                    for i in 0..4 {
-                        for c in 0..2 {
-                            let exact = super::super::prim::euclidean(q[i], r[c]);
-                            assert!(
-                                got[i][c] <= k.screen(exact),
-                                "d={d} scale={scale} ({i},{c}): {} vs {exact}",
-                                got[i][c]
-                            );
-                            assert!(k.lower_bound(got[i][c]) <= exact);
-                        }
-                    }
+                let exact: Vec<f64> = (0..8)
+                    .map(|b| super::super::prim::euclidean(q[b / 2], r[b % 2]))
+                    .collect();
+                let at =
+                    |f: &dyn Fn(f64) -> f32| -> [f32; 8] { std::array::from_fn(|b| f(exact[b])) };
+                let screens = at(&|e| k.screen(e));
+                // Well below every pair's distance (by far more than the error bound).
+                let below = at(&|e| (e * e * 0.99) as f32);
+                for tile in [k.tile, tile_generic::<false> as Tile] {
+                    assert_eq!(tile(q, r, &screens), 0xff, "d={d} scale={scale}");
+                    assert_eq!(tile(q, r, &below), 0, "d={d} scale={scale}");
+                    assert_eq!(tile(q, r, &[f32::NEG_INFINITY; 8]), 0);
+                }
+                for row in tile_sums::<false>(q, r).iter().flatten().zip(&exact) {
+                    assert!(k.lower_bound(*row.0) <= *row.1);
                 }
             }
         }
