@@ -14,8 +14,9 @@
 //!   once swallowed, its weight stays a lower bound;
 //! - the remaining points search for their exact best outgoing edge, leaves nearest first,
 //!   skipping leaves wholly inside their component, pruning by the leaf balls, by a projection
-//!   on the line between leaf centres and a pivot bound (`knn::PairBounds`), by core distances,
-//!   and screening in f32 before computing the exact f64 distance.
+//!   on the line between leaf centres and a pivot bound (`knn::PairBounds`, memoized per pair
+//!   of leaves across the kNN search and all rounds), by core distances, and screening in f32
+//!   (`knn::scan`) before computing the exact f64 distance.
 //!
 //! Determinism: within a round, work is split by leaf (not by thread), each task starts from the
 //! same round-start bests, and results are merged by the total order (weight, lower position,

@@ -12,12 +12,18 @@
 //! bit for bit scikit-learn's `EuclideanDistance64`, so that core distances and MST weights, and
 //! hence exact ties, are scikit-learn's own values). `Kernels::exact` (8 partial sums, 1 ulp
 //! away at times) serves only bounds: leaf centres, radii, centre-to-centre distances.
-//! Candidates are screened first with an f32 squared distance summed from differences (`sq4`),
-//! whose error has a rigorous *relative* bound (`Kernels::rel`: every term is positive, so the
-//! sum's relative error is at most about D units of f32 round-off). A candidate is dropped only
-//! when even the most favourable rounding puts it beyond the cutoff, so screening never changes
-//! a result. The f32 path is 2-3x faster
-//! and is dispatched to AVX2+FMA at run time where the CPU has it.
+//! Candidates are screened first with an f32 squared distance summed from differences, whose
+//! error has a rigorous *relative* bound (`Kernels::rel`: every term is positive, so the sum's
+//! relative error is at most about D units of f32 round-off). A candidate is dropped only when
+//! even the most favourable rounding puts it beyond the cutoff, so screening never changes a
+//! result; the few that pass are measured exactly, four at a time (`prim::euclidean4`).
+//!
+//! How a scan runs (`scan`): per pair of leaves (q, r), leaf-level bounds pick the queries of q
+//! that may find something in r; those go in groups of four, sorted by distance to r's centre,
+//! over the union of their contiguous pivot ranges, through `Kernels::tile` (four queries by two
+//! rows per call, AVX2+FMA intrinsics where the CPU has them). Per-candidate bounds were tried
+//! and dropped: on 50,000 clustered rows they kept 95% of the kNN candidates, and testing them
+//! cost more than the distances they saved.
 
 use super::prim::euclidean4;
 use crate::matrix::Matrix;

@@ -187,7 +187,12 @@ where
             .collect()
     }
 
-    pub(super) async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
+    /// SQLite's `linked_ids` (see `Repo<Postgres>::linked_ids` for PostgreSQL's).
+    pub(super) async fn linked_ids_in_chunks(
+        &self,
+        team: i64,
+        ids: &[String],
+    ) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         let per = rows_per_statement(widest(ids, |d| d.len(), PARAM_OVERHEAD));
         for chunk in ids.chunks(per) {
@@ -861,5 +866,36 @@ mod tests {
         );
         let rows = rows_per_statement(link_row);
         assert!(rows * link_row <= STATEMENT_BYTES && (rows + 1) * link_row > STATEMENT_BYTES);
+    }
+}
+
+impl Repo<sqlx::Sqlite> {
+    /// Which of `ids` the team already links to a Task: `IN (...)` lists of bound values, in
+    /// statements of `STATEMENT_BYTES` (SQLite has no array parameter).
+    pub(super) async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
+        self.linked_ids_in_chunks(team, ids).await
+    }
+}
+
+impl Repo<sqlx::Postgres> {
+    /// Which of `ids` the team already links to a Task, in one statement with the ids as one
+    /// `text[]` parameter. Chunked `IN (...)` lists of a few hundred binds each grew from 4 s to
+    /// 50 s per 15,000-id batch as a 200k backfill filled the table (BENCHMARKS.md), although
+    /// each ran in about a millisecond in psql; one statement and one parameter leaves nothing
+    /// to re-plan per chunk.
+    pub(super) async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows = sqlx::query(
+            "SELECT document_id FROM task_segment_links \
+             WHERE team_id = $1 AND document_id = ANY($2)",
+        )
+        .bind(team)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .context("looking up linked segments")?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }
