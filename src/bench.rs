@@ -111,8 +111,8 @@ pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<B
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("could not create {}", dir.display()))?;
             let stem = dir.join(format!("synthetic-{n}x{}", opts.dim));
-            crate::npy::write_matrix(&stem.with_extension("npy"), &x)?;
-            crate::npy::write_matrix(&stem.with_extension("pca.npy"), &pca.projected)?;
+            crate::npy::write_matrix(stem.with_extension("npy"), &x)?;
+            crate::npy::write_matrix(stem.with_extension("pca.npy"), &pca.projected)?;
         }
         tracing::info!(
             pca_s,

@@ -409,14 +409,11 @@ fn search_leaf(
         for group in live.chunks(4) {
             let mut ps = [0usize; 4];
             let mut is = [0usize; 4];
-            let mut range = usize::MAX..0;
+            let mut range = 0..0;
             for (j, &(dpc, i)) in group.iter().enumerate() {
                 (ps[j], is[j]) = (pts[i] as usize, i);
                 let cut = st.cut(&slot, i);
-                let rj = ix.pivot_range(r, dpc, |lb| lb >= cut);
-                if !rj.is_empty() {
-                    range = range.start.min(rj.start)..range.end.max(rj.end);
-                }
+                range = super::knn::cover(range, ix.pivot_range(r, dpc, |lb| lb >= cut));
             }
             let ps = &ps[..group.len()];
             super::knn::scan(

@@ -312,7 +312,7 @@ mod simd {
     fn tile_impl(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
         use std::arch::x86_64::*;
         let d = r[0].len();
-        if d % 8 != 0 || r[1].len() < d || q.iter().any(|x| x.len() < d) {
+        if !d.is_multiple_of(8) || r[1].len() < d || q.iter().any(|x| x.len() < d) {
             return super::tile_generic::<true>(q, r, th);
         }
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -699,6 +699,20 @@ impl PairBounds {
     }
 }
 
+/// The smallest range that covers both (an empty range covers nothing).
+pub(crate) fn cover(
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> std::ops::Range<usize> {
+    if a.is_empty() {
+        b
+    } else if b.is_empty() {
+        a
+    } else {
+        a.start.min(b.start)..a.end.max(b.end)
+    }
+}
+
 /// Measures up to four queries `ps` against the positions `range`, two rows at a time through
 /// `Kernels::tile`. A pair whose f32 squared distance passes query j's screen `screen(st, j)`
 /// is measured exactly (`prim::euclidean4`, four pairs at a time) and handed to
@@ -981,15 +995,12 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Ve
         for group in live.chunks(4) {
             let mut ps = [0usize; 4];
             let mut lists: [Vec<(f64, u32)>; 4] = Default::default();
-            let mut range = usize::MAX..0;
+            let mut range = 0..0;
             for (j, &(dpc, p)) in group.iter().enumerate() {
                 ps[j] = p;
                 lists[j] = std::mem::take(&mut best[p - qs]);
                 let t = kth(&lists[j]);
-                let rj = ix.pivot_range(r, dpc, |lb| lb > t);
-                if !rj.is_empty() {
-                    range = range.start.min(rj.start)..range.end.max(rj.end);
-                }
+                range = cover(range, ix.pivot_range(r, dpc, |lb| lb > t));
             }
             let ps = &ps[..group.len()];
             scan(

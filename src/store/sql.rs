@@ -847,28 +847,6 @@ where
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_stay_within_one_tls_record_and_the_bind_limits() {
-        assert_eq!(rows_per_statement(0), MAX_ROWS);
-        assert_eq!(
-            rows_per_statement(STATEMENT_BYTES * 3),
-            1,
-            "a huge row still goes alone"
-        );
-        let link_row = widest(
-            &["a".repeat(40)],
-            |d| 3 * d.len(),
-            6 * NUM + 3 * PARAM_OVERHEAD,
-        );
-        let rows = rows_per_statement(link_row);
-        assert!(rows * link_row <= STATEMENT_BYTES && (rows + 1) * link_row > STATEMENT_BYTES);
-    }
-}
-
 impl Repo<sqlx::Sqlite> {
     /// Which of `ids` the team already links to a Task: `IN (...)` lists of bound values, in
     /// statements of `STATEMENT_BYTES` (SQLite has no array parameter).
@@ -897,5 +875,27 @@ impl Repo<sqlx::Postgres> {
         .await
         .context("looking up linked segments")?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_stay_within_one_tls_record_and_the_bind_limits() {
+        assert_eq!(rows_per_statement(0), MAX_ROWS);
+        assert_eq!(
+            rows_per_statement(STATEMENT_BYTES * 3),
+            1,
+            "a huge row still goes alone"
+        );
+        let link_row = widest(
+            &["a".repeat(40)],
+            |d| 3 * d.len(),
+            6 * NUM + 3 * PARAM_OVERHEAD,
+        );
+        let rows = rows_per_statement(link_row);
+        assert!(rows * link_row <= STATEMENT_BYTES && (rows + 1) * link_row > STATEMENT_BYTES);
     }
 }
