@@ -29,7 +29,6 @@
 
 use super::MstEdge;
 use super::knn::{LeafIndex, PairMemo, PositionKnn, knn_positions, safe_lb};
-
 use crate::matrix::Matrix;
 use anyhow::Result;
 use rayon::prelude::*;
@@ -394,9 +393,13 @@ fn search_leaf(
         let mut pps = [0f64; 4];
         live.clear();
         for chunk in active.chunks(4) {
-            let ps: Vec<usize> = chunk.iter().map(|&i| pts[i] as usize).collect();
-            pb.query_proj4(ix, q, &ps, &mut pps);
-            let dpc = ix.to_leaf_centre4(&ps, r);
+            let mut ps = [0usize; 4];
+            for (p, &i) in ps.iter_mut().zip(chunk) {
+                *p = pts[i] as usize;
+            }
+            let ps = &ps[..chunk.len()];
+            pb.query_proj4(ix, q, ps, &mut pps);
+            let dpc = ix.to_leaf_centre4(ps, r);
             for (j, &i) in chunk.iter().enumerate() {
                 let cut = st.cut(&slot, i);
                 if pb.leaf_lb(ix, ps[j], pps[j]) < cut && safe_lb(dpc[j].0 - ix.radius[r]) < cut {
