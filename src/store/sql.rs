@@ -857,10 +857,10 @@ impl Repo<sqlx::Sqlite> {
 
 impl Repo<sqlx::Postgres> {
     /// Which of `ids` the team already links to a Task, in one statement with the ids as one
-    /// `text[]` parameter. Chunked `IN (...)` lists of a few hundred binds each grew from 4 s to
-    /// 50 s per 15,000-id batch as a 200k backfill filled the table (BENCHMARKS.md), although
-    /// each ran in about a millisecond in psql; one statement and one parameter leaves nothing
-    /// to re-plan per chunk.
+    /// `text[]` parameter. With chunked `IN (...)` lists of a few hundred binds, the lookup for
+    /// a 15,000-id batch grew from 4 s to 50 s as a 200k backfill filled the table, although
+    /// each chunk ran in about a millisecond in psql; with this statement the whole backfill's
+    /// reads took 73 s instead of 357 s, flat per batch (BENCHMARKS.md, "Backfill").
     pub(super) async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
         if ids.is_empty() {
             return Ok(HashSet::new());
