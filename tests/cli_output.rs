@@ -1,25 +1,14 @@
 //! Command output as a shell user consumes it: `segclust tasks | head` must end quietly when the
 //! reader goes away, the way Unix tools do, not with a panic message and a failure status.
 
+mod common;
+use common::segclust;
 use std::process::{Command, Stdio};
 
 use segclust::demo::{DemoParams, generate};
 use segclust::source::write_segments;
 
 const NOW: i64 = 1_764_000_000_000;
-
-fn segclust(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_segclust"))
-        .args(args)
-        .output()
-        .expect("could not run segclust");
-    assert!(
-        out.status.success(),
-        "segclust {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn tasks_ends_quietly_when_its_reader_closes_the_pipe() {

@@ -6,6 +6,8 @@
 //!
 //! Chromium missing fails the test with the install line; it is never skipped.
 
+mod common;
+use common::segclust;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,19 +83,6 @@ fn run_chromium(profile: &Path, args: &[&str], page: &Path) -> String {
         .join()
         .expect("reader thread")
         .expect("chromium's output is UTF-8")
-}
-
-fn segclust(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_segclust"))
-        .args(args)
-        .output()
-        .expect("could not run segclust");
-    assert!(
-        out.status.success(),
-        "segclust {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Demo rows plus the hostile one: a one-off crash in a direction of its own, so it is noise
