@@ -409,9 +409,9 @@ fn search_leaf(
         }
         // Queries at similar distances from r's centre share most of their pivot ranges.
         live.sort_by(|a, b| a.0.0.total_cmp(&b.0.0).then(a.1.cmp(&b.1)));
-        for group in live.chunks(4) {
-            let mut ps = [0usize; 4];
-            let mut is = [0usize; 4];
+        for group in live.chunks(super::knn::GROUP) {
+            let mut ps = [0usize; super::knn::GROUP];
+            let mut is = [0usize; super::knn::GROUP];
             let mut range = 0..0;
             for (j, &(dpc, i)) in group.iter().enumerate() {
                 (ps[j], is[j]) = (pts[i] as usize, i);

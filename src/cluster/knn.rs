@@ -12,18 +12,20 @@
 //! bit for bit scikit-learn's `EuclideanDistance64`, so that core distances and MST weights, and
 //! hence exact ties, are scikit-learn's own values). `Kernels::exact` (8 partial sums, 1 ulp
 //! away at times) serves only bounds: leaf centres, radii, centre-to-centre distances.
-//! Candidates are screened first with an f32 squared distance summed from differences, whose
-//! error has a rigorous *relative* bound (`Kernels::rel`: every term is positive, so the sum's
-//! relative error is at most about D units of f32 round-off). A candidate is dropped only when
-//! even the most favourable rounding puts it beyond the cutoff, so screening never changes a
-//! result; the few that pass are measured exactly, four at a time (`prim::euclidean4`).
+//! Candidates are screened first in f32, in the dot-product form `|q|^2 + |r|^2 - 2 <q, r>`
+//! (`Kernels::panel`), with squared norms shrunk by a rigorous bound on that form's error
+//! (relative to `|q|^2 + |r|^2`, `Kernels::norm_shrink`). A candidate is dropped only when even
+//! the most favourable rounding puts it beyond the cutoff, so screening never changes a result;
+//! the few that pass are measured exactly, four at a time (`prim::euclidean4`).
 //!
 //! How a scan runs (`scan`): per pair of leaves (q, r), leaf-level bounds pick the queries of q
-//! that may find something in r; those go in groups of four, sorted by distance to r's centre,
-//! over the union of their contiguous pivot ranges, through `Kernels::tile` (four queries by two
-//! rows per call, AVX2+FMA intrinsics where the CPU has them). Per-candidate bounds were tried
-//! and dropped: on 50,000 clustered rows they kept 95% of the kNN candidates, and testing them
-//! cost more than the distances they saved.
+//! that may find something in r; those go in groups of six, sorted by distance to r's centre,
+//! over the union of their contiguous pivot ranges, through `Kernels::panel`: six queries by a
+//! panel of 16 rows stored dimension-major, a GEMM micro-kernel's shape (AVX2+FMA intrinsics
+//! where the CPU has them). It replaced a 4 x 2 kernel on differences, which ran at about 7 of
+//! 16 possible pair-dimensions per cycle. Per-candidate bounds were tried and dropped: on 50,000
+//! clustered rows they kept 95% of the kNN candidates, and testing them cost more than the
+//! distances they saved.
 
 use super::prim::euclidean4;
 use crate::matrix::Matrix;
@@ -39,26 +41,37 @@ const ABS_SLACK: f64 = 1e-30;
 
 /// `<row - c, u>` for four rows: (c, u, rows).
 type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
-/// Four queries by two rows, screened: bit `2 i + c` is set when query i's f32 squared distance
-/// to row c is `<= th[2 i + c]`.
-type Tile = fn([&[f32]; 4], [&[f32]; 2], &[f32; 8]) -> u32;
+/// Up to `GROUP` queries against one panel of `LANES` rows, screened (see `Kernels::panel`):
+/// (queries, their scaled norms, their thresholds, the panel, the panel's scaled norms).
+type PanelFn = fn(&[&[f32]], &[f32], &[f32], &[f32], &[f32]) -> [u16; GROUP];
+
+/// Queries measured together against a panel: six by two vectors of eight rows keep twelve
+/// accumulators in flight, enough to hide the FMA latency on both pipes, with registers left
+/// for the two row vectors and a broadcast.
+pub(crate) const GROUP: usize = 6;
+/// Rows per panel (two AVX vectors).
+pub(crate) const LANES: usize = 16;
 
 /// The SIMD kernels, chosen once for the running CPU.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     /// f32 squared distances from `q` to four rows, with the error bound `rel`.
     pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
-    /// The f32 squared distances from four queries to two rows (same bound as `sq4`), compared
-    /// with eight thresholds at once (`Tile`). The scans' workhorse: each row read serves four
-    /// queries, so candidates stream from L2 a quarter as often as through `sq4`, the eight
-    /// sums keep both FMA pipes busy, and the screen costs one vector compare.
-    pub tile: Tile,
+    /// The scans' workhorse: f32 screening values for up to six queries against a panel of 16
+    /// rows stored dimension-major (`LeafIndex::panel`), in the dot-product form
+    /// `n'(q) + n'(r) - 2 <q, r>`, where `n'` are squared norms shrunk by `norm_shrink`. Bit
+    /// `l` of result `i` is set when query i's value for lane l is not above `th[i]` (a NaN
+    /// passes). Like a GEMM micro-kernel it is FMA only, one broadcast per query and two row
+    /// loads per dimension, twice the pair-dimensions per cycle of a difference form.
+    pub panel: PanelFn,
     /// An f64 distance for bounds (partial sums: may differ from `prim::euclidean` by an ulp).
     pub exact: fn(&[f32], &[f32]) -> f64,
     /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
     pub proj4: Proj4,
     /// Relative error bound of `sq4` (generous: twice the worst case, plus f64 round-off).
     pub rel: f64,
+    /// `c` in `n' = (1 - c) |x|^2`: the panel screen's slack, relative to `|q|^2 + |r|^2`.
+    pub norm_shrink: f64,
 }
 
 impl Kernels {
@@ -67,6 +80,13 @@ impl Kernels {
         // f32::EPSILON is 2u, so this is twice that, plus room for f64 round-off in the exact
         // distances the screen is compared against.
         let rel = (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9;
+        // Why the panel screen's slack is 2 rel: the f32 dot product is off by at most
+        // (D + 1) u sum |q_i r_i| (u = 2^-24) and 2 sum |q_i r_i| <= |q|^2 + |r|^2, so -2 <q, r>
+        // is off by (D + 1) u (|q|^2 + |r|^2); the stored norms and the final adds cost under
+        // 3 u (|q|^2 + |r|^2) more. 2 rel = 4 (D + 8) u exceeds both, so with the norms shrunk
+        // by it a value exceeds the exact square only by its last rounding, which `screen`'s
+        // margin covers.
+        let norm_shrink = 2.0 * rel;
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
@@ -74,24 +94,26 @@ impl Kernels {
             {
                 return Self {
                     sq4: simd::sq4_avx2,
-                    tile: simd::tile_avx2,
+                    panel: simd::panel_avx2,
                     exact: simd::exact_avx2,
                     proj4: simd::proj4_avx2,
                     rel,
+                    norm_shrink,
                 };
             }
         }
         Self {
             sq4: sq4_generic::<false>,
-            tile: tile_generic::<false>,
+            panel: panel_generic::<false>,
             exact: exact_generic,
             proj4: proj4_generic::<false>,
             rel,
+            norm_shrink,
         }
     }
 
-    /// An f32 threshold for `sq4`/`tile` results: every pair whose exact distance is `<= cutoff`
-    /// has an f32 squared distance `<=` it (a superset of `may_be_within`, compared in f32).
+    /// An f32 threshold for `sq4` and `panel` results: every pair whose exact distance is
+    /// `<= cutoff` gets a value `<=` it.
     #[inline]
     pub fn screen(&self, cutoff: f64) -> f32 {
         let x = cutoff * cutoff * (1.0 + self.rel) + ABS_SLACK;
@@ -164,72 +186,32 @@ fn sq4_generic<const FMA: bool>(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// One query's eight lanes against two rows (`tile_generic`'s inner step).
+/// The portable `Kernels::panel`: the same sums, lane by lane.
 #[inline(always)]
-fn tile_row<const FMA: bool>(b: &[f32], a0: &[f32; 8], a1: &[f32; 8], acc: &mut [[f32; 8]; 2]) {
-    let Ok(b): Result<&[f32; 8], _> = b.try_into() else {
-        return;
+fn panel_generic<const FMA: bool>(
+    qs: &[&[f32]],
+    qn: &[f32],
+    th: &[f32],
+    panel: &[f32],
+    pn: &[f32],
+) -> [u16; GROUP] {
+    let mut out = [0u16; GROUP];
+    let Some(pn) = pn.first_chunk::<LANES>() else {
+        return out;
     };
-    for j in 0..8 {
-        let t0 = b[j] - a0[j];
-        let t1 = b[j] - a1[j];
-        if FMA {
-            acc[0][j] = t0.mul_add(t0, acc[0][j]);
-            acc[1][j] = t1.mul_add(t1, acc[1][j]);
-        } else {
-            acc[0][j] += t0 * t0;
-            acc[1][j] += t1 * t1;
-        }
-    }
-}
-
-#[inline(always)]
-fn tile_generic<const FMA: bool>(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
-    let sums = tile_sums::<FMA>(q, r);
-    let mut mask = 0;
-    for (i, row) in sums.iter().enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            mask |= u32::from(v <= th[2 * i + c]) << (2 * i + c);
-        }
-    }
-    mask
-}
-
-#[inline(always)]
-fn tile_sums<const FMA: bool>(q: [&[f32]; 4], r: [&[f32]; 2]) -> [[f32; 2]; 4] {
-    let d = r[0].len();
-    let (r0, r1) = (r[0], &r[1][..d]);
-    let (q0, q1, q2, q3) = (&q[0][..d], &q[1][..d], &q[2][..d], &q[3][..d]);
-    let mut acc = [[[0f32; 8]; 2]; 4];
-    let chunks = r0
-        .chunks_exact(8)
-        .zip(r1.chunks_exact(8))
-        .zip(q0.chunks_exact(8))
-        .zip(q1.chunks_exact(8))
-        .zip(q2.chunks_exact(8))
-        .zip(q3.chunks_exact(8));
-    for (((((a0, a1), b0), b1), b2), b3) in chunks {
-        let (a0, a1): (&[f32; 8], &[f32; 8]) = (
-            a0.try_into().unwrap_or(&[0.0; 8]),
-            a1.try_into().unwrap_or(&[0.0; 8]),
-        );
-        let [c0, c1, c2, c3] = &mut acc;
-        tile_row::<FMA>(b0, a0, a1, c0);
-        tile_row::<FMA>(b1, a0, a1, c1);
-        tile_row::<FMA>(b2, a0, a1, c2);
-        tile_row::<FMA>(b3, a0, a1, c3);
-    }
-    let tail = d - d % 8;
-    let mut out = [[0f32; 2]; 4];
-    for (i, qq) in [q0, q1, q2, q3].into_iter().enumerate() {
-        for (c, rr) in [r0, r1].into_iter().enumerate() {
-            let a = &acc[i][c];
-            let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            for j in tail..d {
-                let t = qq[j] - rr[j];
-                s += t * t;
+    let (rows, _) = panel.as_chunks::<LANES>();
+    for (((o, q), &n), &t) in out.iter_mut().zip(qs).zip(qn).zip(th) {
+        let mut acc = [0f32; LANES];
+        for (&b, row) in q.iter().zip(rows) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a = if FMA { b.mul_add(v, *a) } else { *a + b * v };
             }
-            out[i][c] = s;
+        }
+        for (l, (&a, &m)) in acc.iter().zip(pn).enumerate() {
+            let s = (m + n) - 2.0 * a;
+            // "Not greater than", NaN included, as the intrinsics' `_CMP_NGT_UQ`.
+            let pass = s.partial_cmp(&t) != Some(std::cmp::Ordering::Greater);
+            *o |= u16::from(pass) << l;
         }
     }
     out
@@ -306,55 +288,85 @@ mod simd {
         super::sq4_generic::<true>(q, r)
     }
 
-    /// Written with intrinsics: LLVM does not vectorize `tile_generic`'s eight accumulators
-    /// (it fell back to scalar code, 4x slower than `sq4`).
+    /// `Kernels::panel` with intrinsics, for `M` queries (the accumulators must stay in
+    /// registers, so the count is a constant).
     #[target_feature(enable = "avx2,fma")]
-    fn tile_impl(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
+    fn panel_impl<const M: usize>(
+        qs: &[&[f32]],
+        qn: &[f32],
+        th: &[f32],
+        panel: &[f32],
+        pn: &[f32],
+    ) -> [u16; super::GROUP] {
+        use super::LANES;
         use std::arch::x86_64::*;
-        let d = r[0].len();
-        if !d.is_multiple_of(8) || r[1].len() < d || q.iter().any(|x| x.len() < d) {
-            return super::tile_generic::<true>(q, r, th);
+        let d = panel.len() / LANES;
+        if qs.len() < M
+            || qn.len() < M
+            || th.len() < M
+            || pn.len() < LANES
+            || qs.iter().take(M).any(|q| q.len() < d)
+        {
+            return super::panel_generic::<true>(qs, qn, th, panel, pn);
         }
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for o in (0..d).step_by(8) {
-            // SAFETY: o + 8 <= d <= the length of every slice, checked above.
-            let (a0, a1) = unsafe {
+        let q: [*const f32; M] = std::array::from_fn(|i| qs[i].as_ptr());
+        let p = panel.as_ptr();
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for t in 0..d {
+            // SAFETY: the panel holds d * LANES values and every query at least d, checked above.
+            let (r0, r1) = unsafe {
                 (
-                    _mm256_loadu_ps(r[0].as_ptr().add(o)),
-                    _mm256_loadu_ps(r[1].as_ptr().add(o)),
+                    _mm256_loadu_ps(p.add(t * LANES)),
+                    _mm256_loadu_ps(p.add(t * LANES + 8)),
                 )
             };
-            for i in 0..4 {
+            for i in 0..M {
                 // SAFETY: as above.
-                let b = unsafe { _mm256_loadu_ps(q[i].as_ptr().add(o)) };
-                let t0 = _mm256_sub_ps(b, a0);
-                let t1 = _mm256_sub_ps(b, a1);
-                acc[2 * i] = _mm256_fmadd_ps(t0, t0, acc[2 * i]);
-                acc[2 * i + 1] = _mm256_fmadd_ps(t1, t1, acc[2 * i + 1]);
+                let b = unsafe { _mm256_broadcast_ss(&*q[i].add(t)) };
+                acc[i][0] = _mm256_fmadd_ps(b, r0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(b, r1, acc[i][1]);
             }
         }
-        // The eight horizontal sums at once, in the order (query, row): two rounds of `hadd`
-        // leave each accumulator's half-sums in the two 128-bit lanes, which one add combines.
-        let h0 = _mm256_hadd_ps(
-            _mm256_hadd_ps(acc[0], acc[1]),
-            _mm256_hadd_ps(acc[2], acc[3]),
-        );
-        let h1 = _mm256_hadd_ps(
-            _mm256_hadd_ps(acc[4], acc[5]),
-            _mm256_hadd_ps(acc[6], acc[7]),
-        );
-        let sums = _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x20>(h0, h1),
-            _mm256_permute2f128_ps::<0x31>(h0, h1),
-        );
-        // SAFETY: `th` holds exactly eight f32.
-        let th = unsafe { _mm256_loadu_ps(th.as_ptr()) };
-        _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(sums, th)) as u32
+        // SAFETY: `pn` holds at least LANES values, checked above.
+        let (n0, n1) = unsafe {
+            (
+                _mm256_loadu_ps(pn.as_ptr()),
+                _mm256_loadu_ps(pn.as_ptr().add(8)),
+            )
+        };
+        let two = _mm256_set1_ps(2.0);
+        let mut out = [0u16; super::GROUP];
+        for i in 0..M {
+            let (n, t) = (_mm256_set1_ps(qn[i]), _mm256_set1_ps(th[i]));
+            let s0 = _mm256_fnmadd_ps(two, acc[i][0], _mm256_add_ps(n0, n));
+            let s1 = _mm256_fnmadd_ps(two, acc[i][1], _mm256_add_ps(n1, n));
+            // "Not greater than", unordered included: a NaN (overflowed norms) passes.
+            let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NGT_UQ>(s0, t)) as u16;
+            let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NGT_UQ>(s1, t)) as u16;
+            out[i] = m0 | (m1 << 8);
+        }
+        out
     }
 
-    pub fn tile_avx2(q: [&[f32]; 4], r: [&[f32]; 2], th: &[f32; 8]) -> u32 {
+    pub fn panel_avx2(
+        qs: &[&[f32]],
+        qn: &[f32],
+        th: &[f32],
+        panel: &[f32],
+        pn: &[f32],
+    ) -> [u16; super::GROUP] {
         // SAFETY: as `sq4_avx2`.
-        unsafe { tile_impl(q, r, th) }
+        unsafe {
+            match qs.len() {
+                0 => [0; super::GROUP],
+                1 => panel_impl::<1>(qs, qn, th, panel, pn),
+                2 => panel_impl::<2>(qs, qn, th, panel, pn),
+                3 => panel_impl::<3>(qs, qn, th, panel, pn),
+                4 => panel_impl::<4>(qs, qn, th, panel, pn),
+                5 => panel_impl::<5>(qs, qn, th, panel, pn),
+                _ => panel_impl::<6>(qs, qn, th, panel, pn),
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -410,6 +422,16 @@ pub(crate) struct LeafIndex {
     pub order: Vec<u32>,
     /// Leaf centres, f32 rows of `stride` values.
     pub centres: Vec<f32>,
+    /// The rows again, dimension-major in panels of `LANES` (`panel`): leaf `l` owns panels
+    /// `panel_start[l]..panel_start[l + 1]`, the first starting at its first position, the
+    /// last padded with zero rows.
+    pub panels: Vec<f32>,
+    pub panel_start: Vec<usize>,
+    /// Per panel lane: `(1 - norm_shrink) |row|^2` (0 for padding, NaN for every lane when some
+    /// squared norm could overflow f32, which makes every pair pass to the exact distance).
+    pub panel_norm: Vec<f32>,
+    /// The same value per position, for the queries.
+    pub norm: Vec<f32>,
 }
 
 impl LeafIndex {
@@ -486,6 +508,7 @@ impl LeafIndex {
             .map(|l| sorted[l].first().map_or(0.0, |v| v.0) * (1.0 + 1e-12))
             .collect();
         let max_radius = radius.iter().fold(0.0f64, |m, &r| m.max(r));
+        let (panels, panel_start, panel_norm, norm) = build_panels(&data, stride, &start, &kern);
         let cc: Vec<f64> = (0..nl * nl)
             .into_par_iter()
             .map(|i| {
@@ -527,7 +550,22 @@ impl LeafIndex {
             cc,
             order,
             centres,
+            panels,
+            panel_start,
+            panel_norm,
+            norm,
         })
+    }
+
+    /// Panel `i`: `stride` dimensions of `LANES` values each.
+    #[inline]
+    pub fn panel(&self, i: usize) -> &[f32] {
+        &self.panels[i * self.stride * LANES..(i + 1) * self.stride * LANES]
+    }
+
+    #[inline]
+    pub fn panel_norms(&self, i: usize) -> &[f32] {
+        &self.panel_norm[i * LANES..(i + 1) * LANES]
     }
 
     pub fn leaves(&self) -> usize {
@@ -713,13 +751,13 @@ pub(crate) fn cover(
     }
 }
 
-/// Measures up to four queries `ps` against the positions `range`, two rows at a time through
-/// `Kernels::tile`. A pair whose f32 squared distance passes query j's screen `screen(st, j)`
-/// is measured exactly (`prim::euclidean4`, four pairs at a time) and handed to
+/// Measures up to `GROUP` queries `ps` against the positions `range`, a panel of `LANES` rows
+/// at a time through `Kernels::panel`. A pair that passes query j's screen `screen(st, j)` is
+/// measured exactly (`prim::euclidean4`, four pairs at a time) and handed to
 /// `hit(st, j, o, distance)`, which decides; the screens are re-read after every batch, as the
 /// cutoffs shrink. A query is never paired with itself.
 ///
-/// There is deliberately no per-candidate test before the tile: at four queries per row a
+/// There is deliberately no per-candidate test before the kernel: at six queries per row a
 /// distance costs a few cycles, less than a test the branch predictor gets wrong; the caller
 /// prunes by leaves and contiguous ranges.
 pub(crate) fn scan<S>(
@@ -731,28 +769,25 @@ pub(crate) fn scan<S>(
     mut hit: impl FnMut(&mut S, usize, usize, f64),
 ) {
     let m = ps.len();
-    debug_assert!((1..=4).contains(&m));
-    if m == 0 || range.is_empty() {
+    debug_assert!((1..=GROUP).contains(&m));
+    if m == 0 || m > GROUP || range.is_empty() {
         return;
     }
-    let q = |j: usize| ix.row(ps[j.min(m - 1)]);
-    let rows = [q(0), q(1), q(2), q(3)];
-    // Query j's screen for rows 0 and 1; padding queries pass nothing.
-    let mut th = [f32::NEG_INFINITY; 8];
-    let refresh = |st: &S, th: &mut [f32; 8]| {
-        for j in 0..m {
-            let t = screen(st, j);
-            th[2 * j] = t;
-            th[2 * j + 1] = t;
+    let qs: [&[f32]; GROUP] = std::array::from_fn(|j| ix.row(ps[j.min(m - 1)]));
+    let qn: [f32; GROUP] = std::array::from_fn(|j| ix.norm[ps[j.min(m - 1)]]);
+    let mut th = [0f32; GROUP];
+    let refresh = |st: &S, th: &mut [f32; GROUP]| {
+        for (j, t) in th.iter_mut().enumerate().take(m) {
+            *t = screen(st, j);
         }
     };
     refresh(st, &mut th);
     let mut pend = [(0usize, 0usize); 4];
     let mut np = 0;
-    let mut flush = |st: &mut S, pend: &[(usize, usize)], th: &mut [f32; 8]| {
+    let mut flush = |st: &mut S, pend: &[(usize, usize)], th: &mut [f32; GROUP]| {
         let pair = |i: usize| pend[i.min(pend.len() - 1)];
         let d = euclidean4(
-            [0, 1, 2, 3].map(|i| rows[pair(i).0]),
+            [0, 1, 2, 3].map(|i| qs[pair(i).0]),
             [0, 1, 2, 3].map(|i| ix.row(pair(i).1)),
         );
         for (&(j, o), &d) in pend.iter().zip(&d) {
@@ -760,27 +795,45 @@ pub(crate) fn scan<S>(
         }
         refresh(st, th);
     };
-    let end = range.end;
-    for o in range.step_by(2) {
-        let w = (end - o).min(2);
-        let mut pass = (ix.kern.tile)(rows, [ix.row(o), ix.row(o + w - 1)], &th);
-        if w == 1 {
-            pass &= 0x55;
-        }
-        while pass != 0 {
-            let bit = pass.trailing_zeros() as usize;
-            pass &= pass - 1;
-            let (j, c) = (bit / 2, bit % 2);
-            if ps[j] == o + c {
-                continue;
+    let mut pos = range.start;
+    while pos < range.end {
+        // The range normally lies in one leaf; panels never cross a leaf's end.
+        let r = ix.leaf_of[pos] as usize;
+        let first = ix.start[r];
+        let end = range.end.min(ix.start[r + 1]);
+        let mut pan = ix.panel_start[r] + (pos - first) / LANES;
+        let mut base = first + (pos - first) / LANES * LANES;
+        while base < end {
+            let lo = pos.max(base) - base;
+            let hi = (end - base).min(LANES);
+            let lanes = ((1u32 << hi) - (1u32 << lo)) as u16;
+            let masks = (ix.kern.panel)(
+                &qs[..m],
+                &qn[..m],
+                &th[..m],
+                ix.panel(pan),
+                ix.panel_norms(pan),
+            );
+            for (j, &mask) in masks.iter().enumerate().take(m) {
+                let mut pass = mask & lanes;
+                while pass != 0 {
+                    let o = base + pass.trailing_zeros() as usize;
+                    pass &= pass - 1;
+                    if o == ps[j] {
+                        continue;
+                    }
+                    pend[np] = (j, o);
+                    np += 1;
+                    if np == 4 {
+                        flush(st, &pend, &mut th);
+                        np = 0;
+                    }
+                }
             }
-            pend[np] = (j, o + c);
-            np += 1;
-            if np == 4 {
-                flush(st, &pend, &mut th);
-                np = 0;
-            }
+            base += LANES;
+            pan += 1;
         }
+        pos = end;
     }
     if np > 0 {
         flush(st, &pend[..np], &mut th);
@@ -882,6 +935,50 @@ fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>
     };
     l.extend(r);
     l
+}
+
+/// The panel copy of `data` (see `LeafIndex::panels`) and the shrunk squared norms.
+type Panels = (Vec<f32>, Vec<usize>, Vec<f32>, Vec<f32>);
+
+fn build_panels(data: &[f32], stride: usize, start: &[usize], kern: &Kernels) -> Panels {
+    let n = data.len().checked_div(stride).unwrap_or(0);
+    let sq: Vec<f64> = data
+        .chunks_exact(stride.max(1))
+        .map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+        .collect();
+    // Above this the sums could overflow f32 (the largest is 3.4e38): give up screening.
+    let overflow = sq.iter().any(|&v| v > 1e36);
+    let shrink = 1.0 - kern.norm_shrink;
+    let norm: Vec<f32> = sq
+        .iter()
+        .map(|&v| {
+            if overflow {
+                f32::NAN
+            } else {
+                (v * shrink) as f32
+            }
+        })
+        .collect();
+    let mut panel_start = vec![0];
+    for w in start.windows(2) {
+        let last = panel_start.last().copied().unwrap_or(0);
+        panel_start.push(last + (w[1] - w[0]).div_ceil(LANES));
+    }
+    let np = panel_start.last().copied().unwrap_or(0);
+    let mut panels = vec![0f32; np * stride * LANES];
+    let mut panel_norm = vec![if overflow { f32::NAN } else { 0.0 }; np * LANES];
+    for (l, w) in start.windows(2).enumerate() {
+        for (i, p) in (w[0]..w[1]).enumerate() {
+            let (pan, lane) = (panel_start[l] + i / LANES, i % LANES);
+            let dst = &mut panels[pan * stride * LANES..(pan + 1) * stride * LANES];
+            for (t, &v) in data[p * stride..(p + 1) * stride].iter().enumerate() {
+                dst[t * LANES + lane] = v;
+            }
+            panel_norm[pan * LANES + lane] = norm[p];
+        }
+    }
+    debug_assert_eq!(norm.len(), n);
+    (panels, panel_start, panel_norm, norm)
 }
 
 /// Exact nearest neighbours of every position: `k` per point, sorted by (distance, position),
@@ -992,9 +1089,9 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Ve
         }
         // Queries at similar distances from r's centre share most of their pivot ranges.
         live.sort_by(|a, b| a.0.0.total_cmp(&b.0.0).then(a.1.cmp(&b.1)));
-        for group in live.chunks(4) {
-            let mut ps = [0usize; 4];
-            let mut lists: [Vec<(f64, u32)>; 4] = Default::default();
+        for group in live.chunks(GROUP) {
+            let mut ps = [0usize; GROUP];
+            let mut lists: [Vec<(f64, u32)>; GROUP] = Default::default();
             let mut range = 0..0;
             for (j, &(dpc, p)) in group.iter().enumerate() {
                 ps[j] = p;
@@ -1143,41 +1240,92 @@ mod tests {
         );
     }
 
-    /// The tile kernel (both the intrinsics and the portable one) stays within the error bound
-    /// the screen allows for, on rows of every length class and wildly different scales.
+    /// The panel kernel (both the intrinsics and the portable one) stays within the error bound
+    /// the screen allows for, on rows of every length class, wildly different scales, rows far
+    /// from the origin (cancellation in the dot-product form) and every query count.
     #[test]
-    fn tile_results_pass_the_screen_of_their_exact_distance() {
+    fn panel_results_pass_the_screen_of_their_exact_distance() {
         let mut rng = StdRng::seed_from_u64(5);
         for d in [1usize, 7, 8, 13, 100, 104, 3072] {
-            let k = Kernels::new(d);
             for scale in [1e-3f32, 1.0, 1e3] {
-                let rows: Vec<Vec<f32>> = (0..6)
-                    .map(|_| {
-                        (0..d)
-                            .map(|_| rng.random_range(-1.0f32..1.0) * scale)
-                            .collect()
-                    })
-                    .collect();
-                let q = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
-                let r = [&rows[4][..], &rows[5][..]];
-                let exact: Vec<f64> = (0..8)
-                    .map(|b| super::super::prim::euclidean(q[b / 2], r[b % 2]))
-                    .collect();
-                let at =
-                    |f: &dyn Fn(f64) -> f32| -> [f32; 8] { std::array::from_fn(|b| f(exact[b])) };
-                let screens = at(&|e| k.screen(e));
-                // Well below every pair's distance (by far more than the error bound).
-                let below = at(&|e| (e * e * 0.99) as f32);
-                for tile in [k.tile, tile_generic::<false> as Tile] {
-                    assert_eq!(tile(q, r, &screens), 0xff, "d={d} scale={scale}");
-                    assert_eq!(tile(q, r, &below), 0, "d={d} scale={scale}");
-                    assert_eq!(tile(q, r, &[f32::NEG_INFINITY; 8]), 0);
-                }
-                for row in tile_sums::<false>(q, r).iter().flatten().zip(&exact) {
-                    assert!(k.lower_bound(*row.0) <= *row.1);
+                for offset in [0.0f32, 20.0] {
+                    let rows: Vec<Vec<f32>> = (0..GROUP + LANES)
+                        .map(|_| {
+                            (0..d)
+                                .map(|_| (offset + rng.random_range(-1.0f32..1.0)) * scale)
+                                .collect()
+                        })
+                        .collect();
+                    let x = Matrix::new(rows.len(), d, rows.concat()).unwrap();
+                    let ix = LeafIndex::build(&x).unwrap();
+                    assert_eq!(ix.leaves(), 1);
+                    let k = ix.kern;
+                    // Queries: the first GROUP positions; the panel: positions 6..22 of leaf 0
+                    // are not aligned, so measure positions 0..16 (panel 0) instead.
+                    let qs: Vec<&[f32]> = (0..GROUP).map(|p| ix.row(p)).collect();
+                    let qn: Vec<f32> = (0..GROUP).map(|p| ix.norm[p]).collect();
+                    let exact =
+                        |i: usize, l: usize| super::super::prim::euclidean(qs[i], ix.row(l));
+                    for m in 1..=GROUP {
+                        for lane in 0..LANES {
+                            let at = |f: &dyn Fn(f64) -> f32| -> Vec<f32> {
+                                (0..m).map(|i| f(exact(i, lane))).collect()
+                            };
+                            let screens = at(&|e| k.screen(e));
+                            // Well below the distance (by far more than the error bound), for
+                            // pairs whose distance is not lost in the cancellation.
+                            let below = at(&|e| (e * e * 0.99) as f32);
+                            let far = (0..m).all(|i| {
+                                let n = f64::from(ix.norm[i]) + f64::from(ix.norm[lane]);
+                                exact(i, lane).powi(2) > 1e3 * k.norm_shrink * n
+                            });
+                            for kernel in [k.panel, panel_generic::<false> as PanelFn] {
+                                let bit = |r: [u16; GROUP], i: usize| r[i] >> lane & 1;
+                                let pass = kernel(
+                                    &qs[..m],
+                                    &qn[..m],
+                                    &screens,
+                                    ix.panel(0),
+                                    ix.panel_norms(0),
+                                );
+                                let fail = kernel(
+                                    &qs[..m],
+                                    &qn[..m],
+                                    &below,
+                                    ix.panel(0),
+                                    ix.panel_norms(0),
+                                );
+                                for i in 0..m {
+                                    assert_eq!(
+                                        bit(pass, i),
+                                        1,
+                                        "d={d} scale={scale} offset={offset} m={m} query {i} lane {lane}"
+                                    );
+                                    if far && i != lane {
+                                        assert_eq!(
+                                            bit(fail, i),
+                                            0,
+                                            "d={d} scale={scale} offset={offset} m={m} query {i} lane {lane}"
+                                        );
+                                    }
+                                }
+                                assert!(pass[m..].iter().all(|&v| v == 0));
+                            }
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// Norms that could overflow f32 disable the screen (every pair is measured exactly)
+    /// instead of dropping pairs.
+    #[test]
+    fn huge_rows_are_measured_not_dropped() {
+        let x = Matrix::new(4, 2, vec![1e19, 0.0, 1e19, 1.0, -1e19, 0.0, 0.0, 0.0]).unwrap();
+        let nb = knn(&x, 1).unwrap();
+        assert_eq!(nb.indices[0], 1);
+        assert_eq!(nb.distances[0], 1.0);
     }
 
     #[test]
