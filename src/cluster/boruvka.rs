@@ -28,7 +28,7 @@
 //! is needed, the core distance bounds just never prune.
 
 use super::MstEdge;
-use super::knn::{LeafIndex, PairMemo, PositionKnn, knn_positions, safe_lb};
+use super::knn::{LeafIndex, PairMemo, PositionKnn, knn_positions};
 use crate::matrix::Matrix;
 use anyhow::Result;
 use rayon::prelude::*;
@@ -329,15 +329,7 @@ fn search_leaf(
     ctx: &Context<'_>,
     memo: &mut [[f64; 2]],
 ) -> Vec<(Cand, f64)> {
-    let Context {
-        comp,
-        leaf_comp,
-        core,
-        min_core,
-        comp_best,
-    } = *ctx;
-    let nl = ix.leaves();
-    let kern = &ix.kern;
+    let comp_best = ctx.comp_best;
     let best = start.to_vec();
     // The best edge of each component met, shared by the task's points as a cutoff: a point
     // only matters to its component if it beats it.
@@ -345,7 +337,7 @@ fn search_leaf(
     let slot: Vec<usize> = pts
         .iter()
         .map(|&p| {
-            let c = comp[p as usize];
+            let c = ctx.comp[p as usize];
             match shared.iter().position(|v| v.0 == c) {
                 Some(i) => i,
                 None => {
@@ -360,95 +352,17 @@ fn search_leaf(
             shared[slot[i]].1 = *b;
         }
     }
-    let mut st = Bests { best, shared };
-    let mut active: Vec<usize> = Vec::with_capacity(pts.len());
-    let mut live: Vec<((f64, f64), usize)> = Vec::with_capacity(pts.len());
-    let mut pb = super::knn::PairBounds::new();
-    for &r in &ix.order[q * nl..(q + 1) * nl] {
-        let r = r as usize;
-        active.clear();
-        let mut any_left = false;
-        for (i, &p) in pts.iter().enumerate() {
-            let p = p as usize;
-            let cut = st.cut(&slot, i);
-            if ix.rest_lb(p, q, r) >= cut {
-                continue;
-            }
-            any_left = true;
-            if leaf_comp[r] == comp[p] || core[p].max(min_core[r]).max(ix.leaf_lb(p, q, r)) >= cut {
-                continue;
-            }
-            active.push(i);
-        }
-        if !any_left {
-            break;
-        }
-        if active.is_empty() {
-            continue;
-        }
-        pb.fill(ix, q, r, memo);
-        // Cheapest bounds first: the pivot bound is free; the projection and the distance to
-        // r's centre cost one f32 product each, four queries at a time.
-        active.retain(|&i| pb.pivot_lb(ix, pts[i] as usize) < st.cut(&slot, i));
-        let mut pps = [0f64; 4];
-        live.clear();
-        for chunk in active.chunks(4) {
-            let mut ps = [0usize; 4];
-            for (p, &i) in ps.iter_mut().zip(chunk) {
-                *p = pts[i] as usize;
-            }
-            let ps = &ps[..chunk.len()];
-            pb.query_proj4(ix, q, ps, &mut pps);
-            let dpc = ix.to_leaf_centre4(ps, r);
-            for (j, &i) in chunk.iter().enumerate() {
-                let cut = st.cut(&slot, i);
-                if pb.leaf_lb(ix, ps[j], pps[j]) < cut && safe_lb(dpc[j].0 - ix.radius[r]) < cut {
-                    live.push((dpc[j], i));
-                }
-            }
-        }
-        // Queries at similar distances from r's centre share most of their pivot ranges.
-        live.sort_by(|a, b| a.0.0.total_cmp(&b.0.0).then(a.1.cmp(&b.1)));
-        for group in live.chunks(super::knn::GROUP) {
-            let mut ps = [0usize; super::knn::GROUP];
-            let mut is = [0usize; super::knn::GROUP];
-            let mut range = 0..0;
-            for (j, &(dpc, i)) in group.iter().enumerate() {
-                (ps[j], is[j]) = (pts[i] as usize, i);
-                let cut = st.cut(&slot, i);
-                range = super::knn::cover(range, ix.pivot_range(r, dpc, |lb| lb >= cut));
-            }
-            let ps = &ps[..group.len()];
-            super::knn::scan(
-                ix,
-                ps,
-                range,
-                &mut st,
-                |st, j| kern.screen(st.cut(&slot, is[j])),
-                |st, j, o, d| {
-                    let (p, i) = (ps[j], is[j]);
-                    let cp = core[p];
-                    if comp[o] == comp[p] || cp.max(core[o]) >= st.cut(&slot, i) {
-                        return;
-                    }
-                    let cand = Cand::new(cp.max(core[o]).max(d), p, o);
-                    if cand.less(&st.best[i]) {
-                        st.best[i] = cand;
-                        if cand.less(&st.shared[slot[i]].1) {
-                            st.shared[slot[i]].1 = cand;
-                        }
-                    }
-                },
-            );
-        }
-    }
+    let mut st = EdgeSearch {
+        pts,
+        slot,
+        ctx,
+        best,
+        shared,
+    };
+    super::knn::search_from_leaf(ix, q, &mut st, memo);
     // Every point outside was either measured or ruled out at the cutoff of the time, so the
     // final cutoff is a lower bound; the point's own edge is its exact best when it is the cutoff.
-    st.best
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (*b, st.cut(&slot, i)))
-        .collect()
+    (0..pts.len()).map(|i| (st.best[i], st.cut(i))).collect()
 }
 
 /// What a round knows of every position and leaf, shared read-only by its search tasks.
@@ -464,17 +378,63 @@ struct Context<'a> {
 }
 
 /// A search task's running bests: each point's own, and each component's (shared by the
-/// task's points of that component).
-struct Bests {
+/// task's points of that component, `slot[i]`).
+struct EdgeSearch<'a> {
+    pts: &'a [u32],
+    slot: Vec<usize>,
+    ctx: &'a Context<'a>,
     best: Vec<Cand>,
     shared: Vec<(u32, Cand)>,
 }
 
-impl Bests {
+impl EdgeSearch<'_> {
     /// The weight a point's next candidate must beat: its own best or its component's.
     #[inline]
-    fn cut(&self, slot: &[usize], i: usize) -> f64 {
-        self.best[i].w.min(self.shared[slot[i]].1.w)
+    fn cut(&self, i: usize) -> f64 {
+        self.best[i].w.min(self.shared[self.slot[i]].1.w)
+    }
+}
+
+impl super::knn::LeafSearch for EdgeSearch<'_> {
+    fn queries(&self) -> &[u32] {
+        self.pts
+    }
+
+    /// Not strict: of the edges exactly as heavy as the cutoff, the one met first stays. Any
+    /// of them gives a tree of the same weights, and the search order does not depend on the
+    /// number of threads.
+    #[inline]
+    fn prune(&self, i: usize, lb: f64) -> bool {
+        lb >= self.cut(i)
+    }
+
+    #[inline]
+    fn skip_leaf(&self, i: usize, r: usize, lb: f64) -> bool {
+        let p = self.pts[i] as usize;
+        let ctx = self.ctx;
+        ctx.leaf_comp[r] == ctx.comp[p] || self.prune(i, ctx.core[p].max(ctx.min_core[r]).max(lb))
+    }
+
+    #[inline]
+    fn cutoff(&self, i: usize) -> f64 {
+        self.cut(i)
+    }
+
+    fn hit(&mut self, i: usize, o: usize, d: f64) {
+        let p = self.pts[i] as usize;
+        let (comp, core) = (self.ctx.comp, self.ctx.core);
+        let w = core[p].max(core[o]);
+        if comp[o] == comp[p] || w >= self.cut(i) {
+            return;
+        }
+        let cand = Cand::new(w.max(d), p, o);
+        if cand.less(&self.best[i]) {
+            self.best[i] = cand;
+            let s = self.slot[i];
+            if cand.less(&self.shared[s].1) {
+                self.shared[s].1 = cand;
+            }
+        }
     }
 }
 

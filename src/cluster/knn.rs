@@ -1034,37 +1034,57 @@ pub(crate) fn knn_positions(ix: &LeafIndex, k: usize, memo: &mut PairMemo) -> Po
     PositionKnn { k, idx, dist }
 }
 
-/// The k nearest (by (distance, position)) of every point of leaf `q`, each list sorted.
-fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Vec<(f64, u32)>> {
-    let nl = ix.leaves();
-    let (qs, qe) = (ix.start[q], ix.start[q + 1]);
-    let mut best: Vec<Vec<(f64, u32)>> = vec![Vec::with_capacity(k + 1); qe - qs];
-    if k == 0 {
-        return best;
+/// What a search from one leaf needs to say about its queries; `search_from_leaf` does the
+/// rest. The kNN search and each Boruvka round are the two implementations.
+pub(crate) trait LeafSearch {
+    /// The queries: positions, all in the leaf searched from.
+    fn queries(&self) -> &[u32];
+    /// Whether a point at distance at least `lb` from query `i` can no longer change its
+    /// result (its cutoff). Must be monotone in `lb`.
+    fn prune(&self, i: usize, lb: f64) -> bool;
+    /// Whether leaf `r`, at distance at least `lb` from query `i`, can be skipped. Besides
+    /// the distance, a search may know that no point of `r` can matter (Boruvka: same
+    /// component).
+    fn skip_leaf(&self, i: usize, r: usize, lb: f64) -> bool {
+        let _ = r;
+        self.prune(i, lb)
     }
-    let kth = |b: &Vec<(f64, u32)>| {
-        if b.len() < k {
-            f64::INFINITY
-        } else {
-            b[k - 1].0
-        }
-    };
+    /// The cutoff of query `i` (as a distance), for the f32 screen.
+    fn cutoff(&self, i: usize) -> f64;
+    /// Query `i` met position `o` at exact distance `d` (never itself; only pairs the screen
+    /// could not rule out).
+    fn hit(&mut self, i: usize, o: usize, d: f64);
+}
+
+/// Runs a search from leaf `q`: candidate leaves nearest first, each filtered by the leaf
+/// bounds (ball, then pivot and projection, `PairBounds`), the surviving queries sorted by
+/// distance to the candidate's centre and scanned `GROUP` at a time over the union of their
+/// pivot ranges (`scan`). Stops when no query can find anything in the remaining leaves.
+/// `memo` is leaf q's row of the `PairMemo`.
+pub(crate) fn search_from_leaf<S: LeafSearch>(
+    ix: &LeafIndex,
+    q: usize,
+    st: &mut S,
+    memo: &mut [[f64; 2]],
+) {
+    let nl = ix.leaves();
+    let n = st.queries().len();
+    let pos = |st: &S, i: usize| st.queries()[i] as usize;
     let mut pb = PairBounds::new();
-    let mut active: Vec<usize> = Vec::with_capacity(qe - qs);
-    let mut live: Vec<((f64, f64), usize)> = Vec::with_capacity(qe - qs);
+    let mut active: Vec<usize> = Vec::with_capacity(n);
+    let mut live: Vec<((f64, f64), usize)> = Vec::with_capacity(n);
     for &r in &ix.order[q * nl..(q + 1) * nl] {
         let r = r as usize;
-        // Strict comparisons: a point exactly at the k-th distance may still win on position.
         active.clear();
         let mut any_left = false;
-        for p in qs..qe {
-            let t = kth(&best[p - qs]);
-            if ix.rest_lb(p, q, r) > t {
+        for i in 0..n {
+            let p = pos(st, i);
+            if st.prune(i, ix.rest_lb(p, q, r)) {
                 continue;
             }
             any_left = true;
-            if ix.leaf_lb(p, q, r) <= t {
-                active.push(p);
+            if !st.skip_leaf(i, r, ix.leaf_lb(p, q, r)) {
+                active.push(i);
             }
         }
         if !any_left {
@@ -1074,16 +1094,24 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Ve
             continue;
         }
         pb.fill(ix, q, r, memo);
-        active.retain(|&p| pb.pivot_lb(ix, p) <= kth(&best[p - qs]));
+        // Cheapest bounds first: the pivot bound is free; the projection and the distance to
+        // r's centre cost one f32 product each, four queries at a time.
+        active.retain(|&i| !st.prune(i, pb.pivot_lb(ix, pos(st, i))));
         let mut pps = [0f64; 4];
         live.clear();
         for chunk in active.chunks(4) {
-            pb.query_proj4(ix, q, chunk, &mut pps);
-            let dpc = ix.to_leaf_centre4(chunk, r);
-            for (j, &p) in chunk.iter().enumerate() {
-                let t = kth(&best[p - qs]);
-                if pb.leaf_lb(ix, p, pps[j]) <= t && safe_lb(dpc[j].0 - ix.radius[r]) <= t {
-                    live.push((dpc[j], p));
+            let mut ps = [0usize; 4];
+            for (p, &i) in ps.iter_mut().zip(chunk) {
+                *p = pos(st, i);
+            }
+            let ps = &ps[..chunk.len()];
+            pb.query_proj4(ix, q, ps, &mut pps);
+            let dpc = ix.to_leaf_centre4(ps, r);
+            for (j, &i) in chunk.iter().enumerate() {
+                if !st.prune(i, pb.leaf_lb(ix, ps[j], pps[j]))
+                    && !st.prune(i, safe_lb(dpc[j].0 - ix.radius[r]))
+                {
+                    live.push((dpc[j], i));
                 }
             }
         }
@@ -1091,40 +1119,80 @@ fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Ve
         live.sort_by(|a, b| a.0.0.total_cmp(&b.0.0).then(a.1.cmp(&b.1)));
         for group in live.chunks(GROUP) {
             let mut ps = [0usize; GROUP];
-            let mut lists: [Vec<(f64, u32)>; GROUP] = Default::default();
+            let mut is = [0usize; GROUP];
             let mut range = 0..0;
-            for (j, &(dpc, p)) in group.iter().enumerate() {
-                ps[j] = p;
-                lists[j] = std::mem::take(&mut best[p - qs]);
-                let t = kth(&lists[j]);
-                range = cover(range, ix.pivot_range(r, dpc, |lb| lb > t));
+            for (j, &(dpc, i)) in group.iter().enumerate() {
+                (ps[j], is[j]) = (pos(st, i), i);
+                range = cover(range, ix.pivot_range(r, dpc, |lb| st.prune(i, lb)));
             }
-            let ps = &ps[..group.len()];
             scan(
                 ix,
-                ps,
+                &ps[..group.len()],
                 range,
-                &mut lists,
-                |l, j| ix.kern.screen(kth(&l[j])),
-                |l, j, o, d| {
-                    let b = &mut l[j];
-                    let cand = (d, o as u32);
-                    if b.len() == k {
-                        if cand >= b[k - 1] {
-                            return;
-                        }
-                        b.pop();
-                    }
-                    let at = b.partition_point(|v| *v < cand);
-                    b.insert(at, cand);
-                },
+                st,
+                |st, j| ix.kern.screen(st.cutoff(is[j])),
+                |st, j, o, d| st.hit(is[j], o, d),
             );
-            for (j, &p) in ps.iter().enumerate() {
-                best[p - qs] = std::mem::take(&mut lists[j]);
-            }
         }
     }
-    best
+}
+
+/// The kNN search from one leaf: every point's k nearest by (distance, position), sorted.
+struct KnnSearch {
+    k: usize,
+    queries: Vec<u32>,
+    best: Vec<Vec<(f64, u32)>>,
+    /// Each list's k-th distance (infinite until it is full), read far more often than written.
+    kth: Vec<f64>,
+}
+
+impl LeafSearch for KnnSearch {
+    fn queries(&self) -> &[u32] {
+        &self.queries
+    }
+
+    /// Strict: a point exactly at the k-th distance may still win on position.
+    #[inline]
+    fn prune(&self, i: usize, lb: f64) -> bool {
+        lb > self.kth[i]
+    }
+
+    #[inline]
+    fn cutoff(&self, i: usize) -> f64 {
+        self.kth[i]
+    }
+
+    fn hit(&mut self, i: usize, o: usize, d: f64) {
+        let k = self.k;
+        let b = &mut self.best[i];
+        let cand = (d, o as u32);
+        if b.len() == k {
+            if cand >= b[k - 1] {
+                return;
+            }
+            b.pop();
+        }
+        let at = b.partition_point(|v| *v < cand);
+        b.insert(at, cand);
+        if b.len() == k {
+            self.kth[i] = b[k - 1].0;
+        }
+    }
+}
+
+/// The k nearest (by (distance, position)) of every point of leaf `q`, each list sorted.
+fn knn_leaf(ix: &LeafIndex, q: usize, k: usize, memo: &mut [[f64; 2]]) -> Vec<Vec<(f64, u32)>> {
+    let (qs, qe) = (ix.start[q], ix.start[q + 1]);
+    let mut st = KnnSearch {
+        k,
+        queries: (qs as u32..qe as u32).collect(),
+        best: vec![Vec::with_capacity(k + 1); qe - qs],
+        kth: vec![f64::INFINITY; qe - qs],
+    };
+    if k > 0 {
+        search_from_leaf(ix, q, &mut st, memo);
+    }
+    st.best
 }
 
 /// Exact k nearest neighbours of every row, by original row index: `indices[i * k + j]` is the
