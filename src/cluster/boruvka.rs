@@ -37,22 +37,24 @@ use rayon::prelude::*;
 /// rounds, few enough that the kNN stays cheap.
 const LIST_K: usize = 16;
 
-/// A candidate edge between positions, ordered by (weight, lo, hi).
-#[derive(Clone, Copy, Debug)]
-struct Cand {
-    w: f64,
-    lo: u32,
-    hi: u32,
+/// A candidate edge between positions, ordered by (weight, lo, hi). Shared with the GPU MST
+/// (`gpu::mst`), so that both paths break ties between equal weights the same way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Cand {
+    pub w: f64,
+    pub lo: u32,
+    pub hi: u32,
 }
 
-const NONE: Cand = Cand {
+/// No edge yet: heavier than every edge.
+pub(crate) const NONE: Cand = Cand {
     w: f64::INFINITY,
     lo: u32::MAX,
     hi: u32::MAX,
 };
 
 impl Cand {
-    fn new(w: f64, a: usize, b: usize) -> Self {
+    pub(crate) fn new(w: f64, a: usize, b: usize) -> Self {
         let (lo, hi) = if a < b { (a, b) } else { (b, a) };
         Self {
             w,
@@ -61,12 +63,23 @@ impl Cand {
         }
     }
 
-    fn less(&self, o: &Cand) -> bool {
+    pub(crate) fn less(&self, o: &Cand) -> bool {
         self.w
             .total_cmp(&o.w)
             .then(self.lo.cmp(&o.lo))
             .then(self.hi.cmp(&o.hi))
             .is_lt()
+    }
+
+    /// Keeps the lesser of `self` and `c`.
+    pub(crate) fn keep_least(&mut self, c: Cand) {
+        if c.less(self) {
+            *self = c;
+        }
+    }
+
+    pub(crate) fn is_none(&self) -> bool {
+        self.lo == u32::MAX
     }
 }
 
@@ -131,20 +144,21 @@ fn sort_edges(e: &mut [MstEdge]) {
     });
 }
 
-struct UnionFind {
+/// Components of the growing forest (union by size, path halving).
+pub(crate) struct UnionFind {
     parent: Vec<u32>,
     size: Vec<u32>,
 }
 
 impl UnionFind {
-    fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         Self {
             parent: (0..n as u32).collect(),
             size: vec![1; n],
         }
     }
 
-    fn find(&mut self, mut a: usize) -> usize {
+    pub(crate) fn find(&mut self, mut a: usize) -> usize {
         while self.parent[a] as usize != a {
             let g = self.parent[self.parent[a] as usize];
             self.parent[a] = g;
@@ -153,7 +167,8 @@ impl UnionFind {
         a
     }
 
-    fn union(&mut self, a: usize, b: usize) -> bool {
+    /// Joins the sets of `a` and `b`; false when they were one already.
+    pub(crate) fn union(&mut self, a: usize, b: usize) -> bool {
         let (mut a, mut b) = (self.find(a), self.find(b));
         if a == b {
             return false;
@@ -244,10 +259,7 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64], memo: &mut PairMemo) 
             .collect();
         let mut comp_best = vec![NONE; n];
         for (p, (cand, _)) in known.iter().enumerate() {
-            let c = comp[p] as usize;
-            if cand.less(&comp_best[c]) {
-                comp_best[c] = *cand;
-            }
+            comp_best[comp[p] as usize].keep_least(*cand);
         }
         // Points whose best edge is neither proven nor ruled out for their component.
         let need: Vec<u32> = (0..n)
@@ -289,10 +301,7 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64], memo: &mut PairMemo) 
             } else {
                 cand.lo
             };
-            let c = comp[p] as usize;
-            if cand.less(&comp_best[c]) {
-                comp_best[c] = *cand;
-            }
+            comp_best[comp[p] as usize].keep_least(*cand);
         }
         let before = tree.len();
         for e in &comp_best {
@@ -443,6 +452,33 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
     use rand_distr::{Distribution, Normal};
+
+    #[test]
+    fn union_find_joins_once() {
+        let mut uf = UnionFind::new(4);
+        assert!(uf.union(0, 1));
+        assert!(uf.union(2, 3));
+        assert!(!uf.union(1, 0));
+        assert!(uf.union(1, 3));
+        assert_eq!(uf.find(0), uf.find(2));
+    }
+
+    #[test]
+    fn candidate_order_breaks_ties_by_ends() {
+        let mut best = NONE;
+        assert!(best.is_none());
+        best.keep_least(Cand::new(1.0, 5, 3));
+        best.keep_least(Cand::new(1.0, 4, 2));
+        best.keep_least(Cand::new(2.0, 0, 1));
+        assert_eq!(
+            best,
+            Cand {
+                w: 1.0,
+                lo: 2,
+                hi: 4
+            }
+        );
+    }
 
     /// The simplest possible oracle: O(N^2) Prim in f64, independent of everything above.
     fn oracle(x: &Matrix, min_samples: usize) -> Vec<f64> {

@@ -8,6 +8,7 @@
 
 use super::{BLOCK, Inner, MAX_KEEP, check_finite};
 use crate::cluster::MstEdge;
+use crate::cluster::boruvka::{Cand, NONE, UnionFind};
 use crate::matrix::Matrix;
 use anyhow::{Result, anyhow, bail};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
@@ -45,79 +46,6 @@ fn dist2(a: &[f32], b: &[f32]) -> f64 {
 /// One point's kNN result: neighbours (index, exact distance) ascending, its exact core
 /// distance, and a lower bound on the distance of every point not in the list.
 type KnnRow = (Vec<(u32, f64)>, f64, f64);
-
-/// Candidate edge order: weight, then the smaller and larger endpoint (deterministic).
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Cand {
-    w: f64,
-    a: u32,
-    b: u32,
-}
-
-impl Cand {
-    fn new(w: f64, p: usize, q: usize) -> Self {
-        Self {
-            w,
-            a: p.min(q) as u32,
-            b: p.max(q) as u32,
-        }
-    }
-    fn better(&self, o: &Option<Cand>) -> bool {
-        match o {
-            None => true,
-            Some(o) => self
-                .w
-                .total_cmp(&o.w)
-                .then(self.a.cmp(&o.a))
-                .then(self.b.cmp(&o.b))
-                .is_lt(),
-        }
-    }
-}
-
-fn offer(best: &mut Option<Cand>, c: Cand) {
-    if c.better(best) {
-        *best = Some(c);
-    }
-}
-
-struct UnionFind {
-    parent: Vec<u32>,
-    rank: Vec<u8>,
-}
-
-impl UnionFind {
-    fn new(n: usize) -> Self {
-        Self {
-            parent: (0..n as u32).collect(),
-            rank: vec![0; n],
-        }
-    }
-    fn find(&mut self, mut x: usize) -> usize {
-        while self.parent[x] as usize != x {
-            let g = self.parent[self.parent[x] as usize];
-            self.parent[x] = g;
-            x = g as usize;
-        }
-        x
-    }
-    fn union(&mut self, a: usize, b: usize) -> bool {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra == rb {
-            return false;
-        }
-        let (hi, lo) = if self.rank[ra] >= self.rank[rb] {
-            (ra, rb)
-        } else {
-            (rb, ra)
-        };
-        self.parent[lo] = hi as u32;
-        if self.rank[hi] == self.rank[lo] {
-            self.rank[hi] += 1;
-        }
-        true
-    }
-}
 
 /// Runs the candidate kernel for `queries`, `keep` candidates each; returns (keys, indices),
 /// `queries.len() * keep` each, ascending per query.
@@ -195,20 +123,18 @@ fn exact_kth2(x: &Matrix, p: usize, k: usize) -> f64 {
 }
 
 /// Exact lightest mutual-reachability edge from `p` to another component (host fallback).
-fn exact_min_edge(x: &Matrix, core: &[f64], comp: &[u32], p: usize) -> Option<Cand> {
-    let mut best: Option<Cand> = None;
+fn exact_min_edge(x: &Matrix, core: &[f64], comp: &[u32], p: usize) -> Cand {
+    let mut best = NONE;
     for q in 0..x.rows() {
         if comp[q] == comp[p] {
             continue;
         }
         let floor = core[p].max(core[q]);
-        if let Some(b) = &best
-            && floor > b.w
-        {
+        if floor > best.w {
             continue;
         }
         let w = floor.max(dist2(x.row(p), x.row(q)).sqrt());
-        offer(&mut best, Cand::new(w, p, q));
+        best.keep_least(Cand::new(w, p, q));
     }
     best
 }
@@ -284,32 +210,29 @@ pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEd
             *c = uf.find(p) as u32;
         }
         // From the kNN lists: an edge, whether it is proven p's lightest, and a lower bound.
-        let local: Vec<(Option<Cand>, bool, f64)> = (0..n)
+        let local: Vec<(Cand, bool, f64)> = (0..n)
             .into_par_iter()
             .map(|p| {
                 let (list, cp, unseen) = &knn[p];
-                let mut best: Option<Cand> = None;
+                let mut best = NONE;
                 for &(q, dq) in list {
                     let q = q as usize;
                     if comp[q] != comp[p] {
-                        offer(&mut best, Cand::new(cp.max(core[q]).max(dq), p, q));
+                        best.keep_least(Cand::new(cp.max(core[q]).max(dq), p, q));
                     }
                 }
                 let lb = cp.max(*unseen);
-                let proven = best.is_some_and(|b: Cand| b.w <= lb);
+                let proven = !best.is_none() && best.w <= lb;
                 (best, proven, lb)
             })
             .collect();
-        let mut best: Vec<Option<Cand>> = vec![None; n];
+        let mut best = vec![NONE; n];
         for (p, (c, _, _)) in local.iter().enumerate() {
-            if let Some(c) = c {
-                offer(&mut best[comp[p] as usize], *c);
-            }
+            best[comp[p] as usize].keep_least(*c);
         }
-        let could_improve = |best: &[Option<Cand>], p: usize, lb: f64| match &best[comp[p] as usize]
-        {
-            None => true,
-            Some(b) => lb < b.w,
+        let could_improve = |best: &[Cand], p: usize, lb: f64| {
+            let b = &best[comp[p] as usize];
+            b.is_none() || lb < b.w
         };
         let queries: Vec<i32> = (0..n)
             .filter(|&p| !local[p].1 && could_improve(&best, p, local[p].2))
@@ -339,7 +262,7 @@ pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEd
                 for &q in is.iter().filter(|&&q| q >= 0) {
                     let q = q as usize;
                     let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
-                    offer(&mut best[comp[p] as usize], Cand::new(w, p, q));
+                    best[comp[p] as usize].keep_least(Cand::new(w, p, q));
                 }
                 let full = is[BORUVKA_KEEP - 1] >= 0;
                 let lb = if full {
@@ -360,22 +283,20 @@ pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEd
                 "GPU MST: {} points computed exactly on the host",
                 exact_needed.len()
             );
-            let found: Vec<Option<Cand>> = exact_needed
+            let found: Vec<Cand> = exact_needed
                 .par_iter()
                 .map(|&p| exact_min_edge(x, &core, &comp, p))
                 .collect();
             for (&p, c) in exact_needed.iter().zip(found) {
-                if let Some(c) = c {
-                    offer(&mut best[comp[p] as usize], c);
-                }
+                best[comp[p] as usize].keep_least(c);
             }
         }
         let before = edges.len();
-        for c in best.iter().flatten() {
-            if uf.union(c.a as usize, c.b as usize) {
+        for c in best.iter().filter(|c| !c.is_none()) {
+            if uf.union(c.lo as usize, c.hi as usize) {
                 edges.push(MstEdge {
-                    a: c.a,
-                    b: c.b,
+                    a: c.lo,
+                    b: c.hi,
                     weight: c.w,
                 });
             }
@@ -394,25 +315,6 @@ pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEd
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn union_find_joins_once() {
-        let mut uf = UnionFind::new(4);
-        assert!(uf.union(0, 1));
-        assert!(uf.union(2, 3));
-        assert!(!uf.union(1, 0));
-        assert!(uf.union(1, 3));
-        assert_eq!(uf.find(0), uf.find(2));
-    }
-
-    #[test]
-    fn candidate_order_breaks_ties_by_index() {
-        let mut best = None;
-        offer(&mut best, Cand::new(1.0, 5, 3));
-        offer(&mut best, Cand::new(1.0, 4, 2));
-        offer(&mut best, Cand::new(2.0, 0, 1));
-        assert_eq!(best, Some(Cand { w: 1.0, a: 2, b: 4 }));
-    }
 
     #[test]
     fn f32_keys_respect_the_error_bound() {
@@ -441,7 +343,7 @@ mod tests {
         let x = Matrix::new(4, 1, vec![0.0, 1.0, 3.0, 10.0]).unwrap();
         let core = vec![1.0, 1.0, 2.0, 7.0];
         let comp = vec![0, 0, 2, 3];
-        let e = exact_min_edge(&x, &core, &comp, 1).unwrap();
-        assert_eq!((e.a, e.b, e.w), (1, 2, 2.0));
+        let e = exact_min_edge(&x, &core, &comp, 1);
+        assert_eq!((e.lo, e.hi, e.w), (1, 2, 2.0));
     }
 }
