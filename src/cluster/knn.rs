@@ -41,15 +41,16 @@ const ABS_SLACK: f64 = 1e-30;
 
 /// `<row - c, u>` for four rows: (c, u, rows).
 type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
-/// Up to `GROUP` queries against one panel of `LANES` rows, screened (see `Kernels::panel`):
-/// (queries, their scaled norms, their thresholds, the panel, the panel's scaled norms).
-type PanelFn = fn(&[&[f32]], &[f32], &[f32], &[f32], &[f32]) -> [u16; GROUP];
+/// Up to `GROUP` queries against consecutive panels of `LANES` rows, screened (see
+/// `Kernels::panel`): (queries, their scaled norms, their thresholds, the panels, the panels'
+/// scaled norms). The number of panels is `norms.len() / LANES`.
+type PanelFn = fn(&[&[f32]], &[f32], &[f32], &[f32], &[f32]) -> [u32; GROUP];
 
-/// Queries measured together against a panel: six by two vectors of eight rows keep twelve
+/// Queries measured together against a panel: six by two AVX vectors of eight rows keep twelve
 /// accumulators in flight, enough to hide the FMA latency on both pipes, with registers left
-/// for the two row vectors and a broadcast.
+/// for the two row vectors and a broadcast (AVX-512: six by two panels of sixteen).
 pub(crate) const GROUP: usize = 6;
-/// Rows per panel (two AVX vectors).
+/// Rows per panel (two AVX vectors, one AVX-512 vector).
 pub(crate) const LANES: usize = 16;
 
 /// The SIMD kernels, chosen once for the running CPU.
@@ -57,13 +58,16 @@ pub(crate) const LANES: usize = 16;
 pub(crate) struct Kernels {
     /// f32 squared distances from `q` to four rows, with the error bound `rel`.
     pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
-    /// The scans' workhorse: f32 screening values for up to six queries against a panel of 16
-    /// rows stored dimension-major (`LeafIndex::panel`), in the dot-product form
-    /// `n'(q) + n'(r) - 2 <q, r>`, where `n'` are squared norms shrunk by `norm_shrink`. Bit
-    /// `l` of result `i` is set when query i's value for lane l is not above `th[i]` (a NaN
-    /// passes). Like a GEMM micro-kernel it is FMA only, one broadcast per query and two row
-    /// loads per dimension, twice the pair-dimensions per cycle of a difference form.
+    /// The scans' workhorse: f32 screening values for up to six queries against up to
+    /// `panels_per_call` panels of 16 rows stored dimension-major (`LeafIndex::panels`), in
+    /// the dot-product form `n'(q) + n'(r) - 2 <q, r>`, where `n'` are squared norms shrunk by
+    /// `norm_shrink`. Bit `l` of result `i` is set when query i's value for lane l is not above
+    /// `th[i]` (a NaN passes). Like a GEMM micro-kernel it is FMA only, one broadcast per query
+    /// and one load per row vector and dimension: twice the pair-dimensions per cycle of a
+    /// difference form.
     pub panel: PanelFn,
+    /// Panels `panel` takes at once: 2 with AVX-512 (twelve 16-lane accumulators), else 1.
+    pub panels_per_call: usize,
     /// An f64 distance for bounds (partial sums: may differ from `prim::euclidean` by an ulp).
     pub exact: fn(&[f32], &[f32]) -> f64,
     /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
@@ -87,6 +91,10 @@ impl Kernels {
         // by it a value exceeds the exact square only by its last rounding, which `screen`'s
         // margin covers.
         let norm_shrink = 2.0 * rel;
+        // The fastest panel kernel this CPU runs (`panel_variants` lists them all).
+        let (panel, panels_per_call) = Self::panel_variants()
+            .last()
+            .map_or((panel_generic::<false> as PanelFn, 1), |v| (v.1, v.2));
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
@@ -94,7 +102,8 @@ impl Kernels {
             {
                 return Self {
                     sq4: simd::sq4_avx2,
-                    panel: simd::panel_avx2,
+                    panel,
+                    panels_per_call,
                     exact: simd::exact_avx2,
                     proj4: simd::proj4_avx2,
                     rel,
@@ -104,12 +113,32 @@ impl Kernels {
         }
         Self {
             sq4: sq4_generic::<false>,
-            panel: panel_generic::<false>,
+            panel,
+            panels_per_call,
             exact: exact_generic,
             proj4: proj4_generic::<false>,
             rel,
             norm_shrink,
         }
+    }
+
+    /// Every panel kernel this CPU can run, slowest first, as (name, kernel, panels per call):
+    /// `new` takes the last; the tests check them all.
+    pub(crate) fn panel_variants() -> Vec<(&'static str, PanelFn, usize)> {
+        #[allow(unused_mut)]
+        let mut v: Vec<(&'static str, PanelFn, usize)> =
+            vec![("portable", panel_generic::<false>, 1)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                v.push(("avx2", simd::panel_avx2, 1));
+            }
+            if has!("avx512f") {
+                v.push(("avx512", simd::panel_avx512, 2));
+            }
+        }
+        v
     }
 
     /// An f32 threshold for `sq4` and `panel` results: every pair whose exact distance is
@@ -192,26 +221,33 @@ fn panel_generic<const FMA: bool>(
     qs: &[&[f32]],
     qn: &[f32],
     th: &[f32],
-    panel: &[f32],
+    panels: &[f32],
     pn: &[f32],
-) -> [u16; GROUP] {
-    let mut out = [0u16; GROUP];
-    let Some(pn) = pn.first_chunk::<LANES>() else {
+) -> [u32; GROUP] {
+    let mut out = [0u32; GROUP];
+    let np = (pn.len() / LANES).min(2);
+    let Some(per) = panels.len().checked_div(np) else {
         return out;
     };
-    let (rows, _) = panel.as_chunks::<LANES>();
-    for (((o, q), &n), &t) in out.iter_mut().zip(qs).zip(qn).zip(th) {
-        let mut acc = [0f32; LANES];
-        for (&b, row) in q.iter().zip(rows) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a = if FMA { b.mul_add(v, *a) } else { *a + b * v };
+    for (j, (panel, pn)) in panels
+        .chunks_exact(per)
+        .zip(pn.chunks_exact(LANES))
+        .enumerate()
+    {
+        let (rows, _) = panel.as_chunks::<LANES>();
+        for (((o, q), &n), &t) in out.iter_mut().zip(qs).zip(qn).zip(th) {
+            let mut acc = [0f32; LANES];
+            for (&b, row) in q.iter().zip(rows) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a = if FMA { b.mul_add(v, *a) } else { *a + b * v };
+                }
             }
-        }
-        for (l, (&a, &m)) in acc.iter().zip(pn).enumerate() {
-            let s = (m + n) - 2.0 * a;
-            // "Not greater than", NaN included, as the intrinsics' `_CMP_NGT_UQ`.
-            let pass = s.partial_cmp(&t) != Some(std::cmp::Ordering::Greater);
-            *o |= u16::from(pass) << l;
+            for (l, (&a, &m)) in acc.iter().zip(pn).enumerate() {
+                let s = (m + n) - 2.0 * a;
+                // "Not greater than", NaN included, as the intrinsics' `_CMP_NGT_UQ`.
+                let pass = s.partial_cmp(&t) != Some(std::cmp::Ordering::Greater);
+                *o |= u32::from(pass) << (j * LANES + l);
+            }
         }
     }
     out
@@ -288,8 +324,8 @@ mod simd {
         super::sq4_generic::<true>(q, r)
     }
 
-    /// `Kernels::panel` with intrinsics, for `M` queries (the accumulators must stay in
-    /// registers, so the count is a constant).
+    /// `Kernels::panel` with AVX2 intrinsics, for `M` queries and one panel (the accumulators
+    /// must stay in registers, so the count is a constant).
     #[target_feature(enable = "avx2,fma")]
     fn panel_impl<const M: usize>(
         qs: &[&[f32]],
@@ -297,14 +333,14 @@ mod simd {
         th: &[f32],
         panel: &[f32],
         pn: &[f32],
-    ) -> [u16; super::GROUP] {
+    ) -> [u32; super::GROUP] {
         use super::LANES;
         use std::arch::x86_64::*;
         let d = panel.len() / LANES;
-        if qs.len() < M
+        if pn.len() != LANES
+            || qs.len() < M
             || qn.len() < M
             || th.len() < M
-            || pn.len() < LANES
             || qs.iter().take(M).any(|q| q.len() < d)
         {
             return super::panel_generic::<true>(qs, qn, th, panel, pn);
@@ -327,7 +363,7 @@ mod simd {
                 acc[i][1] = _mm256_fmadd_ps(b, r1, acc[i][1]);
             }
         }
-        // SAFETY: `pn` holds at least LANES values, checked above.
+        // SAFETY: `pn` holds LANES values, checked above.
         let (n0, n1) = unsafe {
             (
                 _mm256_loadu_ps(pn.as_ptr()),
@@ -335,14 +371,14 @@ mod simd {
             )
         };
         let two = _mm256_set1_ps(2.0);
-        let mut out = [0u16; super::GROUP];
+        let mut out = [0u32; super::GROUP];
         for i in 0..M {
             let (n, t) = (_mm256_set1_ps(qn[i]), _mm256_set1_ps(th[i]));
             let s0 = _mm256_fnmadd_ps(two, acc[i][0], _mm256_add_ps(n0, n));
             let s1 = _mm256_fnmadd_ps(two, acc[i][1], _mm256_add_ps(n1, n));
             // "Not greater than", unordered included: a NaN (overflowed norms) passes.
-            let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NGT_UQ>(s0, t)) as u16;
-            let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NGT_UQ>(s1, t)) as u16;
+            let m0 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NGT_UQ>(s0, t)) as u32;
+            let m1 = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NGT_UQ>(s1, t)) as u32;
             out[i] = m0 | (m1 << 8);
         }
         out
@@ -354,8 +390,9 @@ mod simd {
         th: &[f32],
         panel: &[f32],
         pn: &[f32],
-    ) -> [u16; super::GROUP] {
-        // SAFETY: as `sq4_avx2`.
+    ) -> [u32; super::GROUP] {
+        // SAFETY: only reachable through `Kernels::panel_variants`, after AVX2 and FMA were
+        // detected.
         unsafe {
             match qs.len() {
                 0 => [0; super::GROUP],
@@ -365,6 +402,93 @@ mod simd {
                 4 => panel_impl::<4>(qs, qn, th, panel, pn),
                 5 => panel_impl::<5>(qs, qn, th, panel, pn),
                 _ => panel_impl::<6>(qs, qn, th, panel, pn),
+            }
+        }
+    }
+
+    /// `Kernels::panel` with AVX-512 intrinsics, for `M` queries and `P` panels: one 16-lane
+    /// vector per panel and dimension, so two panels give six queries the twelve accumulators
+    /// that hide the FMA latency (CPUs with 512-bit FMA pipes do twice AVX2's work per cycle).
+    #[target_feature(enable = "avx512f")]
+    fn panel512_impl<const M: usize, const P: usize>(
+        qs: &[&[f32]],
+        qn: &[f32],
+        th: &[f32],
+        panels: &[f32],
+        pn: &[f32],
+    ) -> [u32; super::GROUP] {
+        use super::LANES;
+        use std::arch::x86_64::*;
+        let d = panels.len() / (P * LANES);
+        if pn.len() != P * LANES
+            || panels.len() != d * P * LANES
+            || qs.len() < M
+            || qn.len() < M
+            || th.len() < M
+            || qs.iter().take(M).any(|q| q.len() < d)
+        {
+            return super::panel_generic::<true>(qs, qn, th, panels, pn);
+        }
+        let q: [*const f32; M] = std::array::from_fn(|i| qs[i].as_ptr());
+        let p = panels.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); P]; M];
+        for t in 0..d {
+            // SAFETY: panel j holds d * LANES values from j * d * LANES, and every query at
+            // least d, checked above.
+            let r: [__m512; P] =
+                std::array::from_fn(|j| unsafe { _mm512_loadu_ps(p.add((j * d + t) * LANES)) });
+            for i in 0..M {
+                // SAFETY: as above.
+                let b = _mm512_set1_ps(unsafe { *q[i].add(t) });
+                for j in 0..P {
+                    acc[i][j] = _mm512_fmadd_ps(b, r[j], acc[i][j]);
+                }
+            }
+        }
+        let two = _mm512_set1_ps(2.0);
+        // SAFETY: `pn` holds P * LANES values, checked above.
+        let nr: [__m512; P] =
+            std::array::from_fn(|j| unsafe { _mm512_loadu_ps(pn.as_ptr().add(j * LANES)) });
+        let mut out = [0u32; super::GROUP];
+        for (i, (o, row)) in out.iter_mut().zip(&acc).enumerate() {
+            let (n, t) = (_mm512_set1_ps(qn[i]), _mm512_set1_ps(th[i]));
+            for (j, (&a, &r)) in row.iter().zip(&nr).enumerate() {
+                let s = _mm512_fnmadd_ps(two, a, _mm512_add_ps(r, n));
+                // "Not greater than", unordered included: a NaN (overflowed norms) passes.
+                let m = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(s, t);
+                *o |= u32::from(m) << (j * LANES);
+            }
+        }
+        out
+    }
+
+    pub fn panel_avx512(
+        qs: &[&[f32]],
+        qn: &[f32],
+        th: &[f32],
+        panels: &[f32],
+        pn: &[f32],
+    ) -> [u32; super::GROUP] {
+        macro_rules! by_queries {
+            ($p:literal) => {
+                match qs.len() {
+                    0 => [0; super::GROUP],
+                    1 => panel512_impl::<1, $p>(qs, qn, th, panels, pn),
+                    2 => panel512_impl::<2, $p>(qs, qn, th, panels, pn),
+                    3 => panel512_impl::<3, $p>(qs, qn, th, panels, pn),
+                    4 => panel512_impl::<4, $p>(qs, qn, th, panels, pn),
+                    5 => panel512_impl::<5, $p>(qs, qn, th, panels, pn),
+                    _ => panel512_impl::<6, $p>(qs, qn, th, panels, pn),
+                }
+            };
+        }
+        // SAFETY: only reachable through `Kernels::panel_variants`, after AVX-512F was
+        // detected.
+        unsafe {
+            if pn.len() == 2 * super::LANES {
+                by_queries!(2)
+            } else {
+                by_queries!(1)
             }
         }
     }
@@ -557,15 +681,15 @@ impl LeafIndex {
         })
     }
 
-    /// Panel `i`: `stride` dimensions of `LANES` values each.
+    /// Panels `i..i + count`, each `stride` dimensions of `LANES` values.
     #[inline]
-    pub fn panel(&self, i: usize) -> &[f32] {
-        &self.panels[i * self.stride * LANES..(i + 1) * self.stride * LANES]
+    pub fn panels(&self, i: usize, count: usize) -> &[f32] {
+        &self.panels[i * self.stride * LANES..(i + count) * self.stride * LANES]
     }
 
     #[inline]
-    pub fn panel_norms(&self, i: usize) -> &[f32] {
-        &self.panel_norm[i * LANES..(i + 1) * LANES]
+    pub fn panel_norms(&self, i: usize, count: usize) -> &[f32] {
+        &self.panel_norm[i * LANES..(i + count) * LANES]
     }
 
     pub fn leaves(&self) -> usize {
@@ -795,6 +919,7 @@ pub(crate) fn scan<S>(
         }
         refresh(st, th);
     };
+    let per_call = ix.kern.panels_per_call;
     let mut pos = range.start;
     while pos < range.end {
         // The range normally lies in one leaf; panels never cross a leaf's end.
@@ -804,15 +929,16 @@ pub(crate) fn scan<S>(
         let mut pan = ix.panel_start[r] + (pos - first) / LANES;
         let mut base = first + (pos - first) / LANES * LANES;
         while base < end {
+            let count = (end - base).div_ceil(LANES).min(per_call);
             let lo = pos.max(base) - base;
-            let hi = (end - base).min(LANES);
-            let lanes = ((1u32 << hi) - (1u32 << lo)) as u16;
+            let hi = (end - base).min(count * LANES);
+            let lanes = ((1u64 << hi) - (1u64 << lo)) as u32;
             let masks = (ix.kern.panel)(
                 &qs[..m],
                 &qn[..m],
                 &th[..m],
-                ix.panel(pan),
-                ix.panel_norms(pan),
+                ix.panels(pan, count),
+                ix.panel_norms(pan, count),
             );
             for (j, &mask) in masks.iter().enumerate().take(m) {
                 let mut pass = mask & lanes;
@@ -830,8 +956,8 @@ pub(crate) fn scan<S>(
                     }
                 }
             }
-            base += LANES;
-            pan += 1;
+            base += count * LANES;
+            pan += count;
         }
         pos = end;
     }
@@ -1308,16 +1434,18 @@ mod tests {
         );
     }
 
-    /// The panel kernel (both the intrinsics and the portable one) stays within the error bound
-    /// the screen allows for, on rows of every length class, wildly different scales, rows far
-    /// from the origin (cancellation in the dot-product form) and every query count.
+    /// Every panel kernel this CPU runs (portable, AVX2, AVX-512), on one and two panels,
+    /// stays within the error bound the screen allows for: on rows of every length class,
+    /// wildly different scales, rows far from the origin (cancellation in the dot-product
+    /// form) and every query count.
     #[test]
     fn panel_results_pass_the_screen_of_their_exact_distance() {
         let mut rng = StdRng::seed_from_u64(5);
+        let variants = Kernels::panel_variants();
         for d in [1usize, 7, 8, 13, 100, 104, 3072] {
             for scale in [1e-3f32, 1.0, 1e3] {
                 for offset in [0.0f32, 20.0] {
-                    let rows: Vec<Vec<f32>> = (0..GROUP + LANES)
+                    let rows: Vec<Vec<f32>> = (0..2 * LANES)
                         .map(|_| {
                             (0..d)
                                 .map(|_| (offset + rng.random_range(-1.0f32..1.0)) * scale)
@@ -1328,56 +1456,48 @@ mod tests {
                     let ix = LeafIndex::build(&x).unwrap();
                     assert_eq!(ix.leaves(), 1);
                     let k = ix.kern;
-                    // Queries: the first GROUP positions; the panel: positions 6..22 of leaf 0
-                    // are not aligned, so measure positions 0..16 (panel 0) instead.
+                    // Queries: the first GROUP positions, against panels 0 and 1.
                     let qs: Vec<&[f32]> = (0..GROUP).map(|p| ix.row(p)).collect();
                     let qn: Vec<f32> = (0..GROUP).map(|p| ix.norm[p]).collect();
                     let exact =
                         |i: usize, l: usize| super::super::prim::euclidean(qs[i], ix.row(l));
-                    for m in 1..=GROUP {
-                        for lane in 0..LANES {
-                            let at = |f: &dyn Fn(f64) -> f32| -> Vec<f32> {
-                                (0..m).map(|i| f(exact(i, lane))).collect()
-                            };
-                            let screens = at(&|e| k.screen(e));
-                            // Well below the distance (by far more than the error bound), for
-                            // pairs whose distance is not lost in the cancellation.
-                            let below = at(&|e| (e * e * 0.99) as f32);
-                            let far = (0..m).all(|i| {
-                                let n = f64::from(ix.norm[i]) + f64::from(ix.norm[lane]);
-                                exact(i, lane).powi(2) > 1e3 * k.norm_shrink * n
-                            });
-                            for kernel in [k.panel, panel_generic::<false> as PanelFn] {
-                                let bit = |r: [u16; GROUP], i: usize| r[i] >> lane & 1;
-                                let pass = kernel(
-                                    &qs[..m],
-                                    &qn[..m],
-                                    &screens,
-                                    ix.panel(0),
-                                    ix.panel_norms(0),
-                                );
-                                let fail = kernel(
-                                    &qs[..m],
-                                    &qn[..m],
-                                    &below,
-                                    ix.panel(0),
-                                    ix.panel_norms(0),
-                                );
-                                for i in 0..m {
-                                    assert_eq!(
-                                        bit(pass, i),
-                                        1,
-                                        "d={d} scale={scale} offset={offset} m={m} query {i} lane {lane}"
+                    let at = |m: usize, lane: usize, f: &dyn Fn(f64) -> f32| -> Vec<f32> {
+                        (0..m).map(|i| f(exact(i, lane))).collect()
+                    };
+                    for (name, kernel, most) in &variants {
+                        for count in 1..=*most {
+                            for m in 1..=GROUP {
+                                for lane in 0..count * LANES {
+                                    let screens = at(m, lane, &|e| k.screen(e));
+                                    // Well below the distance (by far more than the error
+                                    // bound), for pairs not lost in the cancellation.
+                                    let below = at(m, lane, &|e| (e * e * 0.99) as f32);
+                                    let far = (0..m).all(|i| {
+                                        let n = f64::from(ix.norm[i]) + f64::from(ix.norm[lane]);
+                                        exact(i, lane).powi(2) > 1e3 * k.norm_shrink * n
+                                    });
+                                    let run = |th: &[f32]| {
+                                        kernel(
+                                            &qs[..m],
+                                            &qn[..m],
+                                            th,
+                                            ix.panels(0, count),
+                                            ix.panel_norms(0, count),
+                                        )
+                                    };
+                                    let (pass, fail) = (run(&screens), run(&below));
+                                    let what = format!(
+                                        "{name} x{count}: d={d} scale={scale} offset={offset} \
+                                         m={m} lane {lane}"
                                     );
-                                    if far && i != lane {
-                                        assert_eq!(
-                                            bit(fail, i),
-                                            0,
-                                            "d={d} scale={scale} offset={offset} m={m} query {i} lane {lane}"
-                                        );
+                                    for i in 0..m {
+                                        assert_eq!(pass[i] >> lane & 1, 1, "{what} query {i}");
+                                        if far && i != lane {
+                                            assert_eq!(fail[i] >> lane & 1, 0, "{what} query {i}");
+                                        }
                                     }
+                                    assert!(pass[m..].iter().all(|&v| v == 0), "{what}");
                                 }
-                                assert!(pass[m..].iter().all(|&v| v == 0));
                             }
                         }
                     }
