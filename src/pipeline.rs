@@ -291,6 +291,7 @@ pub async fn run_batch(
             title: label.title,
             description: label.description,
             label_source: label.source,
+            actionable: label.actionable,
             centroid: g.centroid.clone(),
             centroid_weight: g.members.len() as i64,
         })

@@ -12,6 +12,7 @@ const TASKS_EXAMPLES: &str = "Examples:
   segclust tasks --store sqlite://segclust.db --team 1
   segclust tasks --level critical --level high --since 7d
   segclust tasks --label-source fallback --json      # Tasks still waiting for an LLM label
+  segclust tasks --include-routine                   # also what the LLM judged ordinary use
   segclust tasks show 12 --store sqlite://segclust.db --team 1";
 
 const SHOW_EXAMPLES: &str = "Examples:
@@ -56,6 +57,10 @@ pub struct ListArgs {
     /// Only Tasks labelled by the LLM or by the offline fallback.
     #[arg(long, value_enum)]
     pub label_source: Option<LabelSourceArg>,
+    /// Also list Tasks whose LLM label says they show ordinary use rather than a problem to
+    /// fix (`actionable: false`). They are left out by default, and the count left out is said.
+    #[arg(long)]
+    pub include_routine: bool,
     /// Current time as ms since the epoch, for the recency term and --since; default: the clock.
     #[arg(long)]
     pub now_ms: Option<i64>,
@@ -72,6 +77,7 @@ impl ListArgs {
             level: Vec::new(),
             since: None,
             label_source: None,
+            include_routine: false,
             now_ms,
         }
     }
@@ -195,8 +201,14 @@ pub fn rescore(tasks: &mut [Task], now_ms: i64, w: &PriorityWeights) {
     });
 }
 
+/// What `select` kept, and how many Tasks it left out only for being routine.
+pub struct Selection {
+    pub tasks: Vec<Task>,
+    pub routine_hidden: usize,
+}
+
 /// The team's Tasks as of `now_ms`, filtered and limited as `a` says.
-pub fn select(mut tasks: Vec<Task>, a: &ListArgs, now_ms: i64) -> Vec<Task> {
+pub fn select(mut tasks: Vec<Task>, a: &ListArgs, now_ms: i64) -> Selection {
     rescore(&mut tasks, now_ms, &PriorityWeights::default());
     let levels: Vec<&str> = a.level.iter().map(|l| l.level().as_str()).collect();
     let since = a.since.map(|s| s.at_ms(now_ms));
@@ -209,8 +221,16 @@ pub fn select(mut tasks: Vec<Task>, a: &ListArgs, now_ms: i64) -> Vec<Task> {
             && since.is_none_or(|s| t.last_seen_ms >= s)
             && source.is_none_or(|s| t.label_source == s)
     });
+    let before = tasks.len();
+    if !a.include_routine {
+        tasks.retain(|t| t.actionable != Some(false));
+    }
+    let routine_hidden = before - tasks.len();
     tasks.truncate(a.limit);
-    tasks
+    Selection {
+        tasks,
+        routine_hidden,
+    }
 }
 
 fn now_or_clock(now_ms: Option<i64>) -> i64 {
@@ -227,7 +247,10 @@ pub async fn tasks_cmd(a: TasksArgs) -> Result<()> {
 pub async fn list_cmd(a: ListArgs) -> Result<()> {
     let store = Store::connect(&a.store.store).await?;
     let now = now_or_clock(a.now_ms);
-    let tasks = select(store.tasks(a.team).await?, &a, now);
+    let Selection {
+        tasks,
+        routine_hidden,
+    } = select(store.tasks(a.team).await?, &a, now);
     if a.json {
         let v: Vec<serde_json::Value> = tasks.iter().map(task_json).collect();
         crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
@@ -252,20 +275,35 @@ pub async fn list_cmd(a: ListArgs) -> Result<()> {
             t.distinct_user_count,
             t.occurrence_count,
             t.impact,
-            t.label_source.as_str(),
+            label_column(t),
             one_line(&t.title)
         )?;
     }
     if tasks.is_empty() {
         crate::outln!("(no Tasks for team {} match)", a.team)?;
     }
+    if routine_hidden > 0 {
+        crate::outln!(
+            "({routine_hidden} more judged ordinary use by the LLM, not a problem: \
+             --include-routine lists them)"
+        )?;
+    }
     Ok(())
+}
+
+/// The table's label column: the source, and "routine" for Tasks the LLM judged ordinary use.
+fn label_column(t: &Task) -> &'static str {
+    match (t.label_source, t.actionable) {
+        (_, Some(false)) => "routine",
+        (s, _) => s.as_str(),
+    }
 }
 
 fn task_json(t: &Task) -> serde_json::Value {
     serde_json::json!({
         "id": t.id, "title": t.title, "description": t.description,
-        "label_source": t.label_source.as_str(), "priority": t.priority_score,
+        "label_source": t.label_source.as_str(), "actionable": t.actionable,
+        "priority": t.priority_score,
         "level": t.priority_level, "impact": t.impact, "segments": t.segment_count,
         "occurrences": t.occurrence_count, "users": t.distinct_user_count,
         "first_seen_ms": t.first_seen_ms, "last_seen_ms": t.last_seen_ms,
@@ -328,6 +366,11 @@ pub async fn show_cmd(a: ShowArgs) -> Result<()> {
         task.impact,
         task.label_source.as_str()
     )?;
+    match task.actionable {
+        Some(false) => crate::outln!("the LLM judged this ordinary use, not a problem to fix")?,
+        Some(true) => crate::outln!("the LLM judged this a problem to fix")?,
+        None => {}
+    }
     crate::outln!(
         "first seen {}  last seen {}",
         format_ms(task.first_seen_ms),
@@ -419,6 +462,7 @@ mod tests {
             title: format!("t{id}"),
             description: String::new(),
             label_source: source,
+            actionable: None,
             priority_score: 0.0,
             priority_level: "low".into(),
             impact: 0.4,
@@ -445,7 +489,9 @@ mod tests {
         ];
         let mut a = ListArgs::new("sqlite::memory:".into(), 1, 50, None);
         let ids = |a: &ListArgs| -> Vec<i64> {
-            select(tasks.clone(), a, now).iter().map(|t| t.id).collect()
+            let s = select(tasks.clone(), a, now);
+            assert_eq!(s.routine_hidden, 0);
+            s.tasks.iter().map(|t| t.id).collect()
         };
         assert_eq!(ids(&a), vec![2, 3, 1], "by priority");
         a.level = vec![LevelArg::Critical, LevelArg::High];
@@ -457,6 +503,36 @@ mod tests {
         assert_eq!(ids(&a), vec![3, 1]);
         a.limit = 1;
         assert_eq!(ids(&a), vec![3]);
+    }
+
+    #[test]
+    fn routine_tasks_are_left_out_and_counted_unless_asked_for() {
+        let day = 86_400_000;
+        let now = 100 * day;
+        let judged = |id, users, actionable| Task {
+            actionable,
+            ..task(id, users, now, LabelSource::Llm)
+        };
+        let tasks = vec![
+            judged(1, 50, Some(false)),
+            judged(2, 5, Some(true)),
+            judged(3, 20, None),
+            judged(4, 2, Some(false)),
+        ];
+        let mut a = ListArgs::new("sqlite::memory:".into(), 1, 50, None);
+        let s = select(tasks.clone(), &a, now);
+        let ids: Vec<i64> = s.tasks.iter().map(|t| t.id).collect();
+        assert_eq!((ids, s.routine_hidden), (vec![3, 2], 2));
+        // Filters first: a routine Task another filter drops is not counted as hidden.
+        a.level = vec![LevelArg::Critical];
+        assert_eq!(select(tasks.clone(), &a, now).routine_hidden, 1);
+        a.level.clear();
+        a.include_routine = true;
+        let s = select(tasks.clone(), &a, now);
+        let ids: Vec<i64> = s.tasks.iter().map(|t| t.id).collect();
+        assert_eq!((ids, s.routine_hidden), (vec![1, 3, 2, 4], 0));
+        assert_eq!(label_column(&tasks[0]), "routine");
+        assert_eq!(label_column(&tasks[1]), "llm");
     }
 
     #[test]

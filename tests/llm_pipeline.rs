@@ -129,8 +129,13 @@ async fn a_hijacked_model_changes_only_label_text_and_stays_within_the_bound() {
         let lb = online.links(1, y.id).await.expect("links");
         assert_eq!(la, lb);
     }
+    assert!(
+        a.iter().all(|t| t.actionable.is_none()),
+        "fallback: not judged"
+    );
     for t in &b {
         assert_eq!(t.label_source, LabelSource::Llm);
+        assert_eq!(t.actionable, Some(false), "the model's judgement is stored");
         assert!(t.title.starts_with("HACKED critical"), "{}", t.title);
         assert!(t.title.chars().count() <= MAX_TITLE_CHARS);
         assert!(t.description.chars().count() <= MAX_DESCRIPTION_CHARS);
@@ -186,6 +191,20 @@ async fn segclust(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).to_string()
+}
+
+/// Each Task's stored `actionable`.
+async fn judged(db: &str) -> Vec<Option<bool>> {
+    let store = Store::connect(db).await.expect("store");
+    let v = store
+        .tasks(1)
+        .await
+        .expect("tasks")
+        .iter()
+        .map(|t| t.actionable)
+        .collect();
+    store.close().await;
+    v
 }
 
 async fn sources(db: &str) -> Vec<LabelSource> {
@@ -337,6 +356,7 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
         text(&out.stderr)
     );
     assert!(sources(&db).await.iter().all(|&s| s == LabelSource::Llm));
+    assert!(judged(&db).await.iter().all(|&a| a == Some(true)));
     assert_eq!(up.requests().len(), n);
 
     // relabel without --only-fallback asks again for every Task.

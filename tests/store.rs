@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use segclust::labeling::Label;
 use segclust::segment::{Quarantine, Watermark};
 use segclust::store::{
     BatchCommit, CentroidUpdate, LabelSource, MapPoint, NewLink, NewTask, PriorityFn, RunFigures,
@@ -203,6 +204,7 @@ fn new_task(title: &str, seed: u32) -> NewTask {
         title: title.into(),
         description: format!("{title}: what users see"),
         label_source: LabelSource::Fallback,
+        actionable: None,
         centroid: centroid(seed, 16),
         centroid_weight: 0,
     }
@@ -638,6 +640,7 @@ async fn centroid_bytes_round_trip_exactly(backend: Backend) {
     let batch = BatchCommit {
         new_tasks: vec![NewTask {
             centroid: c.clone(),
+            actionable: Some(true),
             ..new_task("big", 0)
         }],
         links: vec![link(TaskRef::New(0), "d", "s", "u", 0.0, NOW)],
@@ -647,6 +650,7 @@ async fn centroid_bytes_round_trip_exactly(backend: Backend) {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let t = store.task(TEAM, id).await.unwrap().unwrap();
     assert_eq!(bits(&t.centroid), bits(&c));
+    assert_eq!(t.actionable, Some(true), "stored as the labeler judged");
     assert_eq!(
         bits(&store.tasks(TEAM).await.unwrap()[0].centroid),
         bits(&c)
@@ -865,34 +869,49 @@ async fn refresh_priorities_and_relabel(backend: Backend) {
         0
     );
 
+    assert_eq!(before.actionable, None, "fallback labels are not judged");
+    let label = |title: &str, description: &str, actionable| Label {
+        title: title.into(),
+        description: description.into(),
+        source: LabelSource::Llm,
+        actionable,
+    };
+    let routine = label(
+        "Review dashboard browsing",
+        "Users look around.",
+        Some(false),
+    );
     assert!(
         store
-            .update_label(
-                TEAM,
-                a_id,
-                "Fix 500 on checkout",
-                "Users see an error.",
-                LabelSource::Llm,
-                later
-            )
+            .update_label(TEAM, a_id, &routine, later)
             .await
             .unwrap()
     );
     let t = store.task(TEAM, a_id).await.unwrap().unwrap();
     assert_eq!(
         (t.title.as_str(), t.description.as_str()),
-        ("Fix 500 on checkout", "Users see an error.")
+        ("Review dashboard browsing", "Users look around.")
     );
-    assert_eq!((t.label_source, t.updated_at_ms), (LabelSource::Llm, later));
+    assert_eq!(
+        (t.label_source, t.actionable, t.updated_at_ms),
+        (LabelSource::Llm, Some(false), later)
+    );
+    let fix = label("Fix 500 on checkout", "Users see an error.", Some(true));
+    assert!(store.update_label(TEAM, a_id, &fix, later).await.unwrap());
+    let t = store.task(TEAM, a_id).await.unwrap().unwrap();
+    assert_eq!(
+        (t.title.as_str(), t.actionable),
+        ("Fix 500 on checkout", Some(true))
+    );
     assert!(
         !store
-            .update_label(TEAM + 1, a_id, "x", "y", LabelSource::Llm, later)
+            .update_label(TEAM + 1, a_id, &fix, later)
             .await
             .unwrap()
     );
     assert!(
         !store
-            .update_label(TEAM, a_id + 99, "x", "y", LabelSource::Llm, later)
+            .update_label(TEAM, a_id + 99, &fix, later)
             .await
             .unwrap()
     );

@@ -90,7 +90,7 @@ pub struct Label {
     pub description: String,
     pub source: LabelSource,
     /// The LLM's judgement whether the segments show a problem to fix (false: ordinary use).
-    /// None for fallback labels. Not stored yet: the tasks table has no column for it.
+    /// None for fallback labels. Stored with the Task (`tasks.actionable`).
     pub actionable: Option<bool>,
 }
 

@@ -133,16 +133,7 @@ pub async fn relabel_team(
             report.kept += 1;
             continue;
         }
-        let found = store
-            .update_label(
-                team,
-                task.id,
-                &label.title,
-                &label.description,
-                label.source,
-                now_ms,
-            )
-            .await?;
+        let found = store.update_label(team, task.id, &label, now_ms).await?;
         if found {
             report.relabelled += 1;
         }

@@ -180,9 +180,14 @@ fn task_card(o: &mut String, v: &TaskView) {
     metric(o, format_ms(t.last_seen_ms), "last seen (UTC)");
     mix(o, &v.mix);
     o.push_str(&sparkline::svg(&v.daily, 180, 36));
+    let routine = if t.actionable == Some(false) {
+        " · routine use, not a problem (LLM)"
+    } else {
+        ""
+    };
     let _ = write!(
         o,
-        "<span class=\"src\">label: {}</span></div>",
+        "<span class=\"src\">label: {}{routine}</span></div>",
         t.label_source.as_str()
     );
     if !v.central.is_empty() {
@@ -400,6 +405,7 @@ mod tests {
             title: EVIL.into(),
             description: EVIL.into(),
             label_source: LabelSource::Llm,
+            actionable: Some(false),
             priority_score: 9.0,
             priority_level: EVIL.into(),
             impact: 0.4,

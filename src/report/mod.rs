@@ -144,6 +144,8 @@ pub async fn gather(
     let mut tasks = store.tasks(team).await?;
     let total_tasks = tasks.len();
     crate::tasks_cmd::rescore(&mut tasks, now_ms, &PriorityWeights::default());
+    // Tasks the LLM judged ordinary use go last, marked, still by priority among themselves.
+    tasks.sort_by_key(|t| t.actionable == Some(false));
     tasks.truncate(max_tasks);
 
     let last = tasks.iter().map(|t| t.last_seen_ms).max().unwrap_or(now_ms);

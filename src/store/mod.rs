@@ -49,6 +49,9 @@ pub struct Task {
     pub title: String,
     pub description: String,
     pub label_source: LabelSource,
+    /// The LLM's judgement: false when the segments show ordinary use rather than a problem;
+    /// None when not judged (fallback labels).
+    pub actionable: Option<bool>,
     pub priority_score: f64,
     /// critical / high / medium / low, as the priority function named it.
     pub priority_level: String,
@@ -110,6 +113,7 @@ pub struct NewTask {
     pub title: String,
     pub description: String,
     pub label_source: LabelSource,
+    pub actionable: Option<bool>,
     pub centroid: Vec<f32>,
     pub centroid_weight: i64,
 }
@@ -550,17 +554,16 @@ impl Store {
             .with_context(|| format!("refreshing priorities of team {team}"))
     }
 
-    /// Replaces a Task's label; returns false when the team has no such Task.
+    /// Replaces a Task's label (title, description, source, actionable); returns false when
+    /// the team has no such Task.
     pub async fn update_label(
         &self,
         team: i64,
         id: i64,
-        title: &str,
-        description: &str,
-        label_source: LabelSource,
+        label: &crate::labeling::Label,
         now_ms: i64,
     ) -> Result<bool> {
-        dispatch!(self, r => r.update_label(team, id, title, description, label_source, now_ms).await)
+        dispatch!(self, r => r.update_label(team, id, label, now_ms).await)
             .with_context(|| format!("relabelling task {id} of team {team}"))
     }
 }

@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    BatchCommit, CommitSummary, LabelSource, Link, PriorityFn, Quarantine, Run, RunFigures,
-    RunRecord, StoredMapPoint, Task, TaskAggregates, TaskRef, Watermark, centroid_from_bytes,
+    BatchCommit, CommitSummary, Link, PriorityFn, Quarantine, Run, RunFigures, RunRecord,
+    StoredMapPoint, Task, TaskAggregates, TaskRef, Watermark, centroid_from_bytes,
     centroid_to_bytes,
 };
 
@@ -87,7 +87,7 @@ macro_rules! task_columns {
     () => {
         "id, team_id, title, description, label_source, priority_score, priority_level, impact, \
          segment_count, occurrence_count, distinct_user_count, first_seen_ms, last_seen_ms, \
-         centroid, centroid_weight, created_at_ms, updated_at_ms"
+         centroid, centroid_weight, created_at_ms, updated_at_ms, actionable"
     };
 }
 
@@ -112,6 +112,7 @@ where
     String: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     Vec<u8>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
     for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    Option<bool>: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB>,
 {
     pub(super) fn new(pool: Pool<DB>, begin_sql: &'static str) -> Self {
         Repo { pool, begin_sql }
@@ -280,8 +281,8 @@ where
         for t in &b.new_tasks {
             let row = sqlx::query(
                 "INSERT INTO tasks (team_id, title, description, label_source, centroid, \
-                 centroid_weight, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+                 centroid_weight, created_at_ms, updated_at_ms, actionable) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
             )
             .bind(team)
             .bind(t.title.as_str())
@@ -290,6 +291,7 @@ where
             .bind(centroid_to_bytes(&t.centroid))
             .bind(t.centroid_weight)
             .bind(now)
+            .bind(t.actionable)
             .fetch_one(&mut *tx)
             .await
             .with_context(|| format!("creating task {:?}", t.title))?;
@@ -644,18 +646,17 @@ where
         &self,
         team: i64,
         id: i64,
-        title: &str,
-        description: &str,
-        label_source: LabelSource,
+        label: &crate::labeling::Label,
         now_ms: i64,
     ) -> Result<bool> {
         let res = sqlx::query(
-            "UPDATE tasks SET title = $1, description = $2, label_source = $3, updated_at_ms = $4 \
-             WHERE team_id = $5 AND id = $6",
+            "UPDATE tasks SET title = $1, description = $2, label_source = $3, actionable = $4, \
+             updated_at_ms = $5 WHERE team_id = $6 AND id = $7",
         )
-        .bind(title)
-        .bind(description)
-        .bind(label_source.as_str())
+        .bind(label.title.as_str())
+        .bind(label.description.as_str())
+        .bind(label.source.as_str())
+        .bind(label.actionable)
         .bind(now_ms)
         .bind(team)
         .bind(id)
@@ -822,6 +823,7 @@ where
     f64: for<'r> Decode<'r, DB> + Type<DB>,
     String: for<'r> Decode<'r, DB> + Type<DB>,
     Vec<u8>: for<'r> Decode<'r, DB> + Type<DB>,
+    Option<bool>: for<'r> Decode<'r, DB> + Type<DB>,
 {
     let id: i64 = r.try_get(0)?;
     let label: String = r.try_get(4)?;
@@ -832,6 +834,7 @@ where
         title: r.try_get(2)?,
         description: r.try_get(3)?,
         label_source: label.parse().with_context(|| format!("task {id}"))?,
+        actionable: r.try_get(17)?,
         priority_score: r.try_get(5)?,
         priority_level: r.try_get(6)?,
         impact: r.try_get(7)?,
