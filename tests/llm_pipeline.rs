@@ -1,8 +1,9 @@
 //! LLM labels in the whole pipeline and through the `segclust` binary, against the real HTTP
 //! server of tests/openai_server: a hijacked model changes nothing but label text, labels are
 //! fetched with at most the configured concurrency, a run with nothing configured connects to
-//! nothing, fallback labels are replaced by `relabel` and by a later `run`, and the API key
-//! never reaches a log or the store.
+//! nothing, fallback labels are replaced by `relabel` and by a later `run` (from the stored
+//! link descriptions; the source only for links stored without one), the model's `actionable`
+//! is stored, and the API key never reaches a log or the store.
 
 mod openai_server;
 
@@ -15,6 +16,7 @@ use openai_server::{Reply, Server};
 use segclust::demo::{DemoParams, generate_with_truth};
 use segclust::device::Device;
 use segclust::labeling::config::ApiKey;
+use segclust::labeling::relabel::relabel_team;
 use segclust::labeling::{
     FallbackLabeler, LabelSource, Labeler, LlmConfig, LlmLabeler, MAX_DESCRIPTION_CHARS,
     MAX_TITLE_CHARS,
@@ -156,6 +158,79 @@ async fn a_hijacked_model_changes_only_label_text_and_stays_within_the_bound() {
         injected > 0,
         "the injected descriptions reached the model as data"
     );
+}
+
+/// Links stored before descriptions were kept (content '') get theirs from the source, when
+/// one is given; without one such a Task is skipped, not labelled from nothing.
+#[tokio::test]
+async fn relabel_reads_only_missing_descriptions_from_the_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = run_into(dir.path(), "old.db", &FallbackLabeler).await;
+    let tasks = store.tasks(1).await.expect("tasks");
+    assert!(tasks.len() >= 10, "the demo makes Tasks: {}", tasks.len());
+    store.close().await;
+    // Make the store look like one from before the link descriptions.
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE task_segment_links SET content = ''")
+        .execute(&mut conn)
+        .await
+        .expect("blank the descriptions");
+    <sqlx::SqliteConnection as sqlx::Connection>::close(conn)
+        .await
+        .expect("close");
+
+    let server = Server::start(|i, _| {
+        Reply::label(&json!({
+            "title": format!("Investigate the recurring problem number {i}"),
+            "description": "Users hit this problem repeatedly.",
+            "actionable": true,
+        }))
+    })
+    .await;
+    let llm = LlmLabeler::new(&LlmConfig {
+        base_url: Some(server.base_url()),
+        api_key: Some(ApiKey::new(KEY)),
+        ..LlmConfig::default()
+    })
+    .expect("labeler");
+    let store = Store::connect(&url).await.expect("store");
+    let none = relabel_team(None, &store, &llm, 1, false, NOW)
+        .await
+        .expect("relabel");
+    assert_eq!((none.relabelled, none.no_descriptions), (0, tasks.len()));
+    assert!(server.requests().is_empty(), "nothing to label from");
+
+    let source =
+        Arc::new(Source::open_file(&dir.path().join("segments.parquet"), 1).expect("source"));
+    let r = relabel_team(Some(&source), &store, &llm, 1, false, NOW)
+        .await
+        .expect("relabel");
+    assert_eq!((r.relabelled, r.no_descriptions), (tasks.len(), 0));
+    // The descriptions the model saw are the segments' own, read back by id.
+    let probes: Vec<String> = rows()
+        .into_iter()
+        .map(|r| {
+            r.content
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == ' ')
+                .take(24)
+                .collect::<String>()
+        })
+        .filter(|p| p.len() >= 12)
+        .collect();
+    assert!(!probes.is_empty());
+    assert_eq!(server.requests().len(), tasks.len());
+    for req in server.requests() {
+        let body = req.data().to_string();
+        assert!(
+            probes.iter().any(|p| body.contains(p.as_str())),
+            "a request without any segment description: {body}"
+        );
+    }
+    store.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,15 +434,15 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
     assert!(judged(&db).await.iter().all(|&a| a == Some(true)));
     assert_eq!(up.requests().len(), n);
 
-    // relabel without --only-fallback asks again for every Task.
+    // relabel without --only-fallback asks again for every Task. The links hold the
+    // descriptions, so it needs no source: the segments file is gone.
+    std::fs::rename(&file, format!("{file}.moved")).expect("move the segments file away");
     let out = segclust(
         dir.path(),
         &[
             "relabel",
             "--team",
             "1",
-            "--source",
-            &file,
             "--store",
             &db,
             "--llm-base-url",

@@ -244,7 +244,7 @@ impl Coordinator {
         if self.labeler.is_llm() {
             // Fallback labels of earlier runs (LLM down or failing then) get their LLM label now.
             match relabel_team(
-                &self.source,
+                Some(&self.source),
                 &self.store,
                 self.labeler.as_ref(),
                 team,

@@ -1,9 +1,10 @@
 //! `segclust relabel`: new labels for existing Tasks, from the LLM.
 //!
-//! A Task's links carry each segment's distance to the Task's centroid, so the most central
-//! segments are known without re-clustering; their descriptions are read back from the source by
-//! document id (the store keeps no segment text). The request is then the same as for a new Task:
-//! up to five descriptions from distinct sessions, closest first, and the Task's metrics.
+//! A Task's links carry each segment's distance to the Task's centroid and its description, so
+//! the most central segments and what they say are known without re-clustering or the source.
+//! Only links stored before descriptions were kept (content '') are read back from a source, by
+//! document id, when one is given. The request is then the same as for a new Task: up to five
+//! descriptions from distinct sessions, closest first, and the Task's metrics.
 //!
 //! Only an LLM label is written: when the LLM gives none for a Task, the Task keeps the label it
 //! had (a fallback label stays marked as such, an older LLM label is not downgraded). `run`
@@ -25,17 +26,17 @@ use crate::pipeline::StoreArgs;
 use crate::source::Source;
 use crate::store::{Link, Store, Task};
 
-/// Links looked at per Task: more than [`MAX_DESCRIPTIONS`] in case some rows are gone from the
-/// source.
+/// Links looked at per Task: more than [`MAX_DESCRIPTIONS`] in case some have no description.
 const CANDIDATES_PER_TASK: usize = 4 * MAX_DESCRIPTIONS;
 
 #[derive(Args, Debug)]
 pub struct RelabelArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Segments file the Tasks were made from (their descriptions are read from it).
-    #[arg(long, env = "SEGCLUST_SOURCE", default_value = "segments.parquet")]
-    pub source: PathBuf,
+    /// Segments file the Tasks were made from. Needed only for stores older than the link
+    /// descriptions (links made then have none; they are read back from this file by id).
+    #[arg(long, env = "SEGCLUST_SOURCE")]
+    pub source: Option<PathBuf>,
     /// Team whose Tasks are relabelled.
     #[arg(long, default_value_t = 1)]
     pub team: i64,
@@ -59,14 +60,15 @@ pub struct RelabelReport {
     pub relabelled: usize,
     /// Tasks that kept their label because the LLM gave none.
     pub kept: usize,
-    /// Tasks none of whose segments the source still has.
+    /// Tasks with no description to label from (old links, and no source that still has them).
     pub no_descriptions: usize,
 }
 
 /// Relabels the team's Tasks (only fallback-labelled ones with `only_fallback`) with `labeler`,
-/// which should be an LLM labeler: only LLM labels are written.
+/// which should be an LLM labeler: only LLM labels are written. `source` serves only links
+/// stored without their description.
 pub async fn relabel_team(
-    source: &Arc<Source>,
+    source: Option<&Arc<Source>>,
     store: &Store,
     labeler: &impl Labeler,
     team: i64,
@@ -91,26 +93,37 @@ pub async fn relabel_team(
     for t in &tasks {
         candidates.push(central_links(store.links(team, t.id).await?));
     }
-    let ids: Vec<String> = candidates
+    let missing: Vec<String> = candidates
         .iter()
         .flatten()
+        .filter(|l| l.content.trim().is_empty())
         .map(|l| l.document_id.clone())
         .collect();
-    let page = source.read_by_ids(team, &ids).await?;
-    let content: HashMap<String, String> = page
-        .rows
-        .into_iter()
-        .map(|r| (r.document_id, r.content))
-        .collect();
+    let from_source: HashMap<String, String> = match source {
+        Some(source) if !missing.is_empty() => source
+            .read_by_ids(team, &missing)
+            .await?
+            .rows
+            .into_iter()
+            .map(|r| (r.document_id, r.content))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let description = |l: &Link| -> Option<String> {
+        let d = if l.content.trim().is_empty() {
+            from_source.get(&l.document_id)?
+        } else {
+            &l.content
+        };
+        (!d.trim().is_empty()).then(|| d.clone())
+    };
 
     let mut chosen: Vec<(&Task, LabelRequest)> = Vec::new();
     for (task, links) in tasks.iter().zip(&candidates) {
         let descriptions: Vec<String> = links
             .iter()
-            .filter_map(|l| content.get(&l.document_id))
-            .filter(|d| !d.trim().is_empty())
+            .filter_map(description)
             .take(MAX_DESCRIPTIONS)
-            .cloned()
             .collect();
         if descriptions.is_empty() {
             report.no_descriptions += 1;
@@ -165,23 +178,37 @@ pub async fn relabel_cmd(a: RelabelArgs) -> Result<ExitCode> {
              server, or an API key in SEGCLUST_LLM_API_KEY / OPENAI_API_KEY for OpenAI"
         );
     }
-    let source = Arc::new(Source::open_file(&a.source, a.team)?);
+    let source = match &a.source {
+        Some(path) => Some(Arc::new(Source::open_file(path, a.team)?)),
+        None => None,
+    };
     let store = Store::connect(&a.store.store).await?;
     let now = a
         .now_ms
         .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
-    let r = relabel_team(&source, &store, &labeler, a.team, a.only_fallback, now).await?;
+    let r = relabel_team(
+        source.as_ref(),
+        &store,
+        &labeler,
+        a.team,
+        a.only_fallback,
+        now,
+    )
+    .await?;
     labeler.log_stats();
-    println!(
+    crate::outln!(
         "team {}: {} of {} Tasks relabelled, {} kept their label (the LLM gave none), {} skipped \
-         (none of their segments is in {})",
+         (no description stored{})",
         r.team_id,
         r.relabelled,
         r.considered,
         r.kept,
         r.no_descriptions,
-        a.source.display()
-    );
+        match &a.source {
+            Some(p) => format!(" or in {}", p.display()),
+            None => " and no --source given".to_string(),
+        }
+    )?;
     Ok(if r.kept == 0 {
         ExitCode::SUCCESS
     } else {
