@@ -204,7 +204,7 @@ async fn relabel_reads_only_missing_descriptions_from_the_source() {
     assert!(server.requests().is_empty(), "nothing to label from");
 
     let source =
-        Arc::new(Source::open_file(&dir.path().join("segments.parquet"), 1).expect("source"));
+        Arc::new(Source::open_file(dir.path().join("segments.parquet"), 1).expect("source"));
     let r = relabel_team(Some(&source), &store, &llm, 1, false, NOW)
         .await
         .expect("relabel");
