@@ -21,9 +21,9 @@
 //! How a scan runs (`scan`): per pair of leaves (q, r), leaf-level bounds pick the queries of q
 //! that may find something in r; those go in groups of six, sorted by distance to r's centre,
 //! over the union of their contiguous pivot ranges, through `Kernels::panel`: six queries by a
-//! panel of 16 rows stored dimension-major, a GEMM micro-kernel's shape (AVX2+FMA intrinsics
-//! where the CPU has them). It replaced a 4 x 2 kernel on differences, which ran at about 7 of
-//! 16 possible pair-dimensions per cycle. Per-candidate bounds were tried and dropped: on 50,000
+//! panel of 16 rows stored dimension-major, a GEMM micro-kernel's shape (AVX-512 or AVX2+FMA
+//! intrinsics, whichever the CPU has). It replaced a 4 x 2 kernel on differences, which ran at
+//! about 7 of 16 possible pair-dimensions per cycle. Per-candidate bounds were tried and dropped: on 50,000
 //! clustered rows they kept 95% of the kNN candidates, and testing them cost more than the
 //! distances they saved.
 
@@ -225,15 +225,14 @@ fn panel_generic<const FMA: bool>(
     pn: &[f32],
 ) -> [u32; GROUP] {
     let mut out = [0u32; GROUP];
-    let np = (pn.len() / LANES).min(2);
+    let np = pn.len() / LANES;
+    // A u32 mask holds two panels; `scan` never asks for more.
+    debug_assert!(np <= 2, "{np} panels in one call");
     let Some(per) = panels.len().checked_div(np) else {
         return out;
     };
-    for (j, (panel, pn)) in panels
-        .chunks_exact(per)
-        .zip(pn.chunks_exact(LANES))
-        .enumerate()
-    {
+    let pairs = panels.chunks_exact(per).zip(pn.chunks_exact(LANES));
+    for (j, (panel, pn)) in pairs.take(2).enumerate() {
         let (rows, _) = panel.as_chunks::<LANES>();
         for (((o, q), &n), &t) in out.iter_mut().zip(qs).zip(qn).zip(th) {
             let mut acc = [0f32; LANES];
