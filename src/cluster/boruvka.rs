@@ -107,12 +107,12 @@ pub fn mst(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
     }
     let ix = LeafIndex::build(x)?;
     let k = LIST_K.max(m - 1).min(n - 1);
-    let mut memo = PairMemo::new(&ix);
-    let nn = knn_positions(&ix, k, &mut memo);
+    let memo = PairMemo::new(&ix);
+    let nn = knn_positions(&ix, k, &memo);
     let core: Vec<f64> = (0..n)
         .map(|p| if m == 1 { 0.0 } else { nn.dist[p * k + m - 2] })
         .collect();
-    let mut edges: Vec<MstEdge> = boruvka(&ix, &nn, &core, &mut memo)
+    let mut edges: Vec<MstEdge> = boruvka(&ix, &nn, &core, &memo)
         .into_iter()
         .map(|c| MstEdge {
             a: ix.perm[c.lo as usize],
@@ -183,7 +183,7 @@ impl UnionFind {
 }
 
 /// The Boruvka rounds, in position space.
-fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64], memo: &mut PairMemo) -> Vec<Cand> {
+fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64], memo: &PairMemo) -> Vec<Cand> {
     let n = ix.n;
     let nl = ix.leaves();
     let k = nn.k;
@@ -282,10 +282,9 @@ fn boruvka(ix: &LeafIndex, nn: &PositionKnn, core: &[f64], memo: &mut PairMemo) 
         };
         let found: Vec<(Cand, f64)> = by_leaf
             .par_iter()
-            .zip(memo.rows_mut())
             .enumerate()
-            .filter(|(_, (v, _))| !v.is_empty())
-            .flat_map_iter(|(q, (pts, memo))| {
+            .filter(|(_, v)| !v.is_empty())
+            .flat_map_iter(|(q, pts)| {
                 let start: Vec<Cand> = pts.iter().map(|&p| known[p as usize].0).collect();
                 search_leaf(ix, q, pts, &start, &ctx, memo)
             })
@@ -336,7 +335,7 @@ fn search_leaf(
     pts: &[u32],
     start: &[Cand],
     ctx: &Context<'_>,
-    memo: &mut [[f64; 2]],
+    memo: &PairMemo,
 ) -> Vec<(Cand, f64)> {
     let comp_best = ctx.comp_best;
     let best = start.to_vec();
