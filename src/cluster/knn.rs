@@ -326,6 +326,28 @@ mod simd {
         super::sq4_generic::<true>(q, r)
     }
 
+    /// The dimension of the `p` panels in `panels` when the arguments fit a kernel for `m`
+    /// queries, so that its unchecked loads stay in bounds; None sends the call to the portable
+    /// kernel.
+    fn panel_dims(
+        qs: &[&[f32]],
+        qn: &[f32],
+        th: &[f32],
+        panels: &[f32],
+        pn: &[f32],
+        m: usize,
+        p: usize,
+    ) -> Option<usize> {
+        let d = panels.len() / (p * super::LANES);
+        let fits = pn.len() == p * super::LANES
+            && panels.len() == d * p * super::LANES
+            && qs.len() >= m
+            && qn.len() >= m
+            && th.len() >= m
+            && qs.iter().take(m).all(|q| q.len() >= d);
+        fits.then_some(d)
+    }
+
     /// `Kernels::panel` with AVX2 intrinsics, for `M` queries and one panel (the accumulators
     /// must stay in registers, so the count is a constant).
     #[target_feature(enable = "avx2,fma")]
@@ -338,15 +360,9 @@ mod simd {
     ) -> [u32; super::GROUP] {
         use super::LANES;
         use std::arch::x86_64::*;
-        let d = panel.len() / LANES;
-        if pn.len() != LANES
-            || qs.len() < M
-            || qn.len() < M
-            || th.len() < M
-            || qs.iter().take(M).any(|q| q.len() < d)
-        {
+        let Some(d) = panel_dims(qs, qn, th, panel, pn, M, 1) else {
             return super::panel_generic::<true>(qs, qn, th, panel, pn);
-        }
+        };
         let q: [*const f32; M] = std::array::from_fn(|i| qs[i].as_ptr());
         let p = panel.as_ptr();
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
@@ -421,16 +437,9 @@ mod simd {
     ) -> [u32; super::GROUP] {
         use super::LANES;
         use std::arch::x86_64::*;
-        let d = panels.len() / (P * LANES);
-        if pn.len() != P * LANES
-            || panels.len() != d * P * LANES
-            || qs.len() < M
-            || qn.len() < M
-            || th.len() < M
-            || qs.iter().take(M).any(|q| q.len() < d)
-        {
+        let Some(d) = panel_dims(qs, qn, th, panels, pn, M, P) else {
             return super::panel_generic::<true>(qs, qn, th, panels, pn);
-        }
+        };
         let q: [*const f32; M] = std::array::from_fn(|i| qs[i].as_ptr());
         let p = panels.as_ptr();
         let mut acc = [[_mm512_setzero_ps(); P]; M];
