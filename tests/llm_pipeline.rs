@@ -268,31 +268,20 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).to_string()
 }
 
-/// Each Task's stored `actionable`.
-async fn judged(db: &str) -> Vec<Option<bool>> {
+/// The team's Tasks as stored in `db`.
+async fn stored_tasks(db: &str) -> Vec<Task> {
     let store = Store::connect(db).await.expect("store");
-    let v = store
-        .tasks(1)
-        .await
-        .expect("tasks")
-        .iter()
-        .map(|t| t.actionable)
-        .collect();
+    let tasks = store.tasks(1).await.expect("tasks");
     store.close().await;
-    v
+    tasks
 }
 
 async fn sources(db: &str) -> Vec<LabelSource> {
-    let store = Store::connect(db).await.expect("store");
-    let s = store
-        .tasks(1)
+    stored_tasks(db)
         .await
-        .expect("tasks")
         .iter()
         .map(|t| t.label_source)
-        .collect();
-    store.close().await;
-    s
+        .collect()
 }
 
 #[tokio::test]
@@ -430,8 +419,9 @@ async fn fallback_labels_are_replaced_by_relabel_and_by_a_later_run_and_the_key_
         "{}",
         text(&out.stderr)
     );
-    assert!(sources(&db).await.iter().all(|&s| s == LabelSource::Llm));
-    assert!(judged(&db).await.iter().all(|&a| a == Some(true)));
+    let tasks = stored_tasks(&db).await;
+    assert!(tasks.iter().all(|t| t.label_source == LabelSource::Llm));
+    assert!(tasks.iter().all(|t| t.actionable == Some(true)));
     assert_eq!(up.requests().len(), n);
 
     // relabel without --only-fallback asks again for every Task. The links hold the
