@@ -107,7 +107,13 @@ impl Device {
         if x.rows() < cluster::MIN_ROWS_TO_CLUSTER {
             return Ok(Clustering::all_noise(x.rows()));
         }
-        if let Some(gpu) = &self.gpu {
+        // Up to PRIM_MAX_ROWS the CPU's Prim MST costs less than a launch, and its order of
+        // equal-weight merges is scikit-learn's, so small batches never leave the host.
+        if let Some(gpu) = self
+            .gpu
+            .as_ref()
+            .filter(|_| x.rows() > cluster::PRIM_MAX_ROWS)
+        {
             match gpu.mst(x, params.min_samples) {
                 Ok(mst) => return Ok(cluster::labels_from_mst(x.rows(), mst, params)),
                 Err(e) => self.fell_back("HDBSCAN", &e),

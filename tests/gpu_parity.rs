@@ -25,10 +25,12 @@ fn kernels_compile_with_nvrtc() {
     for cc in [(9, 0), (8, 0)] {
         let ptx = compile_kernels(Some(cc)).unwrap_or_else(|e| panic!("NVRTC from {dir}: {e:#}"));
         let src = ptx.to_src();
-        assert!(
-            src.contains(".entry nearest_candidates"),
-            "PTX lacks the kernel entry"
-        );
+        for entry in ["nearest_candidates", "leaf_candidates"] {
+            assert!(
+                src.contains(&format!(".entry {entry}")),
+                "PTX lacks the kernel entry {entry}"
+            );
+        }
         assert!(
             src.contains(&format!(".target sm_{}{}", cc.0, cc.1)),
             "PTX for the wrong target"

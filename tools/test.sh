@@ -35,6 +35,13 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
   else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
 fi
 
+# tests/gpu_emu.rs compiles the CUDA kernels for the CPU with the system C++ compiler (C++20).
+if ! command -v "${CXX:-c++}" >/dev/null; then
+  echo "tools/test.sh: installing g++ (Debian package) for the GPU kernel emulator tests"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq g++
+  else sudo apt-get update -qq && sudo apt-get install -y -qq g++; fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tools/test.sh: installing cargo-nextest"
   cargo install cargo-nextest --locked

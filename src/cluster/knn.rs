@@ -952,7 +952,7 @@ pub(crate) fn scan<S>(
 /// follows the gaps between clusters instead of cutting through them (a leaf straddling two
 /// clusters has a radius that defeats every bound). A split that leaves one side nearly empty
 /// (outliers) falls back to the median along the line between the two means.
-fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>> {
+pub(crate) fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> Vec<Vec<u32>> {
     if idx.len() <= leaf {
         return vec![idx];
     }

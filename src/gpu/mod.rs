@@ -1,5 +1,6 @@
-//! CUDA backend: randomized PCA on cuBLAS and the exact mutual-reachability MST with
-//! brute-force NVRTC kernels, for `crate::device::Device`.
+//! CUDA backend: randomized PCA on cuBLAS and the exact mutual-reachability MST with NVRTC
+//! kernels (a leaf-pruned search, and brute force for what it leaves open), for
+//! `crate::device::Device`.
 //!
 //! Why it is shaped this way:
 //! - cudarc loads libcuda, NVRTC and cuBLAS at run time, so one binary runs on machines with
@@ -15,8 +16,13 @@
 //!   seed, power iterations re-orthonormalized, small SVD on the host, `svd_flip`-like signs),
 //!   so CPU and GPU scores agree to float tolerance.
 
-mod mst;
+mod launch;
+pub mod leaves;
+pub mod mst;
 mod pca;
+
+pub use leaves::{LeafParams, LeafTables};
+pub use mst::{GpuMstParams, LeafFound, NearestKernels, mst_with};
 
 use crate::cluster::MstEdge;
 use crate::matrix::Matrix;
@@ -27,13 +33,13 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::sync::{Arc, Mutex};
 
-/// CUDA C++ source of the kernels, compiled by NVRTC when the GPU is opened.
-pub const KERNEL_SOURCE: &str = include_str!("../../kernels/nearest.cu");
-
-/// Most candidates one query may keep (`MAX_KEEP` in the kernel).
-pub(crate) const MAX_KEEP: usize = 64;
-/// Threads per block (`BLOCK` in the kernel; the kernel itself works with any block size).
-pub(crate) const BLOCK: u32 = 128;
+/// CUDA C++ source of the kernels, one translation unit, compiled by NVRTC when the GPU is
+/// opened (tests/kernel_emu/emu.cpp compiles the same files for the CPU).
+pub const KERNEL_SOURCE: &str = concat!(
+    include_str!("../../kernels/nearest.cu"),
+    "\n",
+    include_str!("../../kernels/leaf_search.cu")
+);
 
 /// Compiles the kernels to PTX with NVRTC. Needs only the NVRTC library, no GPU or driver, so
 /// tools/check_kernels.sh can check the run-time compile path on a machine without a GPU.
@@ -49,14 +55,14 @@ pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
     let (major, minor) = compute_capability.unwrap_or((9, 0));
     let opts = CompileOptions {
         options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
-        name: Some("nearest.cu".to_string()),
+        name: Some("segclust_kernels.cu".to_string()),
         ..Default::default()
     };
     let compiled =
         std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, opts))
-            .map_err(|_| anyhow!("NVRTC panicked while compiling kernels/nearest.cu"))?;
+            .map_err(|_| anyhow!("NVRTC panicked while compiling kernels/*.cu"))?;
     compiled.map_err(|e| {
-        anyhow!("NVRTC could not compile kernels/nearest.cu for compute_{major}{minor}: {e:?}")
+        anyhow!("NVRTC could not compile kernels/*.cu for compute_{major}{minor}: {e:?}")
     })
 }
 
@@ -74,6 +80,7 @@ pub(crate) struct Inner {
     /// None when libcublas is missing: the MST still runs on the GPU, PCA falls back.
     pub(crate) blas: Option<CudaBlas>,
     pub(crate) nearest: CudaFunction,
+    pub(crate) leaf: CudaFunction,
 }
 
 impl Gpu {
@@ -98,6 +105,9 @@ impl Gpu {
         let nearest = module
             .load_function("nearest_candidates")
             .map_err(|e| anyhow!("kernel nearest_candidates missing from the module: {e:?}"))?;
+        let leaf = module
+            .load_function("leaf_candidates")
+            .map_err(|e| anyhow!("kernel leaf_candidates missing from the module: {e:?}"))?;
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
@@ -122,6 +132,7 @@ impl Gpu {
                 stream,
                 blas,
                 nearest,
+                leaf,
             }),
         })
     }
@@ -137,7 +148,8 @@ impl Gpu {
 
     pub fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
         let inner = self.lock()?;
-        mst::mst(&inner, x, min_samples).context("GPU MST")
+        let mut dev = launch::CudaKernels::new(&inner);
+        mst_with(&mut dev, x, min_samples, &GpuMstParams::default()).context("GPU MST")
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {

@@ -1,26 +1,85 @@
-//! Exact mutual-reachability MST: GPU candidates, f64 proofs on the host, Boruvka rounds.
+//! Exact mutual-reachability MST: device candidates, f64 proofs on the host, Boruvka rounds.
 //!
-//! Every f32 key from the kernel has a relative error below `REL_ERR` (see `rel_err`), so a
-//! query's last kept key bounds, from below, the exact key of every candidate it did not keep.
-//! That bound, not the f32 answer, is what decides whether a result is proven; unproven
-//! points are computed exactly on the host. Ties: any minimum-weight edge is accepted; the
-//! union-find skips an edge that would close a cycle (only possible among equal weights).
+//! The device only ever proposes *candidates*: every f32 key has a relative error below
+//! `rel_err`, so a query's last kept key bounds, from below, the exact key of every row it
+//! visited and did not keep, and the leaf kernel reports a listed bound for every row it did not
+//! visit. Those bounds, not the f32 answers, decide whether a result is proven. What the leaf
+//! search cannot prove goes to the brute-force kernel, and what that cannot prove is computed
+//! exactly on the host. Ties: any minimum-weight edge is accepted; the union-find skips an edge
+//! that would close a cycle (only possible among equal weights).
+//!
+//! The algorithm is written against `NearestKernels`, so the same host code runs with CUDA
+//! (`CudaKernels`) and, in tests/gpu_emu.rs, with the same kernel source compiled for the CPU.
 
-use super::{BLOCK, Inner, MAX_KEEP, check_finite};
+use super::check_finite;
+use super::leaves::{LeafParams, LeafTables, MAX_LEAF};
 use crate::cluster::MstEdge;
 use crate::cluster::boruvka::{Cand, NONE, UnionFind};
 use crate::matrix::Matrix;
-use anyhow::{Result, anyhow, bail};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use anyhow::{Result, bail};
 use rayon::prelude::*;
 
-/// Queries per launch: bounds one launch's run time and its output buffers.
+/// Most candidates one query may keep (`MAX_KEEP` and `LS_MAX_KEEP` in the kernels).
+pub const MAX_KEEP: usize = 64;
+/// Threads per block of `nearest_candidates` (the kernel works with any block size).
+pub const BLOCK: u32 = 128;
+/// Queries per brute-force launch: bounds one launch's run time and its output buffers.
 const QUERY_CHUNK: usize = 1 << 16;
-/// Candidates kept per query in Boruvka rounds.
-const BORUVKA_KEEP: usize = 8;
+/// Query leaves per leaf-search launch, for the same reason.
+const LEAF_CHUNK: usize = 4096;
 /// Extra neighbours fetched beyond what the core distance needs: they let more points prove
 /// their Boruvka edge from the kNN list alone.
 const KNN_EXTRA: usize = 8;
+
+/// The device side of the MST: two candidate kernels over rows loaded once per batch.
+/// Outputs are ascending per query; `-1` indices mark empty or sentinel slots.
+pub trait NearestKernels {
+    /// Loads the rows (n x d, row-major, in position order) and the leaf tables.
+    fn load(&mut self, rows: &[f32], d: usize, leaves: &LeafTables) -> Result<()>;
+    /// The Boruvka state used by later calls with `boruvka = true`: component per position,
+    /// squared core distances, and per leaf the one component of all its rows or -1.
+    fn set_components(&mut self, comp: &[i32], core2: &[f32], leaf_comp: &[i32]) -> Result<()>;
+    /// `leaf_candidates` (kernels/leaf_search.cu) for `qleaves`; `cutoff2` has one value per
+    /// position. Keys and indices come `MAX_LEAF * keep` per query leaf, `unseen2` `MAX_LEAF`.
+    fn leaf_candidates(
+        &mut self,
+        qleaves: &[i32],
+        cutoff2: &[f32],
+        boruvka: bool,
+        keep: usize,
+    ) -> Result<LeafFound>;
+    /// `nearest_candidates` (kernels/nearest.cu): `keep` keys and indices per query position.
+    fn nearest_candidates(
+        &mut self,
+        queries: &[i32],
+        boruvka: bool,
+        keep: usize,
+    ) -> Result<(Vec<f32>, Vec<i32>)>;
+}
+
+/// What `leaf_candidates` returns (see `NearestKernels::leaf_candidates`).
+pub struct LeafFound {
+    pub keys: Vec<f32>,
+    pub idx: Vec<i32>,
+    pub unseen2: Vec<f32>,
+}
+
+/// Tuning of the GPU MST; the answer does not depend on it, only the work does.
+#[derive(Clone, Debug)]
+pub struct GpuMstParams {
+    pub leaves: LeafParams,
+    /// Candidates kept per query in Boruvka rounds.
+    pub boruvka_keep: usize,
+}
+
+impl Default for GpuMstParams {
+    fn default() -> Self {
+        Self {
+            leaves: LeafParams::default(),
+            boruvka_keep: 4,
+        }
+    }
+}
 
 /// Relative error bound of an f32 squared distance over `d` dimensions (each difference and
 /// square rounds, then `d` additions), doubled for safety.
@@ -33,6 +92,16 @@ fn lower(key: f32, rel: f64) -> f64 {
     (f64::from(key) * (1.0 - rel)).max(0.0)
 }
 
+/// The smallest f32 cutoff whose `lower` is still at least `w2`: keys at or above it cannot
+/// belong to an edge lighter than `w2`.
+fn cutoff_above(w2: f64, rel: f64) -> f32 {
+    if !w2.is_finite() {
+        return f32::INFINITY;
+    }
+    let c = (w2 * (1.0 + 3.0 * rel)) as f32;
+    c.next_up()
+}
+
 fn dist2(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
@@ -43,76 +112,8 @@ fn dist2(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
-/// One point's kNN result: neighbours (index, exact distance) ascending, its exact core
-/// distance, and a lower bound on the distance of every point not in the list.
-type KnnRow = (Vec<(u32, f64)>, f64, f64);
-
-/// Runs the candidate kernel for `queries`, `keep` candidates each; returns (keys, indices),
-/// `queries.len() * keep` each, ascending per query.
-fn candidates(
-    g: &Inner,
-    x_dev: &CudaSlice<f32>,
-    n: usize,
-    d: usize,
-    queries: &[i32],
-    comp_core: Option<(&CudaSlice<i32>, &CudaSlice<f32>)>,
-    keep: usize,
-) -> Result<(Vec<f32>, Vec<i32>)> {
-    let mut keys = Vec::with_capacity(queries.len() * keep);
-    let mut idx = Vec::with_capacity(queries.len() * keep);
-    let (n_i, d_i, keep_i) = (to_i32(n)?, to_i32(d)?, to_i32(keep)?);
-    let null: u64 = 0;
-    for chunk in queries.chunks(QUERY_CHUNK) {
-        let nq = chunk.len();
-        let nq_i = to_i32(nq)?;
-        let q_dev = g
-            .stream
-            .clone_htod(chunk)
-            .map_err(|e| anyhow!("uploading {nq} query indices: {e:?}"))?;
-        let mut out_key = g
-            .stream
-            .alloc_zeros::<f32>(nq * keep)
-            .map_err(|e| anyhow!("allocating candidate keys: {e:?}"))?;
-        let mut out_idx = g
-            .stream
-            .alloc_zeros::<i32>(nq * keep)
-            .map_err(|e| anyhow!("allocating candidate indices: {e:?}"))?;
-        let cfg = LaunchConfig {
-            grid_dim: (nq.div_ceil(BLOCK as usize) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = g.stream.launch_builder(&g.nearest);
-        b.arg(x_dev).arg(&n_i).arg(&d_i).arg(&q_dev).arg(&nq_i);
-        match comp_core {
-            Some((comp, core2)) => {
-                b.arg(comp).arg(core2);
-            }
-            None => {
-                b.arg(&null).arg(&null);
-            }
-        }
-        b.arg(&keep_i).arg(&mut out_key).arg(&mut out_idx);
-        // SAFETY: the argument list matches nearest_candidates' signature (pointers as device
-        // slices or a null u64, ints as i32), and every buffer has the length the kernel indexes.
-        unsafe { b.launch(cfg) }
-            .map_err(|e| anyhow!("launching nearest_candidates ({nq} queries): {e:?}"))?;
-        keys.extend(
-            g.stream
-                .clone_dtoh(&out_key)
-                .map_err(|e| anyhow!("nearest_candidates failed or download failed: {e:?}"))?,
-        );
-        idx.extend(
-            g.stream
-                .clone_dtoh(&out_idx)
-                .map_err(|e| anyhow!("downloading candidate indices: {e:?}"))?,
-        );
-    }
-    Ok((keys, idx))
-}
-
 fn to_i32(v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| anyhow!("size {v} exceeds the kernels' 32-bit indices"))
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("size {v} exceeds the kernels' 32-bit indices"))
 }
 
 /// Exact k-th smallest squared distance from row `p` (k >= 1, the point itself counted).
@@ -139,8 +140,153 @@ fn exact_min_edge(x: &Matrix, core: &[f64], comp: &[u32], p: usize) -> Cand {
     best
 }
 
-/// The exact MST of the mutual-reachability graph (`min_samples` counts the point itself).
-pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+/// One query's candidates: (position, f32 key) ascending, and what bounds every row not among
+/// them: every visited row left out has a key of at least `last` (up to its rounding), every
+/// row not visited a squared distance of at least `unseen2`.
+struct Found {
+    list: Vec<(usize, f32)>,
+    last: f32,
+    /// The kernel's bound on the rows it did not visit.
+    unseen2: f32,
+}
+
+impl Found {
+    fn unseen2(&self, rel: f64) -> f64 {
+        lower(self.last, rel).min(f64::from(self.unseen2))
+    }
+}
+
+/// Runs the leaf search for the leaves holding `queries` (positions); returns one `Found`
+/// per query, in the order of `queries`.
+fn leaf_search<K: NearestKernels + ?Sized>(
+    dev: &mut K,
+    t: &LeafTables,
+    leaf_of: &[u32],
+    queries: &[usize],
+    cutoff2: &[f32],
+    boruvka: bool,
+    keep: usize,
+) -> Result<Vec<Found>> {
+    let mut qleaves: Vec<u32> = queries.iter().map(|&p| leaf_of[p]).collect();
+    qleaves.sort_unstable();
+    qleaves.dedup();
+    // Where each query leaf's block landed: (launch, block).
+    let mut slot_of_leaf = vec![(usize::MAX, 0usize); t.leaves()];
+    let mut outs = Vec::new();
+    for (ci, chunk) in qleaves.chunks(LEAF_CHUNK).enumerate() {
+        let ql: Vec<i32> = chunk.iter().map(|&l| l as i32).collect();
+        let out = dev.leaf_candidates(&ql, cutoff2, boruvka, keep)?;
+        if out.keys.len() != ql.len() * MAX_LEAF * keep
+            || out.idx.len() != out.keys.len()
+            || out.unseen2.len() != ql.len() * MAX_LEAF
+        {
+            bail!("leaf_candidates returned buffers of the wrong size");
+        }
+        for (b, &l) in chunk.iter().enumerate() {
+            slot_of_leaf[l as usize] = (ci, b);
+        }
+        outs.push(out);
+    }
+    let n = leaf_of.len();
+    queries
+        .iter()
+        .map(|&p| {
+            let l = leaf_of[p] as usize;
+            let (ci, b) = slot_of_leaf[l];
+            let out = &outs[ci];
+            let s = b * MAX_LEAF + (p - t.start[l] as usize);
+            let ks = &out.keys[s * keep..(s + 1) * keep];
+            let is = &out.idx[s * keep..(s + 1) * keep];
+            let mut list = Vec::with_capacity(keep);
+            for (&q, &k) in is.iter().zip(ks) {
+                if q >= 0 {
+                    if q as usize >= n {
+                        bail!("leaf_candidates returned row {q} of {n}");
+                    }
+                    list.push((q as usize, k));
+                }
+            }
+            Ok(Found {
+                list,
+                // A real row, or the cutoff sentinel (infinite in kNN) the list started with.
+                last: ks[keep - 1],
+                unseen2: out.unseen2[s],
+            })
+        })
+        .collect()
+}
+
+/// `nearest_candidates` over `queries` in launches of `QUERY_CHUNK`; one `Found` per query
+/// (the brute-force kernel visits every row, so only the last key bounds the rest).
+fn brute_search<K: NearestKernels + ?Sized>(
+    dev: &mut K,
+    n: usize,
+    queries: &[usize],
+    boruvka: bool,
+    keep: usize,
+) -> Result<Vec<Found>> {
+    let mut found = Vec::with_capacity(queries.len());
+    for chunk in queries.chunks(QUERY_CHUNK) {
+        let q: Vec<i32> = chunk.iter().map(|&p| to_i32(p)).collect::<Result<_>>()?;
+        let (keys, idx) = dev.nearest_candidates(&q, boruvka, keep)?;
+        if keys.len() != q.len() * keep || idx.len() != keys.len() {
+            bail!("nearest_candidates returned buffers of the wrong size");
+        }
+        for t in 0..q.len() {
+            let (ks, is) = (
+                &keys[t * keep..(t + 1) * keep],
+                &idx[t * keep..(t + 1) * keep],
+            );
+            let mut list = Vec::with_capacity(keep);
+            for (&r, &k) in is.iter().zip(ks) {
+                if r >= 0 {
+                    if r as usize >= n {
+                        bail!("nearest_candidates returned row {r} of {n}");
+                    }
+                    list.push((r as usize, k));
+                }
+            }
+            found.push(Found {
+                list,
+                last: ks[keep - 1],
+                unseen2: f32::INFINITY,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// One point's kNN result: neighbours (position, exact distance) ascending, its exact core
+/// distance, and a lower bound on the distance of every point not in the list.
+type KnnRow = (Vec<(u32, f64)>, f64, f64);
+
+/// Turns candidates into a proven kNN row, or None when the bounds cannot prove the core.
+fn prove_knn(x: &Matrix, p: usize, f: &Found, min_samples: usize, rel: f64) -> Option<KnnRow> {
+    let mut list: Vec<(u32, f64)> = f
+        .list
+        .iter()
+        .map(|&(q, _)| (q as u32, dist2(x.row(p), x.row(q))))
+        .collect();
+    list.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let unseen2 = f.unseen2(rel);
+    if list.len() < min_samples || list[min_samples - 1].1 > unseen2 {
+        return None;
+    }
+    let core = list[min_samples - 1].1.sqrt();
+    for e in &mut list {
+        e.1 = e.1.sqrt();
+    }
+    Some((list, core, unseen2.sqrt()))
+}
+
+/// The exact MST of the mutual-reachability graph (`min_samples` counts the point itself),
+/// with the candidate kernels of `dev`. Edges are in the caller's row numbers.
+pub fn mst_with<K: NearestKernels + ?Sized>(
+    dev: &mut K,
+    x: &Matrix,
+    min_samples: usize,
+    params: &GpuMstParams,
+) -> Result<Vec<MstEdge>> {
     let (n, d) = (x.rows(), x.cols());
     if n < 2 {
         return Ok(Vec::new());
@@ -151,55 +297,60 @@ pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEd
             MAX_KEEP - KNN_EXTRA
         );
     }
+    if !(1..=MAX_KEEP).contains(&params.boruvka_keep) {
+        bail!("boruvka_keep must be within 1..={MAX_KEEP}");
+    }
     check_finite(x)?;
-    let k = (min_samples.max(16) + KNN_EXTRA).min(MAX_KEEP).min(n);
-    let mem = n * d * 4 + n * 8 + QUERY_CHUNK.min(n) * (MAX_KEEP * 8 + 4);
-    g.ensure_free(mem, &format!("the MST of {n} x {d}"))?;
+    to_i32(n)?;
+    // As on the CPU (scikit-learn): more samples than rows means all of them.
+    let min_samples = min_samples.min(n);
+    let tables = LeafTables::build(x, &params.leaves)?;
+    let leaf_of = tables.leaf_of_positions();
+    let mut rows = Vec::with_capacity(n * d);
+    for &r in &tables.perm {
+        rows.extend_from_slice(x.row(r as usize));
+    }
+    // From here on everything is by position; `tables.perm` maps back at the end.
+    let x = Matrix::new(n, d, rows)?;
+    dev.load(x.as_slice(), d, &tables)?;
     let rel = rel_err(d);
-    let x_dev = g
-        .stream
-        .clone_htod(x.as_slice())
-        .map_err(|e| anyhow!("uploading {n} x {d} rows: {e:?}"))?;
+    let k = (min_samples.max(16) + KNN_EXTRA).min(MAX_KEEP).min(n);
 
-    // 1. k nearest neighbours and core distances, proven or recomputed exactly.
-    let all: Vec<i32> = (0..to_i32(n)?).collect();
-    let (keys, idx) = candidates(g, &x_dev, n, d, &all, None, k)?;
-    let knn: Vec<KnnRow> = (0..n)
-        .into_par_iter()
-        .map(|p| {
-            let ks = &keys[p * k..(p + 1) * k];
-            let is = &idx[p * k..(p + 1) * k];
-            let mut list: Vec<(u32, f64)> = is
-                .iter()
-                .filter(|&&q| q >= 0)
-                .map(|&q| (q as u32, dist2(x.row(p), x.row(q as usize))))
-                .collect();
-            list.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-            let unseen2 = if k == n {
-                f64::INFINITY
-            } else {
-                lower(ks[k - 1], rel)
-            };
-            let (core2, unseen2) =
-                if list.len() >= min_samples && list[min_samples - 1].1 <= unseen2 {
-                    (list[min_samples - 1].1, unseen2)
-                } else {
-                    // Not proven (ties at the boundary): exact core, and the list proves nothing.
-                    (exact_kth2(x, p, min_samples), 0.0)
-                };
-            for e in &mut list {
-                e.1 = e.1.sqrt();
-            }
-            (list, core2.sqrt(), unseen2.sqrt())
-        })
+    // 1. k nearest neighbours and core distances: the leaf search, then brute force for what
+    //    it could not prove, then the host for what neither could.
+    let all: Vec<usize> = (0..n).collect();
+    let open = vec![f32::INFINITY; n];
+    let found = leaf_search(dev, &tables, &leaf_of, &all, &open, false, k)?;
+    let mut knn: Vec<Option<KnnRow>> = found
+        .par_iter()
+        .enumerate()
+        .map(|(p, f)| prove_knn(&x, p, f, min_samples, rel))
         .collect();
+    let unproven: Vec<usize> = (0..n).filter(|&p| knn[p].is_none()).collect();
+    tracing::debug!(
+        "GPU kNN: {} of {n} rows proven by the leaf search",
+        n - unproven.len()
+    );
+    if !unproven.is_empty() {
+        let found = brute_search(dev, n, &unproven, false, k)?;
+        let rows: Vec<KnnRow> = unproven
+            .par_iter()
+            .zip(&found)
+            .map(|(&p, f)| {
+                prove_knn(&x, p, f, min_samples, rel).unwrap_or_else(|| {
+                    // Ties at the boundary: exact core, and the list proves nothing.
+                    let core = exact_kth2(&x, p, min_samples).sqrt();
+                    (Vec::new(), core, 0.0)
+                })
+            })
+            .collect();
+        for (&p, r) in unproven.iter().zip(rows) {
+            knn[p] = Some(r);
+        }
+    }
+    let knn: Vec<KnnRow> = knn.into_iter().map(|r| r.unwrap_or_default()).collect();
     let core: Vec<f64> = knn.iter().map(|t| t.1).collect();
-    let core2_dev = {
-        let c2: Vec<f32> = core.iter().map(|&c| (c * c) as f32).collect();
-        g.stream
-            .clone_htod(&c2)
-            .map_err(|e| anyhow!("uploading core distances: {e:?}"))?
-    };
+    let core2: Vec<f32> = core.iter().map(|&c| (c * c) as f32).collect();
 
     // 2. Boruvka rounds.
     let mut uf = UnionFind::new(n);
@@ -234,69 +385,80 @@ pub(super) fn mst(g: &Inner, x: &Matrix, min_samples: usize) -> Result<Vec<MstEd
             let b = &best[comp[p] as usize];
             b.is_none() || lb < b.w
         };
-        let queries: Vec<i32> = (0..n)
+        let mut queries: Vec<usize> = (0..n)
             .filter(|&p| !local[p].1 && could_improve(&best, p, local[p].2))
-            .map(|p| p as i32)
             .collect();
-        let mut exact_needed: Vec<usize> = Vec::new();
         if !queries.is_empty() {
             let comp_i: Vec<i32> = comp.iter().map(|&c| c as i32).collect();
-            let comp_dev = g
-                .stream
-                .clone_htod(&comp_i)
-                .map_err(|e| anyhow!("uploading components: {e:?}"))?;
-            let (keys, idx) = candidates(
-                g,
-                &x_dev,
-                n,
-                d,
-                &queries,
-                Some((&comp_dev, &core2_dev)),
-                BORUVKA_KEEP,
-            )?;
-            let mut lbs = Vec::with_capacity(queries.len());
-            for (t, &p) in queries.iter().enumerate() {
-                let p = p as usize;
-                let ks = &keys[t * BORUVKA_KEEP..(t + 1) * BORUVKA_KEEP];
-                let is = &idx[t * BORUVKA_KEEP..(t + 1) * BORUVKA_KEEP];
-                for &q in is.iter().filter(|&&q| q >= 0) {
-                    let q = q as usize;
-                    let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
-                    best[comp[p] as usize].keep_least(Cand::new(w, p, q));
-                }
-                let full = is[BORUVKA_KEEP - 1] >= 0;
-                let lb = if full {
-                    core[p].max(lower(ks[BORUVKA_KEEP - 1], rel).sqrt())
-                } else {
-                    f64::INFINITY
-                };
-                lbs.push(lb);
+            let leaf_comp: Vec<i32> = (0..tables.leaves())
+                .map(|l| {
+                    let s = &comp_i[tables.start[l] as usize..tables.start[l + 1] as usize];
+                    if s.iter().all(|&c| c == s[0]) {
+                        s[0]
+                    } else {
+                        -1
+                    }
+                })
+                .collect();
+            dev.set_components(&comp_i, &core2, &leaf_comp)?;
+            let keep = params.boruvka_keep;
+            let mut cutoff2 = vec![0f32; n];
+            for &p in &queries {
+                cutoff2[p] = cutoff_above(best[comp[p] as usize].w.powi(2), rel);
             }
-            for (t, &p) in queries.iter().enumerate() {
-                if could_improve(&best, p as usize, lbs[t]) {
-                    exact_needed.push(p as usize);
+            // Leaf search, then brute force for what it left open.
+            for brute in [false, true] {
+                if queries.is_empty() {
+                    break;
                 }
+                let found = if brute {
+                    brute_search(dev, n, &queries, true, keep)?
+                } else {
+                    leaf_search(dev, &tables, &leaf_of, &queries, &cutoff2, true, keep)?
+                };
+                let mut lbs = Vec::with_capacity(queries.len());
+                for (&p, f) in queries.iter().zip(&found) {
+                    for &(q, _) in &f.list {
+                        let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
+                        best[comp[p] as usize].keep_least(Cand::new(w, p, q));
+                    }
+                    lbs.push(core[p].max(f.unseen2(rel).sqrt()));
+                }
+                let open: Vec<usize> = queries
+                    .iter()
+                    .zip(&lbs)
+                    .filter(|&(&p, &lb)| could_improve(&best, p, lb))
+                    .map(|(&p, _)| p)
+                    .collect();
+                tracing::debug!(
+                    "GPU MST round: {} queries, {} left open by the {}",
+                    queries.len(),
+                    open.len(),
+                    if brute { "brute force" } else { "leaf search" }
+                );
+                queries = open;
             }
         }
-        if !exact_needed.is_empty() {
+        if !queries.is_empty() {
             tracing::debug!(
                 "GPU MST: {} points computed exactly on the host",
-                exact_needed.len()
+                queries.len()
             );
-            let found: Vec<Cand> = exact_needed
+            let found: Vec<Cand> = queries
                 .par_iter()
-                .map(|&p| exact_min_edge(x, &core, &comp, p))
+                .map(|&p| exact_min_edge(&x, &core, &comp, p))
                 .collect();
-            for (&p, c) in exact_needed.iter().zip(found) {
+            for (&p, c) in queries.iter().zip(found) {
                 best[comp[p] as usize].keep_least(c);
             }
         }
         let before = edges.len();
         for c in best.iter().filter(|c| !c.is_none()) {
             if uf.union(c.lo as usize, c.hi as usize) {
+                let (a, b) = (tables.perm[c.lo as usize], tables.perm[c.hi as usize]);
                 edges.push(MstEdge {
-                    a: c.lo,
-                    b: c.hi,
+                    a: a.min(b),
+                    b: a.max(b),
                     weight: c.w,
                 });
             }

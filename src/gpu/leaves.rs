@@ -1,0 +1,289 @@
+//! The leaf tables that let `kernels/leaf_search.cu` skip most of the rows: the rows grouped
+//! into compact leaves (the CPU index's 2-means split), and for every leaf the leaves nearest
+//! to it, in ascending order of a rigorous lower bound on the squared distance between any of
+//! their points. Built on the host in f64; only the bounds' direction matters for correctness
+//! (they are rounded down), their tightness only for speed.
+
+use crate::cluster::knn::{Kernels, split};
+use crate::matrix::Matrix;
+use anyhow::{Result, ensure};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
+
+/// Most rows in a leaf: the kernel runs one thread per row of its query leaf (`LS_MAX_LEAF`).
+pub const MAX_LEAF: usize = 128;
+
+/// How the rows are grouped and how far each leaf's candidate list reaches.
+#[derive(Clone, Debug)]
+pub struct LeafParams {
+    /// Target rows per leaf, at most `MAX_LEAF`.
+    pub leaf_size: usize,
+    /// Candidate leaves listed per leaf; a query whose search would need more is finished by
+    /// the brute-force kernel.
+    pub list_len: usize,
+}
+
+impl Default for LeafParams {
+    fn default() -> Self {
+        Self {
+            leaf_size: MAX_LEAF,
+            list_len: 512,
+        }
+    }
+}
+
+/// Leaves over *positions*: position `i` is the caller's row `perm[i]`, and leaf `l` holds
+/// positions `start[l]..start[l + 1]`.
+#[derive(Debug)]
+pub struct LeafTables {
+    pub perm: Vec<u32>,
+    pub start: Vec<i32>,
+    /// Entries per leaf in `cand` and `cand_lb2`.
+    pub m: usize,
+    /// `cand[l * m + j]`: the j-th nearest leaf to leaf l by bound (l itself among the first);
+    /// -1 pads lists of fewer than `m` leaves.
+    pub cand: Vec<i32>,
+    /// The squared-distance lower bound of each listed leaf, rounded down to f32.
+    pub cand_lb2: Vec<f32>,
+    /// A bound for every leaf left out of l's list (infinite when none is).
+    pub rest_lb2: Vec<f32>,
+}
+
+impl LeafTables {
+    pub fn build(x: &Matrix, p: &LeafParams) -> Result<Self> {
+        let (n, d) = (x.rows(), x.cols());
+        ensure!(
+            (1..=MAX_LEAF).contains(&p.leaf_size),
+            "leaf size {} is outside 1..={MAX_LEAF}",
+            p.leaf_size
+        );
+        ensure!(
+            p.list_len >= 1,
+            "the candidate list needs at least one leaf"
+        );
+        ensure!(
+            n < i32::MAX as usize,
+            "{n} rows exceed the kernels' 32-bit indices"
+        );
+        let kern = Kernels::new(d);
+        let leaves = if n == 0 {
+            Vec::new()
+        } else {
+            split(x, (0..n as u32).collect(), p.leaf_size, &kern)
+        };
+        let nl = leaves.len();
+        let centres: Vec<Vec<f64>> = leaves
+            .par_iter()
+            .map(|leaf| {
+                let mut c = vec![0f64; d];
+                for &r in leaf {
+                    for (cj, &v) in c.iter_mut().zip(x.row(r as usize)) {
+                        *cj += f64::from(v);
+                    }
+                }
+                c.iter_mut().for_each(|v| *v /= leaf.len() as f64);
+                c
+            })
+            .collect();
+        // f64 distances to the f64 centre are exact to ~1e-15 relative; the factor covers it.
+        let radius: Vec<f64> = leaves
+            .par_iter()
+            .zip(&centres)
+            .map(|(leaf, c)| {
+                let r2 = leaf.iter().fold(0.0f64, |m, &r| {
+                    let s: f64 = x
+                        .row(r as usize)
+                        .iter()
+                        .zip(c)
+                        .map(|(&v, &cj)| (f64::from(v) - cj).powi(2))
+                        .sum();
+                    m.max(s)
+                });
+                r2.sqrt() * (1.0 + 1e-9)
+            })
+            .collect();
+        let mut perm = Vec::with_capacity(n);
+        let mut start = Vec::with_capacity(nl + 1);
+        start.push(0i32);
+        for leaf in &leaves {
+            perm.extend_from_slice(leaf);
+            start.push(perm.len() as i32);
+        }
+        let m = p.list_len.min(nl.max(1));
+        let (cand, cand_lb2, rest_lb2) = candidate_lists(&centres, &radius, d, m);
+        Ok(Self {
+            perm,
+            start,
+            m,
+            cand,
+            cand_lb2,
+            rest_lb2,
+        })
+    }
+
+    pub fn leaves(&self) -> usize {
+        self.start.len().saturating_sub(1)
+    }
+
+    pub fn leaf_of_positions(&self) -> Vec<u32> {
+        let mut of = vec![0u32; self.perm.len()];
+        for l in 0..self.leaves() {
+            of[self.start[l] as usize..self.start[l + 1] as usize].fill(l as u32);
+        }
+        of
+    }
+}
+
+/// The largest f32 not above `v` (v >= 0).
+fn f32_down(v: f64) -> f32 {
+    let f = v as f32;
+    if f64::from(f) > v { f.next_down() } else { f }
+}
+
+type Lists = (Vec<i32>, Vec<f32>, Vec<f32>);
+
+/// Every leaf's `m` nearest leaves by the bound |c_q - c_r| - r_q - r_r (the triangle
+/// inequality through both centres), with the centre distances from one f64 GEMM per chunk.
+fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> Lists {
+    let nl = centres.len();
+    if nl == 0 {
+        return (Vec::new(), Vec::new(), Vec::new());
+    }
+    let flat: Vec<f64> = centres.iter().flatten().copied().collect();
+    let all = MatRef::from_row_major_slice(&flat, nl, d);
+    let norm2: Vec<f64> = centres
+        .iter()
+        .map(|c| c.iter().map(|v| v * v).sum())
+        .collect();
+    const CHUNK: usize = 256;
+    let per_chunk: Vec<Lists> = (0..nl.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|ci| {
+            let (a, b) = (ci * CHUNK, ((ci + 1) * CHUNK).min(nl));
+            let mut g = Mat::<f64>::zeros(b - a, nl);
+            matmul(
+                g.as_mut(),
+                Accum::Replace,
+                all.subrows(a, b - a),
+                all.transpose(),
+                1.0f64,
+                Par::Seq,
+            );
+            let mut out = (
+                Vec::with_capacity((b - a) * m),
+                Vec::with_capacity((b - a) * m),
+                Vec::with_capacity(b - a),
+            );
+            let mut row: Vec<(f64, u32)> = Vec::with_capacity(nl);
+            for q in a..b {
+                row.clear();
+                row.extend((0..nl).map(|r| {
+                    // The f64 dot form errs by far less than 1e-12 of |c_q|^2 + |c_r|^2.
+                    let s = norm2[q] + norm2[r];
+                    let cc2 = if q == r {
+                        0.0
+                    } else {
+                        (s - 2.0 * g[(q - a, r)] - 1e-12 * s).max(0.0)
+                    };
+                    let lb = cc2.sqrt() - radius[q] - radius[r];
+                    (if lb > 0.0 { lb * lb } else { 0.0 }, r as u32)
+                }));
+                let by = |x: &(f64, u32), y: &(f64, u32)| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1));
+                let rest = if m < nl {
+                    row.select_nth_unstable_by(m, by);
+                    let rest = row[m].0;
+                    row.truncate(m);
+                    f32_down(rest)
+                } else {
+                    f32::INFINITY
+                };
+                row.sort_unstable_by(by);
+                out.0.extend(row.iter().map(|v| v.1 as i32));
+                out.1.extend(row.iter().map(|v| f32_down(v.0)));
+                out.0.resize((q - a + 1) * m, -1);
+                out.1.resize((q - a + 1) * m, f32::INFINITY);
+                out.2.push(rest);
+            }
+            out
+        })
+        .collect();
+    let mut lists = (
+        Vec::with_capacity(nl * m),
+        Vec::with_capacity(nl * m),
+        Vec::new(),
+    );
+    for (c, l, r) in per_chunk {
+        lists.0.extend(c);
+        lists.1.extend(l);
+        lists.2.extend(r);
+    }
+    lists
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(n: usize, d: usize, seed: u64) -> Matrix {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let data = (0..n * d)
+            .map(|i| rng.random_range(-1.0f32..1.0) + (i / d % 7) as f32 * 3.0)
+            .collect();
+        Matrix::new(n, d, data).expect("shape")
+    }
+
+    #[test]
+    fn listed_bounds_are_lower_bounds_and_ascending() {
+        let x = random(900, 13, 3);
+        let p = LeafParams {
+            leaf_size: 32,
+            list_len: 7,
+        };
+        let t = LeafTables::build(&x, &p).expect("tables");
+        let nl = t.leaves();
+        assert!(nl > p.list_len, "the test needs truncated lists");
+        let mut seen = vec![false; x.rows()];
+        for &r in &t.perm {
+            assert!(!std::mem::replace(&mut seen[r as usize], true), "row twice");
+        }
+        assert!(seen.iter().all(|&s| s), "a row is missing");
+        let rows = |l: usize| (t.start[l] as usize..t.start[l + 1] as usize).map(|i| t.perm[i]);
+        let exact_min2 = |a: usize, b: usize| {
+            let mut best = f64::INFINITY;
+            for i in rows(a) {
+                for j in rows(b) {
+                    let s: f64 = x
+                        .row(i as usize)
+                        .iter()
+                        .zip(x.row(j as usize))
+                        .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
+                        .sum();
+                    best = best.min(s);
+                }
+            }
+            best
+        };
+        for q in 0..nl {
+            let list = &t.cand[q * t.m..(q + 1) * t.m];
+            let lbs = &t.cand_lb2[q * t.m..(q + 1) * t.m];
+            assert!(
+                list.contains(&(q as i32)),
+                "leaf {q} is not in its own list"
+            );
+            assert!(lbs.windows(2).all(|w| w[0] <= w[1]), "not ascending");
+            for (&r, &lb) in list.iter().zip(lbs) {
+                assert!(
+                    f64::from(lb) <= exact_min2(q, r as usize),
+                    "bound above the truth"
+                );
+            }
+            let rest = f64::from(t.rest_lb2[q]);
+            assert!(rest >= f64::from(lbs[t.m - 1]), "rest below the list");
+            for r in (0..nl).filter(|r| !list.contains(&(*r as i32))) {
+                assert!(rest <= exact_min2(q, r), "rest bound above the truth");
+            }
+        }
+    }
+}

@@ -1,0 +1,462 @@
+//! The GPU MST's host algorithm with the real CUDA kernels, run on the CPU.
+//!
+//! kernels/*.cu are compiled with the system C++ compiler against tests/kernel_emu/cuda_shim.h
+//! (one thread per CUDA thread, real barriers) and driven through the same `NearestKernels`
+//! interface as the CUDA backend, so the kernels' logic, the leaf tables and every proof in
+//! `gpu::mst` are checked on machines without a GPU. Speed is not: that needs the device.
+//! A missing C++ compiler fails these tests (CI installs one); it never skips them.
+
+use libloading::{Library, Symbol};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::{ari, fixtures};
+use segclust::cluster::{self, HdbscanParams, MstEdge, prim};
+use segclust::gpu::leaves::MAX_LEAF;
+use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
+use segclust::matrix::Matrix;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+type NearestFn = unsafe extern "C" fn(
+    u32,
+    u32,
+    *const f32,
+    i32,
+    i32,
+    *const i32,
+    i32,
+    *const i32,
+    *const f32,
+    i32,
+    *mut f32,
+    *mut i32,
+);
+type LeafFn = unsafe extern "C" fn(
+    u32,
+    u32,
+    *const f32,
+    i32,
+    *const i32,
+    *const i32,
+    *const i32,
+    *const f32,
+    *const f32,
+    i32,
+    *const f32,
+    *const i32,
+    *const f32,
+    *const i32,
+    i32,
+    *mut f32,
+    *mut i32,
+    *mut f32,
+);
+
+/// Compiles tests/kernel_emu/emu.cpp (which includes kernels/*.cu) once per test run.
+fn library() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("segclust_kernel_emu.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+        let status = Command::new(&cxx)
+            .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread"])
+            .args(["-Wall", "-Wno-unknown-pragmas", "-Werror"])
+            .arg("-o")
+            .arg(&out)
+            .arg(root.join("tests/kernel_emu/emu.cpp"))
+            .status()
+            .unwrap_or_else(|e| panic!("running the C++ compiler `{cxx}` (set CXX): {e}"));
+        assert!(status.success(), "compiling the kernel emulator failed");
+        // SAFETY: the library is ours, built just above; its initializers only set up statics.
+        unsafe { Library::new(&out) }.unwrap_or_else(|e| panic!("loading {out:?}: {e}"))
+    })
+}
+
+/// `NearestKernels` on the emulated kernels; counts the rows each kernel was asked about, so
+/// the tests can tell whether the leaf search did its share.
+#[derive(Default)]
+struct Emu {
+    x: Vec<f32>,
+    n: usize,
+    d: usize,
+    start: Vec<i32>,
+    cand: Vec<i32>,
+    cand_lb2: Vec<f32>,
+    rest_lb2: Vec<f32>,
+    m: usize,
+    comp: Vec<i32>,
+    core2: Vec<f32>,
+    leaf_comp: Vec<i32>,
+    leaf_queries: usize,
+    brute_queries: usize,
+    /// Query-row pairs the kNN leaf search measured (inferred from where each block stopped).
+    knn_pairs: usize,
+}
+
+impl Emu {
+    /// Rows times queries over the leaves each block visited: a block stops at the first listed
+    /// leaf whose bound it reports as `unseen2` (equal bounds make this a lower estimate).
+    fn visited_pairs(&self, qleaves: &[i32], unseen2: &[f32]) -> usize {
+        let size = |l: usize| (self.start[l + 1] - self.start[l]) as usize;
+        qleaves
+            .iter()
+            .enumerate()
+            .map(|(b, &ql)| {
+                let ql = ql as usize;
+                let stop = unseen2[b * MAX_LEAF];
+                let list = &self.cand[ql * self.m..(ql + 1) * self.m];
+                let lbs = &self.cand_lb2[ql * self.m..(ql + 1) * self.m];
+                let rows: usize = list
+                    .iter()
+                    .zip(lbs)
+                    .take_while(|&(&c, &lb)| c >= 0 && lb.to_bits() != stop.to_bits())
+                    .map(|(&c, _)| size(c as usize))
+                    .sum();
+                rows * size(ql)
+            })
+            .sum()
+    }
+}
+
+impl NearestKernels for Emu {
+    fn load(&mut self, rows: &[f32], d: usize, t: &LeafTables) -> anyhow::Result<()> {
+        self.x = rows.to_vec();
+        self.d = d;
+        self.n = rows.len() / d;
+        self.start = t.start.clone();
+        self.cand = t.cand.clone();
+        self.cand_lb2 = t.cand_lb2.clone();
+        self.rest_lb2 = t.rest_lb2.clone();
+        self.m = t.m;
+        Ok(())
+    }
+
+    fn set_components(
+        &mut self,
+        comp: &[i32],
+        core2: &[f32],
+        leaf_comp: &[i32],
+    ) -> anyhow::Result<()> {
+        self.comp = comp.to_vec();
+        self.core2 = core2.to_vec();
+        self.leaf_comp = leaf_comp.to_vec();
+        Ok(())
+    }
+
+    fn leaf_candidates(
+        &mut self,
+        qleaves: &[i32],
+        cutoff2: &[f32],
+        boruvka: bool,
+        keep: usize,
+    ) -> anyhow::Result<LeafFound> {
+        assert_eq!(cutoff2.len(), self.n);
+        let blocks = qleaves.len();
+        let mut out = LeafFound {
+            keys: vec![f32::NAN; blocks * MAX_LEAF * keep],
+            idx: vec![-2; blocks * MAX_LEAF * keep],
+            unseen2: vec![f32::NAN; blocks * MAX_LEAF],
+        };
+        for &l in qleaves {
+            let l = l as usize;
+            let (s, e) = (self.start[l] as usize, self.start[l + 1] as usize);
+            self.leaf_queries += (s..e).filter(|&p| cutoff2[p] > 0.0).count();
+        }
+        let (comp, core2, leaf_comp) = if boruvka {
+            (
+                self.comp.as_ptr(),
+                self.core2.as_ptr(),
+                self.leaf_comp.as_ptr(),
+            )
+        } else {
+            (std::ptr::null(), std::ptr::null(), std::ptr::null())
+        };
+        // SAFETY: the symbol has the signature of emu_leaf_candidates in emu.cpp, and every
+        // pointer covers what the kernel indexes (tables as loaded, outputs as allocated).
+        unsafe {
+            let f: Symbol<LeafFn> = library()
+                .get(b"emu_leaf_candidates")
+                .expect("emu_leaf_candidates");
+            f(
+                blocks as u32,
+                MAX_LEAF as u32,
+                self.x.as_ptr(),
+                self.d as i32,
+                self.start.as_ptr(),
+                qleaves.as_ptr(),
+                self.cand.as_ptr(),
+                self.cand_lb2.as_ptr(),
+                self.rest_lb2.as_ptr(),
+                self.m as i32,
+                cutoff2.as_ptr(),
+                comp,
+                core2,
+                leaf_comp,
+                keep as i32,
+                out.keys.as_mut_ptr(),
+                out.idx.as_mut_ptr(),
+                out.unseen2.as_mut_ptr(),
+            );
+        }
+        if !boruvka {
+            self.knn_pairs += self.visited_pairs(qleaves, &out.unseen2);
+        }
+        Ok(out)
+    }
+
+    fn nearest_candidates(
+        &mut self,
+        queries: &[i32],
+        boruvka: bool,
+        keep: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<i32>)> {
+        self.brute_queries += queries.len();
+        let nq = queries.len();
+        let mut keys = vec![f32::NAN; nq * keep];
+        let mut idx = vec![-2; nq * keep];
+        let (comp, core2) = if boruvka {
+            (self.comp.as_ptr(), self.core2.as_ptr())
+        } else {
+            (std::ptr::null(), std::ptr::null())
+        };
+        let block = 64u32;
+        // SAFETY: as above, for emu_nearest_candidates.
+        unsafe {
+            let f: Symbol<NearestFn> = library()
+                .get(b"emu_nearest_candidates")
+                .expect("emu_nearest_candidates");
+            f(
+                nq.div_ceil(block as usize) as u32,
+                block,
+                self.x.as_ptr(),
+                self.n as i32,
+                self.d as i32,
+                queries.as_ptr(),
+                nq as i32,
+                comp,
+                core2,
+                keep as i32,
+                keys.as_mut_ptr(),
+                idx.as_mut_ptr(),
+            );
+        }
+        Ok((keys, idx))
+    }
+}
+
+/// `n` points around Gaussian centres of different spreads, plus a share of uniform noise.
+fn blobs(n: usize, d: usize, clusters: usize, noise: f64, seed: u64) -> Matrix {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..clusters)
+        .map(|_| (0..d).map(|_| rng.random_range(-10.0f32..10.0)).collect())
+        .collect();
+    let mut data = Vec::with_capacity(n * d);
+    for _ in 0..n {
+        if rng.random_bool(noise) {
+            data.extend((0..d).map(|_| rng.random_range(-12.0f32..12.0)));
+            continue;
+        }
+        let c = &centres[rng.random_range(0..clusters)];
+        let spread = 0.2 + 0.8 * rng.random::<f32>();
+        data.extend(c.iter().map(|&m| {
+            let z: f32 = StandardNormal.sample(&mut rng);
+            m + spread * z
+        }));
+    }
+    Matrix::new(n, d, data).expect("shape")
+}
+
+fn sorted_weights(mst: &[MstEdge]) -> Vec<f64> {
+    let mut w: Vec<f64> = mst.iter().map(|e| e.weight).collect();
+    w.sort_by(f64::total_cmp);
+    w
+}
+
+/// The emulated GPU MST against the CPU's: a spanning tree with the same weights (every MST of
+/// a graph has the same sorted weights), and the same HDBSCAN labels wherever the weights have
+/// no exact ties (with ties, which equal edge is merged first may shape the tree, and each
+/// path's choice is a valid HDBSCAN answer; see tests/fixtures/hdbscan/README.md). Returns the
+/// emulator and whether the labels were compared.
+fn check(x: &Matrix, min_samples: usize, params: &GpuMstParams) -> (Emu, bool) {
+    let mut emu = Emu::default();
+    let gpu = mst_with(&mut emu, x, min_samples, params).expect("emulated GPU MST");
+    let cpu = cluster::mst_cpu(x, min_samples).expect("CPU MST");
+    let n = x.rows();
+    assert_spanning_tree(n, &gpu);
+    let (wg, wc) = (sorted_weights(&gpu), sorted_weights(&cpu));
+    assert!(
+        wg.iter().zip(&wc).all(|(g, c)| g.to_bits() == c.to_bits()),
+        "MST weights differ from the CPU's"
+    );
+    if wc.windows(2).any(|w| w[0] == w[1]) {
+        return (emu, false);
+    }
+    let hp = HdbscanParams {
+        min_samples,
+        ..HdbscanParams::default()
+    };
+    let lg = cluster::labels_from_mst(n, gpu, &hp);
+    let lc = cluster::labels_from_mst(n, cpu, &hp);
+    assert_eq!(lg.labels, lc.labels, "labels differ");
+    assert_eq!(lg.probabilities, lc.probabilities, "probabilities differ");
+    (emu, true)
+}
+
+fn assert_spanning_tree(n: usize, mst: &[MstEdge]) {
+    assert_eq!(mst.len(), n - 1, "a spanning tree has n - 1 edges");
+    let mut uf: Vec<usize> = (0..n).collect();
+    fn find(p: &mut [usize], mut a: usize) -> usize {
+        while p[a] != a {
+            p[a] = p[p[a]];
+            a = p[a];
+        }
+        a
+    }
+    for e in mst {
+        let (a, b) = (find(&mut uf, e.a as usize), find(&mut uf, e.b as usize));
+        assert_ne!(a, b, "edge {e:?} closes a cycle");
+        uf[a] = b;
+    }
+}
+
+#[test]
+fn scikit_learn_fixtures_through_the_emulated_gpu() {
+    // The same bar as the CPU's fast path in tests/sklearn_parity.rs: MST weights equal to
+    // Prim's to the bit, and scikit-learn's labels (ARI 1) and probabilities on every run that
+    // is not tie-sensitive. Small leaves and short lists, so that every fallback runs.
+    let params = GpuMstParams {
+        leaves: LeafParams {
+            leaf_size: 32,
+            list_len: 8,
+        },
+        boruvka_keep: 2,
+    };
+    let (mut runs, mut failures) = (0, Vec::new());
+    for (fx, x) in fixtures() {
+        let mut msts: HashMap<usize, Vec<MstEdge>> = HashMap::new();
+        for run in &fx.runs {
+            let what = run.describe(&fx.name);
+            let mst = msts.entry(run.min_samples).or_insert_with(|| {
+                let mut emu = Emu::default();
+                let gpu = mst_with(&mut emu, &x, run.min_samples, &params)
+                    .unwrap_or_else(|e| panic!("{what}: emulated GPU MST failed: {e:#}"));
+                if x.rows() >= 2 {
+                    assert_spanning_tree(x.rows(), &gpu);
+                }
+                let want = sorted_weights(&prim::mst(&x, run.min_samples));
+                let got = sorted_weights(&gpu);
+                if !want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+                {
+                    failures.push(format!("{what}: MST weights differ from Prim's"));
+                }
+                gpu
+            });
+            let got = cluster::labels_from_mst(x.rows(), mst.clone(), &run.params());
+            runs += 1;
+            if run.tie_sensitive {
+                continue;
+            }
+            let score = ari(&got.labels, &run.labels);
+            if score != 1.0 {
+                failures.push(format!("{what}: ARI {score} vs scikit-learn"));
+            }
+            if !run.probabilities_tie_sensitive {
+                let diff = got
+                    .probabilities
+                    .iter()
+                    .zip(&run.probabilities)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max);
+                if diff > 1e-9 {
+                    failures.push(format!("{what}: probabilities differ by {diff}"));
+                }
+            }
+        }
+    }
+    eprintln!("emulated GPU: {runs} fixture runs checked");
+    assert!(
+        runs >= 100,
+        "expected the committed fixtures' runs, got {runs}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn small_leaves_and_short_lists_exercise_every_fallback() {
+    // Leaves of 24 rows and lists of 6 leaves: many queries run off the end of their list and
+    // go to the brute-force kernel, some to the host.
+    let x = blobs(1500, 12, 6, 0.1, 11);
+    let params = GpuMstParams {
+        leaves: LeafParams {
+            leaf_size: 24,
+            list_len: 6,
+        },
+        boruvka_keep: 2,
+    };
+    let mut compared = 0;
+    for ms in [1, 2, 5] {
+        let (emu, labels) = check(&x, ms, &params);
+        assert!(
+            emu.brute_queries > 0,
+            "the brute-force path was not exercised"
+        );
+        compared += usize::from(labels);
+    }
+    assert!(
+        compared >= 2,
+        "min_samples 1 and 2 have no ties: their labels must be compared"
+    );
+}
+
+#[test]
+fn default_tables_prove_most_rows_in_the_leaf_search() {
+    let x = blobs(4000, 24, 12, 0.05, 5);
+    let (emu, compared) = check(&x, 2, &GpuMstParams::default());
+    assert!(compared, "no ties expected at min_samples 2");
+    assert!(
+        emu.leaf_queries >= 4000,
+        "the kNN pass did not use the leaf search"
+    );
+    let share = emu.knn_pairs as f64 / (4000.0 * 4000.0);
+    eprintln!(
+        "kNN leaf search measured {:.1}% of the brute-force pairs; brute force took {} queries",
+        100.0 * share,
+        emu.brute_queries
+    );
+    assert!(
+        share < 0.6,
+        "the leaf search measured {share:.2} of all pairs"
+    );
+    assert!(
+        emu.brute_queries * 10 < emu.leaf_queries,
+        "the brute-force kernel did {} of {} queries' work: the leaf search proves too little",
+        emu.brute_queries,
+        emu.leaf_queries
+    );
+}
+
+#[test]
+fn duplicates_and_a_single_leaf_are_exact() {
+    // Exact ties (every row twice) and fewer rows than one leaf.
+    let base = blobs(40, 5, 3, 0.0, 2);
+    let mut data = base.as_slice().to_vec();
+    data.extend_from_slice(base.as_slice());
+    let x = Matrix::new(80, 5, data).expect("shape");
+    for ms in [1, 2, 3] {
+        check(&x, ms, &GpuMstParams::default());
+    }
+}

@@ -1,0 +1,27 @@
+// C entry points that run the real kernels of kernels/*.cu on the CPU (see cuda_shim.h).
+// Built by tests/gpu_emu.rs with the system C++ compiler and loaded with libloading.
+#include "cuda_shim.h"
+
+#include "../../kernels/nearest.cu"
+#include "../../kernels/leaf_search.cu"
+
+extern "C" void emu_nearest_candidates(unsigned grid, unsigned block, const float* x, int n, int d,
+                                       const int* queries, int nq, const int* comp,
+                                       const float* core2, int keep, float* out_key,
+                                       int* out_idx) {
+    emu::launch(grid, block, [&] {
+        nearest_candidates(x, n, d, queries, nq, comp, core2, keep, out_key, out_idx);
+    });
+}
+
+extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* x, int d,
+                                    const int* leaf_start, const int* qleaves, const int* cand,
+                                    const float* cand_lb2, const float* rest_lb2, int m,
+                                    const float* cutoff2, const int* comp, const float* core2,
+                                    const int* leaf_comp, int keep, float* out_key, int* out_idx,
+                                    float* out_unseen2) {
+    emu::launch(grid, block, [&] {
+        leaf_candidates(x, d, leaf_start, qleaves, cand, cand_lb2, rest_lb2, m, cutoff2, comp,
+                        core2, leaf_comp, keep, out_key, out_idx, out_unseen2);
+    });
+}
