@@ -18,11 +18,41 @@
 //     component; a leaf whose rows all share the query leaf's single component is skipped whole.
 // `cutoff2[p]` starts each query's list full of (cutoff2, -1) sentinels, so only keys below it
 // are kept; a query with cutoff2 <= 0 is inactive (its thread still takes part in the loads).
+//
+// Within the walk, each query also has its own bounds, from its f32 distance to the candidate
+// leaf's f32 centre (`slack` is the host's relative error bound for that f32 value, square root
+// included): the leaf is skipped when every query's |q - centre| - radius rules it out, and a
+// tile of 32 rows when every query's pivot bound does. Rows are stored farthest from their
+// centre first, so a tile's distances to the centre lie in [tc_lo of its last row, tc_hi of
+// its first]: |q - o| >= max(|q - c| - hi, lo - |q - c|), which sets aside a stray far row of
+// a tight leaf as well as the tight rows for a query far away. A query rules rows out when its
+// bound exceeds its `need`-th key (with a margin for that key's rounding), and the least bound
+// it skipped rows by goes into its `out_unseen2`, so the report stays a bound on every row the
+// query did not measure. These bounds cost d operations per query per listed leaf, against the
+// leaf's rows x d.
+//
+// In Boruvka, a query only wants edges lighter than its component's best, and the queries of a
+// component share what they find through `comp_best2` (squared f32 keys as int bits, which
+// order like the floats since they are >= 0; atomicMin): the first good edge found for a
+// component lets its other queries skip most of their walk. The host uploads it holding the
+// cutoffs it already knows, and sees every edge behind it, since whoever lowered it kept it.
+//
+// `walk` caps how many listed leaves a block walks, so the host can first prove the easy rows
+// with a short walk and send only the rest on a long one. The walk stops once no query's
+// `need`-th key (the core distance's neighbour, or the one edge Boruvka needs) could improve;
+// the `keep - need` extra candidates are whatever the walk met on the way.
 
 #define LS_MAX_LEAF 128
 #define LS_TILE_C 32
 #define LS_TILE_D 32
 #define LS_MAX_KEEP 64
+
+// The key a query must beat: its own, or in Boruvka its component's best so far if lower.
+__device__ inline float bound(float own, int* comp_best2, int comp) {
+    if (comp_best2 == nullptr) return own;
+    const float shared = __int_as_float(*(volatile int*)&comp_best2[comp]);
+    return fminf(own, shared);
+}
 
 extern "C" __global__ void leaf_candidates(
     const float* __restrict__ x,          // n x d, row-major, in leaf (position) order
@@ -37,15 +67,26 @@ extern "C" __global__ void leaf_candidates(
     const int* __restrict__ comp,         // n component ids, or nullptr for plain kNN
     const float* __restrict__ core2,      // n squared core distances (used only with comp)
     const int* __restrict__ leaf_comp,    // leaves: the one component of all rows, or -1
+    int* comp_best2,                      // components: best squared key so far (float bits)
+    const float* __restrict__ centres,    // leaves x d: leaf centres
+    const float* __restrict__ radius,     // leaves: bound on any row's distance to its centre
+    const float* __restrict__ tc_lo,      // n: lower bound on each row's distance to its centre
+    const float* __restrict__ tc_hi,      // n: upper bound on the same
+    float slack,                          // relative error bound of an f32 distance to a centre
+    int walk,                             // listed leaves walked at most
+    int need,                             // the key that decides the stop, 1..keep
     int keep,                             // candidates kept per query, 1..LS_MAX_KEEP
     float* __restrict__ out_key,          // blocks x LS_MAX_LEAF x keep, ascending
     int* __restrict__ out_idx,            // blocks x LS_MAX_LEAF x keep; -1 for sentinels
-    float* __restrict__ out_unseen2)      // blocks x LS_MAX_LEAF: bound on every row not visited
+    float* __restrict__ out_unseen2,      // blocks x LS_MAX_LEAF: bound on every row not visited
+    int* __restrict__ out_rows)           // blocks: candidate rows measured (for the work log)
 {
     __shared__ float tile[LS_TILE_C][LS_TILE_D + 1];
     __shared__ int tile_comp[LS_TILE_C];
     __shared__ float tile_core2[LS_TILE_C];
     __shared__ int go;
+    __shared__ int want;
+    __shared__ int tile_want;
 
     const int ql = qleaves[blockIdx.x];
     const int qs = leaf_start[ql];
@@ -66,20 +107,25 @@ extern "C" __global__ void leaf_candidates(
         best_idx[i] = -1;
     }
     float worst = start_key;  // best_key[keep - 1]
-    float unseen2 = rest_lb2[ql];
+    const int steps = walk < m ? walk : m;
+    // Past the last step: the first leaf not walked (+inf pads a short list), or the rest.
+    float unseen2 = steps < m ? cand_lb2[(long long)ql * m + steps] : rest_lb2[ql];
+    int rows = 0;
+    float skipped2 = __int_as_float(0x7f800000);  // least bound of the rows skipped for us
 
-    for (int j = 0; j < m; ++j) {
+    for (int j = 0; j < steps; ++j) {
         const int c = cand[(long long)ql * m + j];
         if (c < 0) {
             unseen2 = __int_as_float(0x7f800000);  // the list held every leaf: nothing unseen
             break;
         }
         const float lb2 = cand_lb2[(long long)ql * m + j];
-        // Does any query of the block still want rows at least lb2 away? (Uniform decision.)
+        // Could any query of the block still improve its need-th key with rows at least lb2
+        // away? (Uniform decision.)
         __syncthreads();
         if (t == 0) go = 0;
         __syncthreads();
-        if (active && worst > lb2) go = 1;
+        if (active && bound(best_key[need - 1], comp_best2, my_comp) > lb2) go = 1;
         __syncthreads();
         if (go == 0) {
             unseen2 = lb2;
@@ -87,9 +133,56 @@ extern "C" __global__ void leaf_candidates(
         }
         if (with_comp && my_leaf_comp >= 0 && leaf_comp[c] == my_leaf_comp) continue;
 
+        // Does any query's own bound leave room for a row of this leaf? (Uniform decision.)
+        float dq_lo = 0.0f, dq_hi = 0.0f, leaf_lb2 = 0.0f;
+        bool mine = false;
+        if (active) {
+            float dc = 0.0f;
+            for (int k = 0; k < d; ++k) {
+                const float diff = x[(long long)p * d + k] - centres[(long long)c * d + k];
+                dc = fmaf(diff, diff, dc);
+            }
+            const float dq = sqrtf(dc);
+            dq_lo = dq * (1.0f - slack);
+            dq_hi = dq * (1.0f + slack);
+            const float lb = dq_lo - radius[c];
+            leaf_lb2 = lb > 0.0f ? lb * lb * 0.99999f : 0.0f;
+            const float want2 = bound(best_key[need - 1], comp_best2, my_comp);
+            mine = !(leaf_lb2 >= want2 * (1.0f + 2.0f * slack));
+        }
+        __syncthreads();
+        if (t == 0) want = 0;
+        __syncthreads();
+        if (mine) want = 1;
+        __syncthreads();
+        if (want == 0) {
+            if (active) skipped2 = fminf(skipped2, leaf_lb2);
+            continue;
+        }
+
         const int cs = leaf_start[c];
         const int cn = leaf_start[c + 1] - cs;
         for (int c0 = 0; c0 < cn; c0 += LS_TILE_C) {
+            // The pivot bound for this tile (rows farthest from the centre first).
+            const int last = (c0 + LS_TILE_C < cn ? c0 + LS_TILE_C : cn) - 1;
+            bool tile_mine = false;
+            float tile_lb2 = 0.0f;
+            if (active) {
+                const float lb = fmaxf(dq_lo - tc_hi[cs + c0], tc_lo[cs + last] - dq_hi);
+                tile_lb2 = lb > 0.0f ? lb * lb * 0.99999f : 0.0f;
+                const float want2 = bound(best_key[need - 1], comp_best2, my_comp);
+                tile_mine = !(tile_lb2 >= want2 * (1.0f + 2.0f * slack));
+            }
+            __syncthreads();
+            if (t == 0) tile_want = 0;
+            __syncthreads();
+            if (tile_mine) tile_want = 1;
+            __syncthreads();
+            if (tile_want == 0) {
+                if (active) skipped2 = fminf(skipped2, tile_lb2);
+                continue;
+            }
+            rows += last - c0 + 1;
             float acc[LS_TILE_C];
 #pragma unroll
             for (int r = 0; r < LS_TILE_C; ++r) acc[r] = 0.0f;
@@ -144,6 +237,7 @@ extern "C" __global__ void leaf_candidates(
                         best_key[pos] = key;
                         best_idx[pos] = cs + c0 + r;
                         worst = best_key[keep - 1];
+                        if (with_comp && pos == 0) atomicMin(&comp_best2[my_comp], __float_as_int(key));
                     }
                 }
             }
@@ -156,6 +250,7 @@ extern "C" __global__ void leaf_candidates(
             out_key[slot * keep + i] = best_key[i];
             out_idx[slot * keep + i] = best_idx[i];
         }
-        out_unseen2[slot] = unseen2;
+        out_unseen2[slot] = fminf(unseen2, skipped2);
     }
+    if (t == 0) out_rows[blockIdx.x] = rows;
 }

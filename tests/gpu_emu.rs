@@ -51,10 +51,19 @@ type LeafFn = unsafe extern "C" fn(
     *const i32,
     *const f32,
     *const i32,
+    *mut i32,
+    *const f32,
+    *const f32,
+    *const f32,
+    *const f32,
+    f32,
+    i32,
+    i32,
     i32,
     *mut f32,
     *mut i32,
     *mut f32,
+    *mut i32,
 );
 
 /// Compiles tests/kernel_emu/emu.cpp (which includes kernels/*.cu) once per test run.
@@ -90,38 +99,19 @@ struct Emu {
     cand_lb2: Vec<f32>,
     rest_lb2: Vec<f32>,
     m: usize,
+    centres: Vec<f32>,
+    radius: Vec<f32>,
+    tc_lo: Vec<f32>,
+    tc_hi: Vec<f32>,
+    slack: f32,
     comp: Vec<i32>,
     core2: Vec<f32>,
     leaf_comp: Vec<i32>,
+    comp_best2: Vec<i32>,
     leaf_queries: usize,
     brute_queries: usize,
-    /// Query-row pairs the kNN leaf search measured (inferred from where each block stopped).
+    /// Query-row pairs the kNN leaf search measured (the kernel's own count).
     knn_pairs: usize,
-}
-
-impl Emu {
-    /// Rows times queries over the leaves each block visited: a block stops at the first listed
-    /// leaf whose bound it reports as `unseen2` (equal bounds make this a lower estimate).
-    fn visited_pairs(&self, qleaves: &[i32], unseen2: &[f32]) -> usize {
-        let size = |l: usize| (self.start[l + 1] - self.start[l]) as usize;
-        qleaves
-            .iter()
-            .enumerate()
-            .map(|(b, &ql)| {
-                let ql = ql as usize;
-                let stop = unseen2[b * MAX_LEAF];
-                let list = &self.cand[ql * self.m..(ql + 1) * self.m];
-                let lbs = &self.cand_lb2[ql * self.m..(ql + 1) * self.m];
-                let rows: usize = list
-                    .iter()
-                    .zip(lbs)
-                    .take_while(|&(&c, &lb)| c >= 0 && lb.to_bits() != stop.to_bits())
-                    .map(|(&c, _)| size(c as usize))
-                    .sum();
-                rows * size(ql)
-            })
-            .sum()
-    }
 }
 
 impl NearestKernels for Emu {
@@ -134,6 +124,11 @@ impl NearestKernels for Emu {
         self.cand_lb2 = t.cand_lb2.clone();
         self.rest_lb2 = t.rest_lb2.clone();
         self.m = t.m;
+        self.centres = t.centres.clone();
+        self.radius = t.radius.clone();
+        self.tc_lo = t.tc_lo.clone();
+        self.tc_hi = t.tc_hi.clone();
+        self.slack = t.slack;
         Ok(())
     }
 
@@ -142,7 +137,9 @@ impl NearestKernels for Emu {
         comp: &[i32],
         core2: &[f32],
         leaf_comp: &[i32],
+        comp_cut2: &[f32],
     ) -> anyhow::Result<()> {
+        self.comp_best2 = comp_cut2.iter().map(|c| c.to_bits() as i32).collect();
         self.comp = comp.to_vec();
         self.core2 = core2.to_vec();
         self.leaf_comp = leaf_comp.to_vec();
@@ -154,6 +151,8 @@ impl NearestKernels for Emu {
         qleaves: &[i32],
         cutoff2: &[f32],
         boruvka: bool,
+        walk: usize,
+        need: usize,
         keep: usize,
     ) -> anyhow::Result<LeafFound> {
         assert_eq!(cutoff2.len(), self.n);
@@ -162,20 +161,27 @@ impl NearestKernels for Emu {
             keys: vec![f32::NAN; blocks * MAX_LEAF * keep],
             idx: vec![-2; blocks * MAX_LEAF * keep],
             unseen2: vec![f32::NAN; blocks * MAX_LEAF],
+            rows: vec![-1; blocks],
         };
         for &l in qleaves {
             let l = l as usize;
             let (s, e) = (self.start[l] as usize, self.start[l + 1] as usize);
             self.leaf_queries += (s..e).filter(|&p| cutoff2[p] > 0.0).count();
         }
-        let (comp, core2, leaf_comp) = if boruvka {
+        let (comp, core2, leaf_comp, comp_best2) = if boruvka {
             (
                 self.comp.as_ptr(),
                 self.core2.as_ptr(),
                 self.leaf_comp.as_ptr(),
+                self.comp_best2.as_mut_ptr(),
             )
         } else {
-            (std::ptr::null(), std::ptr::null(), std::ptr::null())
+            (
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null_mut(),
+            )
         };
         // SAFETY: the symbol has the signature of emu_leaf_candidates in emu.cpp, and every
         // pointer covers what the kernel indexes (tables as loaded, outputs as allocated).
@@ -198,14 +204,27 @@ impl NearestKernels for Emu {
                 comp,
                 core2,
                 leaf_comp,
+                comp_best2,
+                self.centres.as_ptr(),
+                self.radius.as_ptr(),
+                self.tc_lo.as_ptr(),
+                self.tc_hi.as_ptr(),
+                self.slack,
+                walk.min(i32::MAX as usize) as i32,
+                need as i32,
                 keep as i32,
                 out.keys.as_mut_ptr(),
                 out.idx.as_mut_ptr(),
                 out.unseen2.as_mut_ptr(),
+                out.rows.as_mut_ptr(),
             );
         }
         if !boruvka {
-            self.knn_pairs += self.visited_pairs(qleaves, &out.unseen2);
+            for (&l, &rows) in qleaves.iter().zip(&out.rows) {
+                let l = l as usize;
+                let queries = (self.start[l + 1] - self.start[l]) as usize;
+                self.knn_pairs += queries * usize::try_from(rows).expect("a row count");
+            }
         }
         Ok(out)
     }

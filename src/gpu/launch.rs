@@ -17,12 +17,20 @@ struct Loaded {
     cand_lb2: CudaSlice<f32>,
     rest_lb2: CudaSlice<f32>,
     m: i32,
+    centres: CudaSlice<f32>,
+    radius: CudaSlice<f32>,
+    tc_lo: CudaSlice<f32>,
+    tc_hi: CudaSlice<f32>,
+    slack: f32,
 }
 
+/// One Boruvka round's state.
 struct Components {
     comp: CudaSlice<i32>,
     core2: CudaSlice<f32>,
     leaf_comp: CudaSlice<i32>,
+    /// Squared cutoffs per component as f32 bits, lowered by the kernel (atomicMin).
+    comp_best2: CudaSlice<i32>,
 }
 
 pub(crate) struct CudaKernels<'a> {
@@ -39,79 +47,83 @@ impl<'a> CudaKernels<'a> {
             comps: None,
         }
     }
+}
 
-    fn upload<T: DeviceRepr>(&self, v: &[T], what: &str) -> Result<CudaSlice<T>> {
-        self.g
-            .stream
-            .clone_htod(v)
-            .map_err(|e| anyhow!("uploading {what} ({} values): {e:?}", v.len()))
-    }
+fn upload<T: DeviceRepr>(g: &Inner, v: &[T], what: &str) -> Result<CudaSlice<T>> {
+    g.stream
+        .clone_htod(v)
+        .map_err(|e| anyhow!("uploading {what} ({} values): {e:?}", v.len()))
+}
 
-    fn zeros<T: DeviceRepr + ValidAsZeroBits>(
-        &self,
-        len: usize,
-        what: &str,
-    ) -> Result<CudaSlice<T>> {
-        self.g
-            .stream
-            .alloc_zeros::<T>(len)
-            .map_err(|e| anyhow!("allocating {what} ({len} values): {e:?}"))
-    }
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    g: &Inner,
+    len: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    g.stream
+        .alloc_zeros::<T>(len)
+        .map_err(|e| anyhow!("allocating {what} ({len} values): {e:?}"))
+}
 
-    fn download<T: DeviceRepr + Default + Clone>(
-        &self,
-        v: &CudaSlice<T>,
-        what: &str,
-    ) -> Result<Vec<T>> {
-        self.g
-            .stream
-            .clone_dtoh(v)
-            .map_err(|e| anyhow!("a kernel failed, or downloading {what} failed: {e:?}"))
-    }
-
-    fn loaded(&self) -> Result<&Loaded> {
-        self.loaded
-            .as_ref()
-            .ok_or_else(|| anyhow!("no rows loaded on the GPU (internal error)"))
-    }
-
-    fn comps(&self) -> Result<&Components> {
-        self.comps
-            .as_ref()
-            .ok_or_else(|| anyhow!("no components set on the GPU (internal error)"))
-    }
+fn download<T: DeviceRepr + Default + Clone>(
+    g: &Inner,
+    v: &CudaSlice<T>,
+    what: &str,
+) -> Result<Vec<T>> {
+    g.stream
+        .clone_dtoh(v)
+        .map_err(|e| anyhow!("a kernel failed, or downloading {what} failed: {e:?}"))
 }
 
 fn i32_of(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| anyhow!("size {v} exceeds the kernels' 32-bit indices"))
 }
 
+fn missing(what: &str) -> anyhow::Error {
+    anyhow!("no {what} on the GPU (internal error)")
+}
+
 impl NearestKernels for CudaKernels<'_> {
     fn load(&mut self, rows: &[f32], d: usize, t: &LeafTables) -> Result<()> {
+        let g = self.g;
         let n = rows.len().checked_div(d).unwrap_or(0);
-        let bytes = rows.len() * 4 + (t.cand.len() + t.cand_lb2.len()) * 4 + n * 16;
-        self.g
-            .ensure_free(bytes, &format!("the MST of {n} x {d}"))?;
+        let bytes = (rows.len() + t.cand.len() + t.cand_lb2.len() + t.centres.len()) * 4 + n * 24;
+        g.ensure_free(bytes, &format!("the MST of {n} x {d}"))?;
         self.loaded = None;
         self.loaded = Some(Loaded {
-            x: self.upload(rows, "the rows")?,
+            x: upload(g, rows, "the rows")?,
             n: i32_of(n)?,
             d: i32_of(d)?,
-            leaf_start: self.upload(&t.start, "the leaf starts")?,
-            cand: self.upload(&t.cand, "the candidate leaves")?,
-            cand_lb2: self.upload(&t.cand_lb2, "the leaf bounds")?,
-            rest_lb2: self.upload(&t.rest_lb2, "the leaf bounds")?,
+            leaf_start: upload(g, &t.start, "the leaf starts")?,
+            cand: upload(g, &t.cand, "the candidate leaves")?,
+            cand_lb2: upload(g, &t.cand_lb2, "the leaf bounds")?,
+            rest_lb2: upload(g, &t.rest_lb2, "the leaf bounds")?,
             m: i32_of(t.m)?,
+            centres: upload(g, &t.centres, "the leaf centres")?,
+            radius: upload(g, &t.radius, "the leaf radii")?,
+            tc_lo: upload(g, &t.tc_lo, "the distances to the centres")?,
+            tc_hi: upload(g, &t.tc_hi, "the distances to the centres")?,
+            slack: t.slack,
         });
         Ok(())
     }
 
-    fn set_components(&mut self, comp: &[i32], core2: &[f32], leaf_comp: &[i32]) -> Result<()> {
+    fn set_components(
+        &mut self,
+        comp: &[i32],
+        core2: &[f32],
+        leaf_comp: &[i32],
+        comp_cut2: &[f32],
+    ) -> Result<()> {
+        let g = self.g;
+        // Non-negative floats order like their bits read as i32 (the kernel's atomicMin).
+        let bits: Vec<i32> = comp_cut2.iter().map(|&c| c.to_bits() as i32).collect();
         self.comps = None;
         self.comps = Some(Components {
-            comp: self.upload(comp, "the components")?,
-            core2: self.upload(core2, "the core distances")?,
-            leaf_comp: self.upload(leaf_comp, "the leaf components")?,
+            comp: upload(g, comp, "the components")?,
+            core2: upload(g, core2, "the core distances")?,
+            leaf_comp: upload(g, leaf_comp, "the leaf components")?,
+            comp_best2: upload(g, &bits, "the component cutoffs")?,
         });
         Ok(())
     }
@@ -121,15 +133,20 @@ impl NearestKernels for CudaKernels<'_> {
         qleaves: &[i32],
         cutoff2: &[f32],
         boruvka: bool,
+        walk: usize,
+        need: usize,
         keep: usize,
     ) -> Result<LeafFound> {
-        let l = self.loaded()?;
+        let g = self.g;
+        let l = self.loaded.as_ref().ok_or_else(|| missing("rows loaded"))?;
         let blocks = qleaves.len();
-        let q_dev = self.upload(qleaves, "the query leaves")?;
-        let cut_dev = self.upload(cutoff2, "the cutoffs")?;
-        let mut out_key = self.zeros::<f32>(blocks * MAX_LEAF * keep, "candidate keys")?;
-        let mut out_idx = self.zeros::<i32>(blocks * MAX_LEAF * keep, "candidate indices")?;
-        let mut out_unseen = self.zeros::<f32>(blocks * MAX_LEAF, "candidate bounds")?;
+        let q_dev = upload(g, qleaves, "the query leaves")?;
+        let cut_dev = upload(g, cutoff2, "the cutoffs")?;
+        let mut out_key = zeros::<f32>(g, blocks * MAX_LEAF * keep, "candidate keys")?;
+        let mut out_idx = zeros::<i32>(g, blocks * MAX_LEAF * keep, "candidate indices")?;
+        let mut out_unseen = zeros::<f32>(g, blocks * MAX_LEAF, "candidate bounds")?;
+        let mut out_rows = zeros::<i32>(g, blocks, "row counts")?;
+        let (walk_i, need_i) = (i32_of(walk.min(i32::MAX as usize))?, i32_of(need)?);
         let keep_i = i32_of(keep)?;
         let null: u64 = 0;
         let cfg = LaunchConfig {
@@ -137,29 +154,33 @@ impl NearestKernels for CudaKernels<'_> {
             block_dim: (MAX_LEAF as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.g.stream.launch_builder(&self.g.leaf);
+        let mut b = g.stream.launch_builder(&g.leaf);
         b.arg(&l.x).arg(&l.d).arg(&l.leaf_start).arg(&q_dev);
         b.arg(&l.cand).arg(&l.cand_lb2).arg(&l.rest_lb2).arg(&l.m);
         b.arg(&cut_dev);
         if boruvka {
-            let c = self.comps()?;
+            // The component cutoffs are written by the kernel: a mutable borrow.
+            let c = self.comps.as_mut().ok_or_else(|| missing("components"))?;
             b.arg(&c.comp).arg(&c.core2).arg(&c.leaf_comp);
+            b.arg(&mut c.comp_best2);
         } else {
-            b.arg(&null).arg(&null).arg(&null);
+            b.arg(&null).arg(&null).arg(&null).arg(&null);
         }
-        b.arg(&keep_i)
-            .arg(&mut out_key)
-            .arg(&mut out_idx)
-            .arg(&mut out_unseen);
+        b.arg(&l.centres).arg(&l.radius).arg(&l.tc_lo).arg(&l.tc_hi);
+        b.arg(&l.slack).arg(&walk_i).arg(&need_i).arg(&keep_i);
+        b.arg(&mut out_key).arg(&mut out_idx).arg(&mut out_unseen);
+        b.arg(&mut out_rows);
         // SAFETY: the arguments follow leaf_candidates' signature in order (device slices for
-        // pointers, a null u64 for absent ones, i32 for ints), and every buffer has the length
-        // the kernel indexes: outputs blocks x MAX_LEAF (x keep), tables as loaded.
+        // pointers, a null u64 for absent ones, i32 and f32 for scalars), and every buffer has
+        // the length the kernel indexes: outputs blocks x MAX_LEAF (x keep), tables as loaded,
+        // components and cutoffs n each.
         unsafe { b.launch(cfg) }
             .map_err(|e| anyhow!("launching leaf_candidates ({blocks} leaves): {e:?}"))?;
         Ok(LeafFound {
-            keys: self.download(&out_key, "candidate keys")?,
-            idx: self.download(&out_idx, "candidate indices")?,
-            unseen2: self.download(&out_unseen, "candidate bounds")?,
+            keys: download(g, &out_key, "candidate keys")?,
+            idx: download(g, &out_idx, "candidate indices")?,
+            unseen2: download(g, &out_unseen, "candidate bounds")?,
+            rows: download(g, &out_rows, "row counts")?,
         })
     }
 
@@ -169,11 +190,12 @@ impl NearestKernels for CudaKernels<'_> {
         boruvka: bool,
         keep: usize,
     ) -> Result<(Vec<f32>, Vec<i32>)> {
-        let l = self.loaded()?;
+        let g = self.g;
+        let l = self.loaded.as_ref().ok_or_else(|| missing("rows loaded"))?;
         let nq = queries.len();
-        let q_dev = self.upload(queries, "the queries")?;
-        let mut out_key = self.zeros::<f32>(nq * keep, "candidate keys")?;
-        let mut out_idx = self.zeros::<i32>(nq * keep, "candidate indices")?;
+        let q_dev = upload(g, queries, "the queries")?;
+        let mut out_key = zeros::<f32>(g, nq * keep, "candidate keys")?;
+        let mut out_idx = zeros::<i32>(g, nq * keep, "candidate indices")?;
         let (nq_i, keep_i) = (i32_of(nq)?, i32_of(keep)?);
         let null: u64 = 0;
         let cfg = LaunchConfig {
@@ -181,10 +203,10 @@ impl NearestKernels for CudaKernels<'_> {
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.g.stream.launch_builder(&self.g.nearest);
+        let mut b = g.stream.launch_builder(&g.nearest);
         b.arg(&l.x).arg(&l.n).arg(&l.d).arg(&q_dev).arg(&nq_i);
         if boruvka {
-            let c = self.comps()?;
+            let c = self.comps.as_ref().ok_or_else(|| missing("components"))?;
             b.arg(&c.comp).arg(&c.core2);
         } else {
             b.arg(&null).arg(&null);
@@ -195,8 +217,8 @@ impl NearestKernels for CudaKernels<'_> {
         unsafe { b.launch(cfg) }
             .map_err(|e| anyhow!("launching nearest_candidates ({nq} queries): {e:?}"))?;
         Ok((
-            self.download(&out_key, "candidate keys")?,
-            self.download(&out_idx, "candidate indices")?,
+            download(g, &out_key, "candidate keys")?,
+            download(g, &out_idx, "candidate indices")?,
         ))
     }
 }

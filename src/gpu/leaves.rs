@@ -48,6 +48,16 @@ pub struct LeafTables {
     pub cand_lb2: Vec<f32>,
     /// A bound for every leaf left out of l's list (infinite when none is).
     pub rest_lb2: Vec<f32>,
+    /// Leaf centres as f32 rows (leaves x d), for the kernel's per-query bound.
+    pub centres: Vec<f32>,
+    /// Per leaf, a bound (rounded up) on the distance of its rows to its f32 centre.
+    pub radius: Vec<f32>,
+    /// Per position, bounds below and above on the row's distance to its leaf's centre; within
+    /// a leaf the rows go farthest first.
+    pub tc_lo: Vec<f32>,
+    pub tc_hi: Vec<f32>,
+    /// Relative error bound of the kernel's f32 distance from a row to a centre.
+    pub slack: f32,
 }
 
 impl LeafTables {
@@ -73,6 +83,8 @@ impl LeafTables {
             split(x, (0..n as u32).collect(), p.leaf_size, &kern)
         };
         let nl = leaves.len();
+        // Centres are rounded to f32 once and then used as exact points: every bound below is
+        // measured from the same centre the kernel sees.
         let centres: Vec<Vec<f64>> = leaves
             .par_iter()
             .map(|leaf| {
@@ -82,36 +94,57 @@ impl LeafTables {
                         *cj += f64::from(v);
                     }
                 }
-                c.iter_mut().for_each(|v| *v /= leaf.len() as f64);
+                c.iter_mut()
+                    .for_each(|v| *v = f64::from((*v / leaf.len() as f64) as f32));
                 c
             })
             .collect();
-        // f64 distances to the f64 centre are exact to ~1e-15 relative; the factor covers it.
-        let radius: Vec<f64> = leaves
+        // Rows farthest from the centre first (the kernel's tile bounds rely on it), with
+        // their distances; f64 distances are exact to ~1e-15 relative, the factors cover that.
+        let sorted: Vec<Vec<(f64, u32)>> = leaves
             .par_iter()
             .zip(&centres)
             .map(|(leaf, c)| {
-                let r2 = leaf.iter().fold(0.0f64, |m, &r| {
-                    let s: f64 = x
-                        .row(r as usize)
-                        .iter()
-                        .zip(c)
-                        .map(|(&v, &cj)| (f64::from(v) - cj).powi(2))
-                        .sum();
-                    m.max(s)
-                });
-                r2.sqrt() * (1.0 + 1e-9)
+                let mut v: Vec<(f64, u32)> = leaf
+                    .iter()
+                    .map(|&r| {
+                        let s: f64 = x
+                            .row(r as usize)
+                            .iter()
+                            .zip(c)
+                            .map(|(&v, &cj)| (f64::from(v) - cj).powi(2))
+                            .sum();
+                        (s.sqrt(), r)
+                    })
+                    .collect();
+                v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                v
             })
             .collect();
+        drop(leaves);
+        let radius: Vec<f64> = sorted
+            .iter()
+            .map(|v| v.first().map_or(0.0, |e| e.0) * (1.0 + 1e-9))
+            .collect();
         let mut perm = Vec::with_capacity(n);
+        let (mut tc_lo, mut tc_hi) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut start = Vec::with_capacity(nl + 1);
         start.push(0i32);
-        for leaf in &leaves {
-            perm.extend_from_slice(leaf);
+        for leaf in &sorted {
+            for &(dist, r) in leaf {
+                perm.push(r);
+                tc_lo.push(f32_down(dist * (1.0 - 1e-9)));
+                tc_hi.push(f32_up(dist * (1.0 + 1e-9)));
+            }
             start.push(perm.len() as i32);
         }
         let m = p.list_len.min(nl.max(1));
         let (cand, cand_lb2, rest_lb2) = candidate_lists(&centres, &radius, d, m);
+        let centres32: Vec<f32> = centres.iter().flatten().map(|&v| v as f32).collect();
+        let radius32: Vec<f32> = radius.iter().map(|&r| f32_up(r)).collect();
+        // An f32 squared distance errs by at most rel_err(d) relative; its square root by half
+        // that, and the kernel's few roundings after it by far less than the 2e-6.
+        let slack = (super::mst::rel_err(d) + 2e-6) as f32;
         Ok(Self {
             perm,
             start,
@@ -119,6 +152,11 @@ impl LeafTables {
             cand,
             cand_lb2,
             rest_lb2,
+            centres: centres32,
+            radius: radius32,
+            tc_lo,
+            tc_hi,
+            slack,
         })
     }
 
@@ -139,6 +177,12 @@ impl LeafTables {
 fn f32_down(v: f64) -> f32 {
     let f = v as f32;
     if f64::from(f) > v { f.next_down() } else { f }
+}
+
+/// The smallest f32 not below `v` (v >= 0).
+fn f32_up(v: f64) -> f32 {
+    let f = v as f32;
+    if f64::from(f) < v { f.next_up() } else { f }
 }
 
 type Lists = (Vec<i32>, Vec<f32>, Vec<f32>);
@@ -265,6 +309,27 @@ mod tests {
             }
             best
         };
+        let d = x.cols();
+        for l in 0..nl {
+            let c = &t.centres[l * d..(l + 1) * d];
+            for i in t.start[l] as usize..t.start[l + 1] as usize {
+                let r = x.row(t.perm[i] as usize);
+                let dist = r
+                    .iter()
+                    .zip(c)
+                    .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                assert!(f64::from(t.tc_lo[i]) <= dist && dist <= f64::from(t.tc_hi[i]));
+                assert!(
+                    dist <= f64::from(t.radius[l]),
+                    "radius below a row's distance"
+                );
+                if i > t.start[l] as usize {
+                    assert!(t.tc_hi[i] <= t.tc_hi[i - 1], "rows not farthest first");
+                }
+            }
+        }
         for q in 0..nl {
             let list = &t.cand[q * t.m..(q + 1) * t.m];
             let lbs = &t.cand_lb2[q * t.m..(q + 1) * t.m];

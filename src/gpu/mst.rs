@@ -37,15 +37,26 @@ pub trait NearestKernels {
     /// Loads the rows (n x d, row-major, in position order) and the leaf tables.
     fn load(&mut self, rows: &[f32], d: usize, leaves: &LeafTables) -> Result<()>;
     /// The Boruvka state used by later calls with `boruvka = true`: component per position,
-    /// squared core distances, and per leaf the one component of all its rows or -1.
-    fn set_components(&mut self, comp: &[i32], core2: &[f32], leaf_comp: &[i32]) -> Result<()>;
-    /// `leaf_candidates` (kernels/leaf_search.cu) for `qleaves`; `cutoff2` has one value per
-    /// position. Keys and indices come `MAX_LEAF * keep` per query leaf, `unseen2` `MAX_LEAF`.
+    /// squared core distances, per leaf the one component of all its rows or -1, and per
+    /// component the squared cutoff known so far (the kernel lowers it as it finds edges).
+    fn set_components(
+        &mut self,
+        comp: &[i32],
+        core2: &[f32],
+        leaf_comp: &[i32],
+        comp_cut2: &[f32],
+    ) -> Result<()>;
+    /// `leaf_candidates` (kernels/leaf_search.cu) for `qleaves`, walking at most `walk` listed
+    /// leaves and stopping once every query's `need`-th key is settled; `cutoff2` has one
+    /// value per position. Keys and indices come `MAX_LEAF * keep` per query leaf, `unseen2`
+    /// `MAX_LEAF`.
     fn leaf_candidates(
         &mut self,
         qleaves: &[i32],
         cutoff2: &[f32],
         boruvka: bool,
+        walk: usize,
+        need: usize,
         keep: usize,
     ) -> Result<LeafFound>;
     /// `nearest_candidates` (kernels/nearest.cu): `keep` keys and indices per query position.
@@ -62,6 +73,8 @@ pub struct LeafFound {
     pub keys: Vec<f32>,
     pub idx: Vec<i32>,
     pub unseen2: Vec<f32>,
+    /// Per query leaf, the candidate rows its block measured (work, for the log and tests).
+    pub rows: Vec<i32>,
 }
 
 /// Tuning of the GPU MST; the answer does not depend on it, only the work does.
@@ -83,7 +96,7 @@ impl Default for GpuMstParams {
 
 /// Relative error bound of an f32 squared distance over `d` dimensions (each difference and
 /// square rounds, then `d` additions), doubled for safety.
-fn rel_err(d: usize) -> f64 {
+pub(crate) fn rel_err(d: usize) -> f64 {
     2.0 * (d as f64 + 8.0) * f64::from(f32::EPSILON)
 }
 
@@ -158,36 +171,60 @@ impl Found {
 
 /// Runs the leaf search for the leaves holding `queries` (positions); returns one `Found`
 /// per query, in the order of `queries`.
+/// What one leaf search asks of the kernel (see `NearestKernels::leaf_candidates`).
+#[derive(Clone, Copy)]
+struct Ask {
+    boruvka: bool,
+    walk: usize,
+    need: usize,
+    keep: usize,
+}
+
 fn leaf_search<K: NearestKernels + ?Sized>(
     dev: &mut K,
     t: &LeafTables,
     leaf_of: &[u32],
     queries: &[usize],
     cutoff2: &[f32],
-    boruvka: bool,
-    keep: usize,
+    ask: Ask,
 ) -> Result<Vec<Found>> {
+    let Ask {
+        boruvka,
+        walk,
+        need,
+        keep,
+    } = ask;
     let mut qleaves: Vec<u32> = queries.iter().map(|&p| leaf_of[p]).collect();
     qleaves.sort_unstable();
     qleaves.dedup();
     // Where each query leaf's block landed: (launch, block).
+    let mut pairs = 0usize;
     let mut slot_of_leaf = vec![(usize::MAX, 0usize); t.leaves()];
     let mut outs = Vec::new();
     for (ci, chunk) in qleaves.chunks(LEAF_CHUNK).enumerate() {
         let ql: Vec<i32> = chunk.iter().map(|&l| l as i32).collect();
-        let out = dev.leaf_candidates(&ql, cutoff2, boruvka, keep)?;
+        let out = dev.leaf_candidates(&ql, cutoff2, boruvka, walk, need, keep)?;
         if out.keys.len() != ql.len() * MAX_LEAF * keep
             || out.idx.len() != out.keys.len()
             || out.unseen2.len() != ql.len() * MAX_LEAF
+            || out.rows.len() != ql.len()
         {
             bail!("leaf_candidates returned buffers of the wrong size");
         }
         for (b, &l) in chunk.iter().enumerate() {
             slot_of_leaf[l as usize] = (ci, b);
+            let queries = (t.start[l as usize + 1] - t.start[l as usize]) as usize;
+            pairs += queries * usize::try_from(out.rows[b]).unwrap_or(0);
         }
         outs.push(out);
     }
     let n = leaf_of.len();
+    tracing::debug!(
+        "leaf search: {} queries in {} leaves measured {pairs} pairs ({:.2}% of brute force)",
+        queries.len(),
+        qleaves.len(),
+        100.0 * pairs as f64 / (queries.len() as f64 * n as f64)
+    );
     queries
         .iter()
         .map(|&p| {
@@ -318,9 +355,17 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
 
     // 1. k nearest neighbours and core distances: the leaf search, then brute force for what
     //    it could not prove, then the host for what neither could.
-    let all: Vec<usize> = (0..n).collect();
+    //    The walk settles all k keys: the longer lists it proves let most Boruvka rounds run
+    //    from the lists alone (settling only the core's key measured more pairs in total).
     let open = vec![f32::INFINITY; n];
-    let found = leaf_search(dev, &tables, &leaf_of, &all, &open, false, k)?;
+    let all: Vec<usize> = (0..n).collect();
+    let ask = Ask {
+        boruvka: false,
+        walk: usize::MAX,
+        need: k,
+        keep: k,
+    };
+    let found = leaf_search(dev, &tables, &leaf_of, &all, &open, ask)?;
     let mut knn: Vec<Option<KnnRow>> = found
         .par_iter()
         .enumerate()
@@ -400,11 +445,15 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
                     }
                 })
                 .collect();
-            dev.set_components(&comp_i, &core2, &leaf_comp)?;
+            let comp_cut2: Vec<f32> = best
+                .iter()
+                .map(|b| cutoff_above(b.w.powi(2), rel))
+                .collect();
+            dev.set_components(&comp_i, &core2, &leaf_comp, &comp_cut2)?;
             let keep = params.boruvka_keep;
             let mut cutoff2 = vec![0f32; n];
             for &p in &queries {
-                cutoff2[p] = cutoff_above(best[comp[p] as usize].w.powi(2), rel);
+                cutoff2[p] = comp_cut2[comp[p] as usize];
             }
             // Leaf search, then brute force for what it left open.
             for brute in [false, true] {
@@ -414,7 +463,13 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
                 let found = if brute {
                     brute_search(dev, n, &queries, true, keep)?
                 } else {
-                    leaf_search(dev, &tables, &leaf_of, &queries, &cutoff2, true, keep)?
+                    let ask = Ask {
+                        boruvka: true,
+                        walk: usize::MAX,
+                        need: 1,
+                        keep,
+                    };
+                    leaf_search(dev, &tables, &leaf_of, &queries, &cutoff2, ask)?
                 };
                 let mut lbs = Vec::with_capacity(queries.len());
                 for (&p, f) in queries.iter().zip(&found) {

@@ -102,5 +102,20 @@ inline float __int_as_float(int i) {
     return f;
 }
 
+inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, sizeof i);
+    return i;
+}
+
+// Fibers of a block share one OS thread, and blocks run one after another: no data races.
+inline int atomicMin(int* p, int v) {
+    const int old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+
 using std::fmaf;
+// sqrtf: the C library's, from <cmath>.
 using std::fmaxf;
+using std::fminf;
