@@ -479,3 +479,86 @@ fn duplicates_and_a_single_leaf_are_exact() {
         check(&x, ms, &GpuMstParams::default());
     }
 }
+
+#[test]
+fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
+    // The kernel's contract, checked row by row: every row not in a query's list has an exact
+    // key of at least min(last kept key less its rounding, the reported bound). With need = 1
+    // < keep the skips go by the first key, so only the reported bound covers them.
+    let x = blobs(700, 9, 5, 0.5, 21);
+    let (n, d) = (x.rows(), x.cols());
+    let params = LeafParams {
+        leaf_size: 20,
+        list_len: 10,
+    };
+    let t = LeafTables::build(&x, &params).expect("tables");
+    let mut rows = Vec::with_capacity(n * d);
+    for &r in &t.perm {
+        rows.extend_from_slice(x.row(r as usize));
+    }
+    let xp = Matrix::new(n, d, rows).expect("shape");
+    let mut emu = Emu::default();
+    emu.load(xp.as_slice(), d, &t).expect("load");
+    let rel = 2.0 * (d as f64 + 8.0) * f64::from(f32::EPSILON);
+    let d2 = |a: usize, b: usize| -> f64 {
+        xp.row(a)
+            .iter()
+            .zip(xp.row(b))
+            .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
+            .sum()
+    };
+    // Components: runs of 50 positions; core distances: a tenth of the distance to row 0.
+    let comp: Vec<i32> = (0..n).map(|p| (p / 50) as i32).collect();
+    let core2: Vec<f32> = (0..n).map(|p| (d2(p, 0) / 100.0) as f32).collect();
+    let leaves = t.leaves();
+    let leaf_comp: Vec<i32> = (0..leaves)
+        .map(|l| {
+            let s = &comp[t.start[l] as usize..t.start[l + 1] as usize];
+            if s.iter().all(|&c| c == s[0]) {
+                s[0]
+            } else {
+                -1
+            }
+        })
+        .collect();
+    let qleaves: Vec<i32> = (0..leaves as i32).collect();
+    let keep = 64;
+    for (boruvka, need) in [(false, 2), (true, 1)] {
+        emu.set_components(&comp, &core2, &leaf_comp, &vec![f32::INFINITY; n])
+            .expect("components");
+        let cutoff2 = vec![f32::INFINITY; n];
+        let out = emu
+            .leaf_candidates(&qleaves, &cutoff2, boruvka, usize::MAX, need, keep)
+            .expect("leaf search");
+        let mut checked = 0;
+        for l in 0..leaves {
+            for p in t.start[l] as usize..t.start[l + 1] as usize {
+                let s = l * MAX_LEAF + (p - t.start[l] as usize);
+                let ks = &out.keys[s * keep..(s + 1) * keep];
+                let is = &out.idx[s * keep..(s + 1) * keep];
+                assert!(ks.windows(2).all(|w| w[0] <= w[1]), "keys not ascending");
+                let bound = (f64::from(ks[keep - 1]) * (1.0 - rel)).min(f64::from(out.unseen2[s]));
+                let key = |o: usize| {
+                    let k = d2(p, o);
+                    if boruvka {
+                        k.max(f64::from(core2[p])).max(f64::from(core2[o]))
+                    } else {
+                        k
+                    }
+                };
+                for o in 0..n {
+                    if is.contains(&(o as i32)) || boruvka && comp[o] == comp[p] {
+                        continue;
+                    }
+                    assert!(
+                        key(o) >= bound,
+                        "row {o} left out of {p}'s list ({boruvka}) at {} below the bound {bound}",
+                        key(o)
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > n * n / 2, "too few rows checked");
+    }
+}
