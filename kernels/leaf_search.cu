@@ -37,8 +37,8 @@
 // component lets its other queries skip most of their walk. The host uploads it holding the
 // cutoffs it already knows, and sees every edge behind it, since whoever lowered it kept it.
 //
-// `walk` caps how many listed leaves a block walks, so the host can first prove the easy rows
-// with a short walk and send only the rest on a long one. The walk stops once no query's
+// `walk` caps how many listed leaves a block walks (the host walks whole lists today; a short
+// first walk for the easy rows is a knob to try on a GPU). The walk stops once no query's
 // `need`-th key (the core distance's neighbour, or the one edge Boruvka needs) could improve;
 // the `keep - need` extra candidates are whatever the walk met on the way.
 

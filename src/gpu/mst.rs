@@ -154,12 +154,12 @@ fn exact_min_edge(x: &Matrix, core: &[f64], comp: &[u32], p: usize) -> Cand {
 }
 
 /// One query's candidates: (position, f32 key) ascending, and what bounds every row not among
-/// them: every visited row left out has a key of at least `last` (up to its rounding), every
-/// row not visited a squared distance of at least `unseen2`.
+/// them: every measured row left out has a key of at least `last` (up to its rounding), every
+/// row not measured a squared distance of at least `unseen2`.
 struct Found {
     list: Vec<(usize, f32)>,
     last: f32,
-    /// The kernel's bound on the rows it did not visit.
+    /// The kernel's bound on the rows it did not measure.
     unseen2: f32,
 }
 
@@ -169,8 +169,6 @@ impl Found {
     }
 }
 
-/// Runs the leaf search for the leaves holding `queries` (positions); returns one `Found`
-/// per query, in the order of `queries`.
 /// What one leaf search asks of the kernel (see `NearestKernels::leaf_candidates`).
 #[derive(Clone, Copy)]
 struct Ask {
@@ -180,6 +178,8 @@ struct Ask {
     keep: usize,
 }
 
+/// Runs the leaf search for the leaves holding `queries` (positions); returns one `Found`
+/// per query, in the order of `queries`.
 fn leaf_search<K: NearestKernels + ?Sized>(
     dev: &mut K,
     t: &LeafTables,
