@@ -12,7 +12,7 @@ use rand_distr::{Distribution, StandardNormal};
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, fixtures};
+use fixtures::{ari, assert_spanning_tree, fixtures};
 use segclust::cluster::{self, HdbscanParams, MstEdge, prim};
 use segclust::gpu::leaves::MAX_LEAF;
 use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
@@ -325,23 +325,6 @@ fn check(x: &Matrix, min_samples: usize, params: &GpuMstParams) -> (Emu, bool) {
     assert_eq!(lg.labels, lc.labels, "labels differ");
     assert_eq!(lg.probabilities, lc.probabilities, "probabilities differ");
     (emu, true)
-}
-
-fn assert_spanning_tree(n: usize, mst: &[MstEdge]) {
-    assert_eq!(mst.len(), n - 1, "a spanning tree has n - 1 edges");
-    let mut uf: Vec<usize> = (0..n).collect();
-    fn find(p: &mut [usize], mut a: usize) -> usize {
-        while p[a] != a {
-            p[a] = p[p[a]];
-            a = p[a];
-        }
-        a
-    }
-    for e in mst {
-        let (a, b) = (find(&mut uf, e.a as usize), find(&mut uf, e.b as usize));
-        assert_ne!(a, b, "edge {e:?} closes a cycle");
-        uf[a] = b;
-    }
 }
 
 #[test]

@@ -5,13 +5,16 @@
 //! Env: SEGCLUST_GPU_BIG=1 adds the 50k and 200k row MST cases; SEGCLUST_NVRTC_LIB_DIR (set by
 //! tools/check_kernels.sh) turns on the NVRTC compile test on machines without a GPU.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
+
+use fixtures::{ari, assert_spanning_tree};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use segclust::cluster::{self, HdbscanParams, MstEdge};
 use segclust::gpu::{Gpu, compile_kernels};
 use segclust::matrix::Matrix;
 use segclust::reduce::{self, PcaParams};
-use std::collections::HashMap;
 use std::time::Instant;
 
 #[test]
@@ -115,49 +118,6 @@ fn prim_weight(x: &Matrix, min_samples: usize) -> f64 {
         cur = next;
     }
     sum
-}
-
-fn assert_spanning_tree(n: usize, mst: &[MstEdge]) {
-    assert_eq!(mst.len(), n - 1, "a spanning tree has n - 1 edges");
-    let mut parent: Vec<usize> = (0..n).collect();
-    fn find(p: &mut [usize], mut x: usize) -> usize {
-        while p[x] != x {
-            p[x] = p[p[x]];
-            x = p[x];
-        }
-        x
-    }
-    for e in mst {
-        let (a, b) = (
-            find(&mut parent, e.a as usize),
-            find(&mut parent, e.b as usize),
-        );
-        assert_ne!(a, b, "edge {e:?} closes a cycle");
-        parent[a] = b;
-    }
-}
-
-fn ari(a: &[i64], b: &[i64]) -> f64 {
-    let comb = |v: f64| v * (v - 1.0) / 2.0;
-    let mut cont: HashMap<(i64, i64), f64> = HashMap::new();
-    let (mut ra, mut rb): (HashMap<i64, f64>, HashMap<i64, f64>) = (HashMap::new(), HashMap::new());
-    for (&x, &y) in a.iter().zip(b) {
-        *cont.entry((x, y)).or_default() += 1.0;
-        *ra.entry(x).or_default() += 1.0;
-        *rb.entry(y).or_default() += 1.0;
-    }
-    let index: f64 = cont.values().map(|&v| comb(v)).sum();
-    let (sa, sb): (f64, f64) = (
-        ra.values().map(|&v| comb(v)).sum(),
-        rb.values().map(|&v| comb(v)).sum(),
-    );
-    let expected = sa * sb / comb(a.len() as f64);
-    let max = 0.5 * (sa + sb);
-    if (max - expected).abs() < 1e-12 {
-        1.0
-    } else {
-        (index - expected) / (max - expected)
-    }
 }
 
 #[test]

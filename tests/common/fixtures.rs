@@ -1,8 +1,9 @@
-//! The scikit-learn fixtures (tests/fixtures/hdbscan, written by tools/make_fixtures.py) and
-//! the adjusted Rand index, shared by the parity tests of the CPU and the GPU paths.
+//! The scikit-learn fixtures (tests/fixtures/hdbscan, written by tools/make_fixtures.py), the
+//! adjusted Rand index and a spanning-tree check, shared by the parity tests of the CPU and the
+//! GPU paths.
 #![allow(dead_code)]
 
-use segclust::cluster::{HdbscanParams, Selection};
+use segclust::cluster::{HdbscanParams, MstEdge, Selection};
 use segclust::matrix::Matrix;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -167,4 +168,25 @@ pub fn ari(a: &[i64], b: &[i64]) -> f64 {
 
 fn sum_sq_counts<K>(counts: &HashMap<K, i128>) -> i128 {
     counts.values().map(|c| c * c).sum()
+}
+
+/// `mst` has n - 1 edges and no cycle.
+pub fn assert_spanning_tree(n: usize, mst: &[MstEdge]) {
+    assert_eq!(mst.len(), n - 1, "a spanning tree has n - 1 edges");
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    for e in mst {
+        let (a, b) = (
+            find(&mut parent, e.a as usize),
+            find(&mut parent, e.b as usize),
+        );
+        assert_ne!(a, b, "edge {e:?} closes a cycle");
+        parent[a] = b;
+    }
 }
