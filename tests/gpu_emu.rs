@@ -494,16 +494,7 @@ fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
     let comp: Vec<i32> = (0..n).map(|p| (p / 50) as i32).collect();
     let core2: Vec<f32> = (0..n).map(|p| (d2(p, 0) / 100.0) as f32).collect();
     let leaves = t.leaves();
-    let leaf_comp: Vec<i32> = (0..leaves)
-        .map(|l| {
-            let s = &comp[t.start[l] as usize..t.start[l + 1] as usize];
-            if s.iter().all(|&c| c == s[0]) {
-                s[0]
-            } else {
-                -1
-            }
-        })
-        .collect();
+    let leaf_comp = t.leaf_components(&comp);
     let qleaves: Vec<i32> = (0..leaves as i32).collect();
     let keep = 64;
     for (boruvka, need) in [(false, 2), (true, 1)] {

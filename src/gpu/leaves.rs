@@ -164,6 +164,21 @@ impl LeafTables {
         self.start.len().saturating_sub(1)
     }
 
+    /// Per leaf, the one component all its positions are in, or -1 (the kernel skips a
+    /// leaf wholly inside the query's own component).
+    pub fn leaf_components(&self, comp: &[i32]) -> Vec<i32> {
+        (0..self.leaves())
+            .map(|l| {
+                let s = &comp[self.start[l] as usize..self.start[l + 1] as usize];
+                if s.iter().all(|&c| c == s[0]) {
+                    s[0]
+                } else {
+                    -1
+                }
+            })
+            .collect()
+    }
+
     pub fn leaf_of_positions(&self) -> Vec<u32> {
         let mut of = vec![0u32; self.perm.len()];
         for l in 0..self.leaves() {

@@ -435,16 +435,7 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
             .collect();
         if !queries.is_empty() {
             let comp_i: Vec<i32> = comp.iter().map(|&c| c as i32).collect();
-            let leaf_comp: Vec<i32> = (0..tables.leaves())
-                .map(|l| {
-                    let s = &comp_i[tables.start[l] as usize..tables.start[l + 1] as usize];
-                    if s.iter().all(|&c| c == s[0]) {
-                        s[0]
-                    } else {
-                        -1
-                    }
-                })
-                .collect();
+            let leaf_comp = tables.leaf_components(&comp_i);
             let comp_cut2: Vec<f32> = best
                 .iter()
                 .map(|b| cutoff_above(b.w.powi(2), rel))
