@@ -8,10 +8,10 @@
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, assert_spanning_tree};
+use fixtures::{ari, assert_spanning_tree, fixtures};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
-use segclust::cluster::{self, HdbscanParams, MstEdge};
+use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
 use segclust::gpu::{Gpu, compile_kernels};
 use segclust::matrix::Matrix;
 use segclust::reduce::{self, PcaParams};
@@ -131,6 +131,7 @@ fn gpu_matches_cpu() {
     };
     eprintln!("GPU parity suite on {}", gpu.name());
     mst_against_oracle(&gpu);
+    fixtures_parity(&gpu);
     // Batches run on other threads than the one that opened the GPU.
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -293,9 +294,78 @@ fn mst_against_oracle(gpu: &Gpu) {
     assert!((total(&mst) - oracle).abs() <= 1e-9 * oracle.max(1.0));
 }
 
+fn sorted_weights(mst: &[MstEdge]) -> Vec<f64> {
+    let mut w: Vec<f64> = mst.iter().map(|e| e.weight).collect();
+    w.sort_by(f64::total_cmp);
+    w
+}
+
+fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The scikit-learn fixtures through the GPU MST (called directly: `Device::hdbscan` keeps
+/// inputs this small on the CPU): Prim's weights to the bit and, in the canonical order of
+/// equal merges, Prim's labels and probabilities on every run, ties included.
+fn fixtures_parity(gpu: &Gpu) {
+    let (mut runs, mut failures) = (0, Vec::new());
+    for (fx, x) in fixtures() {
+        let mut done = Vec::new();
+        for run in &fx.runs {
+            let what = run.describe(&fx.name);
+            if x.rows() < 2 || done.contains(&run.min_samples) {
+                continue;
+            }
+            done.push(run.min_samples);
+            let g = match gpu.mst(&x, run.min_samples) {
+                Ok(g) => g,
+                Err(e) => {
+                    failures.push(format!("{what}: GPU MST failed: {e:#}"));
+                    continue;
+                }
+            };
+            assert_spanning_tree(x.rows(), &g);
+            let c = prim::mst(&x, run.min_samples);
+            if !same_bits(&sorted_weights(&g), &sorted_weights(&c)) {
+                failures.push(format!("{what}: GPU MST weights differ from Prim's"));
+            }
+            for r in fx.runs.iter().filter(|r| r.min_samples == run.min_samples) {
+                let params = r.params();
+                let lg =
+                    cluster::labels_with_ties(x.rows(), g.clone(), TieOrder::Canonical, &params);
+                let lc =
+                    cluster::labels_with_ties(x.rows(), c.clone(), TieOrder::Canonical, &params);
+                runs += 1;
+                if lg != lc {
+                    failures.push(format!(
+                        "{}: GPU labels differ from the CPU's",
+                        r.describe(&fx.name)
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!("GPU fixtures: {runs} runs compared");
+    assert!(
+        runs >= 100,
+        "expected the committed fixtures' runs, got {runs}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn mst_parity(gpu: &Gpu, n: usize) {
     let d = 32;
-    let x = blobs(n, d, 25, n as u64);
+    let mut x = blobs(n, d, 25, n as u64);
+    // One row in twenty repeated exactly: ties at zero and at every distance to a copy.
+    for i in 0..n / 20 {
+        let r = x.row(i).to_vec();
+        x.row_mut(n / 2 + i).copy_from_slice(&r);
+    }
     for ms in [2, 5] {
         let t = Instant::now();
         let g = gpu
@@ -307,20 +377,29 @@ fn mst_parity(gpu: &Gpu, n: usize) {
         let tc = t.elapsed();
         eprintln!("MST {n} x {d} min_samples {ms}: gpu {tg:?}, cpu {tc:?}");
         assert_spanning_tree(n, &g);
-        let (wg, wc) = (total(&g), total(&c));
         assert!(
-            (wg - wc).abs() <= 1e-6 * wc,
-            "MST {n} ms {ms}: GPU weight {wg} vs CPU {wc}"
+            same_bits(&sorted_weights(&g), &sorted_weights(&c)),
+            "MST {n} ms {ms}: GPU weights differ from the CPU's"
         );
-        let params = HdbscanParams {
-            min_cluster_size: 10,
-            min_samples: ms,
-            ..HdbscanParams::default()
-        };
-        let lg = cluster::labels_from_mst(n, g, &params);
-        let lc = cluster::labels_from_mst(n, c, &params);
-        let score = ari(&lg.labels, &lc.labels);
-        assert!(score == 1.0, "MST {n} ms {ms}: labels ARI {score}");
+        for selection in [Selection::Leaf, Selection::Eom] {
+            let params = HdbscanParams {
+                min_cluster_size: 10,
+                min_samples: ms,
+                selection,
+                ..HdbscanParams::default()
+            };
+            let lg = cluster::labels_with_ties(n, g.clone(), TieOrder::Canonical, &params);
+            let lc = cluster::labels_with_ties(n, c.clone(), TieOrder::Canonical, &params);
+            assert!(
+                lg.labels == lc.labels,
+                "MST {n} ms {ms} {selection:?}: labels differ (ARI {})",
+                ari(&lg.labels, &lc.labels)
+            );
+            assert!(
+                same_bits(&lg.probabilities, &lc.probabilities),
+                "MST {n} ms {ms} {selection:?}: probabilities differ"
+            );
+        }
     }
 }
 

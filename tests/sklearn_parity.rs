@@ -2,7 +2,7 @@
 //! `tools/make_fixtures.py` (tests/fixtures/hdbscan: `NAME.x.npy` inputs, `NAME.json` results).
 //!
 //! For every fixture and parameter set:
-//! - the exact path (`prim::mst` + `labels_from_mst`) must give scikit-learn's labels with the
+//! - the exact path (`prim::mst`, equal merges in Prim's order) must give scikit-learn's labels with the
 //!   same ids and its probabilities to the last bit. Where the fixture says scikit-learn's own
 //!   result under a stable sort of the MST differs from what numpy's unstable argsort gave
 //!   (`stable_labels` / `stable_probabilities`: the order of equal-weight merges is left open
@@ -10,17 +10,20 @@
 //!   runs marked `tie_sensitive` are compared to scikit-learn's actual labels only in a report;
 //! - the `hdbscan` package's labels (its `min_samples` is ours - 1) must agree up to renaming
 //!   wherever the run is not tie-sensitive;
-//! - the fast path (`hdbscan_cpu`, the Boruvka MST) must agree with scikit-learn (ARI 1) on runs
-//!   that are not tie-sensitive (probabilities too, unless `probabilities_tie_sensitive`: the
-//!   order of equal merges can move probabilities without moving labels), and its MST must
-//!   have the same sorted weights as Prim's on all.
+//! - the fast path (the Boruvka MST, equal merges in the canonical order that `hdbscan_cpu` uses
+//!   above 1,000 rows) must agree with scikit-learn (ARI 1) on runs that are not tie-sensitive
+//!   (probabilities too, unless `probabilities_tie_sensitive`: the order of equal merges can
+//!   move probabilities without moving labels); its MST must have the same sorted weights as
+//!   Prim's, and its canonical labels and probabilities must equal those from Prim's MST, on
+//!   every run, tie-sensitive or not: the canonical order does not depend on the MST builder.
 
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
 use fixtures::{ari, fixtures};
-use segclust::cluster::{self, MstEdge, boruvka, prim};
+use segclust::cluster::{self, MstEdge, TieOrder, boruvka, prim};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// The same bits: serde_json's `float_roundtrip` feature (Cargo.toml) parses the fixtures'
 /// shortest round-trip decimals back to exactly the f64 scikit-learn wrote.
@@ -54,7 +57,8 @@ fn exact_path_matches_scikit_learn() {
             let mst = msts
                 .entry(run.min_samples)
                 .or_insert_with(|| prim::mst(&x, run.min_samples));
-            let got = cluster::labels_from_mst(x.rows(), mst.clone(), &run.params());
+            let got =
+                cluster::labels_with_ties(x.rows(), mst.clone(), TieOrder::AsGiven, &run.params());
             let want_labels = run.stable_labels.as_ref().unwrap_or(&run.labels);
             let want_probs = run
                 .stable_probabilities
@@ -121,50 +125,60 @@ fn exact_path_matches_scikit_learn() {
 #[test]
 fn fast_path_matches_scikit_learn() {
     let mut failures = Vec::new();
-    let mut checked = 0;
+    let (mut checked, mut tie_runs, mut tie_same) = (0, 0, 0);
     for (fx, x) in fixtures() {
-        let mut seen = HashMap::new();
+        let n = x.rows();
+        // Per min_samples: the Boruvka MST and Prim's.
+        let mut msts: HashMap<usize, (Vec<MstEdge>, Vec<MstEdge>)> = HashMap::new();
         for run in &fx.runs {
             let what = run.describe(&fx.name);
-            let fast = match boruvka::mst(&x, run.min_samples) {
-                Ok(e) => e,
-                Err(e) => {
-                    failures.push(format!("{what}: boruvka::mst failed: {e:#}"));
-                    continue;
-                }
-            };
-            if fast.is_empty() && x.rows() >= 2 {
-                eprintln!(
-                    "\n!!! SKIPPED the fast-path half of sklearn_parity: boruvka::mst returned no \
-                     edges (still a stub). Only the exact Prim path was checked. !!!\n"
+            if let Entry::Vacant(slot) = msts.entry(run.min_samples) {
+                let fast = match boruvka::mst(&x, run.min_samples) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        failures.push(format!("{what}: boruvka::mst failed: {e:#}"));
+                        continue;
+                    }
+                };
+                let exact = prim::mst(&x, run.min_samples);
+                let (mut a, mut b): (Vec<f64>, Vec<f64>) = (
+                    fast.iter().map(|e| e.weight).collect(),
+                    exact.iter().map(|e| e.weight).collect(),
                 );
-                return;
-            }
-            seen.entry(run.min_samples).or_insert_with(|| {
-                let mut a: Vec<f64> = fast.iter().map(|e| e.weight).collect();
-                let mut b: Vec<f64> = prim::mst(&x, run.min_samples)
-                    .iter()
-                    .map(|e| e.weight)
-                    .collect();
                 a.sort_by(f64::total_cmp);
                 b.sort_by(f64::total_cmp);
                 // Every MST has the same sorted weights, and both paths compute distances the
                 // way scikit-learn does (column-order sums), so they must agree to the bit.
-                let same =
-                    a.len() == b.len() && a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
-                if !same {
+                if !same_bits(&a, &b) {
                     failures.push(format!("{what}: Boruvka MST weights differ from Prim's"));
                 }
-            });
-            let got = match cluster::hdbscan_cpu(&x, &run.params()) {
-                Ok(c) => c,
-                Err(e) => {
-                    failures.push(format!("{what}: hdbscan_cpu failed: {e:#}"));
-                    continue;
-                }
+                slot.insert((fast, exact));
+            }
+            let Some((fast, exact)) = msts.get(&run.min_samples) else {
+                continue;
             };
+            let params = run.params();
+            let got = cluster::labels_with_ties(n, fast.clone(), TieOrder::Canonical, &params);
+            let from_prim =
+                cluster::labels_with_ties(n, exact.clone(), TieOrder::Canonical, &params);
+            if got.labels != from_prim.labels
+                || !same_bits(&got.probabilities, &from_prim.probabilities)
+            {
+                failures.push(format!(
+                    "{what}: canonical labels from Boruvka's MST differ from those of Prim's"
+                ));
+            }
+            if n > cluster::PRIM_MAX_ROWS {
+                match cluster::hdbscan_cpu(&x, &params) {
+                    Ok(c) if c == got => {}
+                    Ok(_) => failures.push(format!("{what}: hdbscan_cpu is not the fast path")),
+                    Err(e) => failures.push(format!("{what}: hdbscan_cpu failed: {e:#}")),
+                }
+            }
             checked += 1;
             if run.tie_sensitive {
+                tie_runs += 1;
+                tie_same += usize::from(ari(&got.labels, &run.labels) == 1.0);
                 continue;
             }
             let score = ari(&got.labels, &run.labels);
@@ -180,7 +194,14 @@ fn fast_path_matches_scikit_learn() {
             }
         }
     }
-    eprintln!("fast path: {checked} runs checked");
+    eprintln!(
+        "fast path: {checked} runs checked; {tie_runs} tie-sensitive, {tie_same} of them with \
+         scikit-learn's partition in the canonical order"
+    );
+    assert!(
+        checked >= 100,
+        "expected the committed fixtures' runs, got {checked}"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",

@@ -193,7 +193,7 @@ pub fn compute_stability(tree: &CondensedTree) -> Vec<f64> {
 mod tests {
     use super::*;
     use crate::cluster::MstEdge;
-    use crate::cluster::linkage::single_linkage;
+    use crate::cluster::linkage::{TieOrder, single_linkage};
 
     fn chain(weights: &[f64]) -> SingleLinkageTree {
         let edges = weights
@@ -205,7 +205,7 @@ mod tests {
                 weight: w,
             })
             .collect();
-        single_linkage(weights.len() + 1, edges)
+        single_linkage(weights.len() + 1, edges, TieOrder::AsGiven)
     }
 
     fn rows(t: &CondensedTree) -> Vec<(usize, usize, f64, usize)> {
@@ -293,7 +293,7 @@ mod tests {
                 weight: 5.0,
             },
         ];
-        let t = condense(&single_linkage(5, edges), 5);
+        let t = condense(&single_linkage(5, edges, TieOrder::AsGiven), 5);
         let children: Vec<usize> = t.edges.iter().map(|e| e.child).collect();
         // Both sides small at the root: left subtree {0,1,2,3} in BFS order, then 4.
         assert_eq!(children, vec![0, 1, 2, 3, 4]);
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn incomplete_tree_condenses_to_nothing() {
-        let t = condense(&single_linkage(3, Vec::new()), 2);
+        let t = condense(&single_linkage(3, Vec::new(), TieOrder::AsGiven), 2);
         assert!(t.edges.is_empty());
         assert_eq!(t.num_clusters(), 0);
         assert!(compute_stability(&t).is_empty());

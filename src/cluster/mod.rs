@@ -14,6 +14,8 @@ pub mod linkage;
 pub mod prim;
 pub mod select;
 
+pub use linkage::TieOrder;
+
 use crate::matrix::Matrix;
 use anyhow::Result;
 
@@ -88,9 +90,10 @@ impl Clustering {
 /// Fewer rows than this are not clustered: every row is noise (DESIGN.md).
 pub const MIN_ROWS_TO_CLUSTER: usize = 3;
 
-/// Below this many rows the CPU uses the dense Prim port of scikit-learn, which visits points in
+/// Up to this many rows the CPU uses the dense Prim port of scikit-learn, which visits points in
 /// scikit-learn's order and so also breaks exact distance ties the way it does; above it, the
-/// Boruvka fast path (exact too, but free to pick another of several equally minimal trees).
+/// Boruvka fast path (exact too, but free to pick another of several equally minimal trees),
+/// whose equal-weight merges are put in the canonical order (`linkage::TieOrder`).
 pub const PRIM_MAX_ROWS: usize = 1_000;
 
 /// The exact MST on the CPU: dense Prim for small inputs, the fast Boruvka path for large ones.
@@ -105,9 +108,21 @@ pub fn mst_cpu(x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
     boruvka::mst(x, min_samples)
 }
 
-/// Labels and probabilities from an MST: single linkage, condensing, selection.
+/// Labels and probabilities from an MST: single linkage, condensing, selection. Equal-weight
+/// merges go in `TieOrder::for_rows(n)`: scikit-learn's order for Prim's small inputs, the
+/// canonical one above, so that every exact MST builder (CPU or GPU) gives the same labels.
 pub fn labels_from_mst(n: usize, mst: Vec<MstEdge>, params: &HdbscanParams) -> Clustering {
-    let tree = linkage::single_linkage(n, mst);
+    labels_with_ties(n, mst, TieOrder::for_rows(n), params)
+}
+
+/// [`labels_from_mst`] with the order of equal-weight merges chosen by the caller.
+pub fn labels_with_ties(
+    n: usize,
+    mst: Vec<MstEdge>,
+    ties: TieOrder,
+    params: &HdbscanParams,
+) -> Clustering {
+    let tree = linkage::single_linkage(n, mst, ties);
     let condensed = condense::condense(&tree, params.min_cluster_size);
     select::labels(&condensed, params)
 }

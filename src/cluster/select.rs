@@ -301,7 +301,7 @@ mod tests {
     use super::*;
     use crate::cluster::MstEdge;
     use crate::cluster::condense::{CondensedEdge, condense};
-    use crate::cluster::linkage::single_linkage;
+    use crate::cluster::linkage::{TieOrder, single_linkage};
 
     fn params(selection: Selection, min_cluster_size: usize) -> HdbscanParams {
         HdbscanParams {
@@ -325,7 +325,10 @@ mod tests {
             })
             .collect();
         labels(
-            &condense(&single_linkage(xs.len(), edges), p.min_cluster_size),
+            &condense(
+                &single_linkage(xs.len(), edges, TieOrder::AsGiven),
+                p.min_cluster_size,
+            ),
             p,
         )
     }
@@ -425,7 +428,10 @@ mod tests {
         for sel in [Selection::Leaf, Selection::Eom] {
             let p = params(sel, 5);
             let t = std::time::Instant::now();
-            let c = labels(&condense(&single_linkage(n, edges.clone()), 5), &p);
+            let c = labels(
+                &condense(&single_linkage(n, edges.clone(), TieOrder::AsGiven), 5),
+                &p,
+            );
             let secs = t.elapsed().as_secs_f64();
             assert_eq!(c.labels.len(), n);
             assert!(c.n_clusters() > 1000, "{sel:?}: {}", c.n_clusters());
