@@ -43,8 +43,6 @@
 // the `keep - need` extra candidates are whatever the walk met on the way.
 
 #define LS_MAX_LEAF 128
-#define LS_TILE_C 32
-#define LS_TILE_D 32
 #define LS_MAX_KEEP 64
 
 // The key a query must beat: its own, or in Boruvka its component's best so far if lower.
@@ -81,9 +79,9 @@ extern "C" __global__ void leaf_candidates(
     float* __restrict__ out_unseen2,      // blocks x LS_MAX_LEAF: bound on every row not visited
     int* __restrict__ out_rows)           // blocks: candidate rows measured (for the work log)
 {
-    __shared__ float tile[LS_TILE_C][LS_TILE_D + 1];
-    __shared__ int tile_comp[LS_TILE_C];
-    __shared__ float tile_core2[LS_TILE_C];
+    __shared__ float tile[TILE_C][TILE_D + 1];
+    __shared__ int tile_comp[TILE_C];
+    __shared__ float tile_core2[TILE_C];
     __shared__ int go;
     __shared__ int want;
     __shared__ int tile_want;
@@ -162,9 +160,9 @@ extern "C" __global__ void leaf_candidates(
 
         const int cs = leaf_start[c];
         const int cn = leaf_start[c + 1] - cs;
-        for (int c0 = 0; c0 < cn; c0 += LS_TILE_C) {
+        for (int c0 = 0; c0 < cn; c0 += TILE_C) {
             // The pivot bound for this tile (rows farthest from the centre first).
-            const int last = (c0 + LS_TILE_C < cn ? c0 + LS_TILE_C : cn) - 1;
+            const int last = (c0 + TILE_C < cn ? c0 + TILE_C : cn) - 1;
             bool tile_mine = false;
             float tile_lb2 = 0.0f;
             if (active) {
@@ -183,45 +181,18 @@ extern "C" __global__ void leaf_candidates(
                 continue;
             }
             rows += last - c0 + 1;
-            float acc[LS_TILE_C];
+            float acc[TILE_C];
 #pragma unroll
-            for (int r = 0; r < LS_TILE_C; ++r) acc[r] = 0.0f;
-            for (int d0 = 0; d0 < d; d0 += LS_TILE_D) {
+            for (int r = 0; r < TILE_C; ++r) acc[r] = 0.0f;
+            for (int d0 = 0; d0 < d; d0 += TILE_D) {
                 __syncthreads();
-                for (int e = t; e < LS_TILE_C * LS_TILE_D; e += blockDim.x) {
-                    const int r = e / LS_TILE_D;
-                    const int col = d0 + e % LS_TILE_D;
-                    const int row = c0 + r;
-                    tile[r][e % LS_TILE_D] =
-                        (row < cn && col < d) ? x[(long long)(cs + row) * d + col] : 0.0f;
-                }
-                if (d0 == 0) {
-                    for (int r = t; r < LS_TILE_C; r += blockDim.x) {
-                        const bool in = c0 + r < cn && with_comp;
-                        tile_comp[r] = in ? comp[cs + c0 + r] : 0;
-                        tile_core2[r] = in ? core2[cs + c0 + r] : 0.0f;
-                    }
-                }
+                stage_tile(x, d, cs + c0, last - c0 + 1, d0, comp, core2,
+                           tile, tile_comp, tile_core2);
                 __syncthreads();
-                float q[LS_TILE_D];
-#pragma unroll
-                for (int k = 0; k < LS_TILE_D; ++k) {
-                    const int col = d0 + k;
-                    q[k] = (active && col < d) ? x[(long long)p * d + col] : 0.0f;
-                }
-#pragma unroll
-                for (int r = 0; r < LS_TILE_C; ++r) {
-                    float s = acc[r];
-#pragma unroll
-                    for (int k = 0; k < LS_TILE_D; ++k) {
-                        const float diff = q[k] - tile[r][k];
-                        s = fmaf(diff, diff, s);
-                    }
-                    acc[r] = s;
-                }
+                if (active) add_tile_distances(x, d, p, d0, tile, acc);
             }
             if (active) {
-                for (int r = 0; r < LS_TILE_C && c0 + r < cn; ++r) {
+                for (int r = 0; r < TILE_C && c0 + r < cn; ++r) {
                     float key = acc[r];
                     if (with_comp) {
                         if (tile_comp[r] == my_comp) continue;

@@ -11,12 +11,8 @@
 // keys (the key of the last kept candidate bounds every candidate not kept), so these
 // results are only ever candidates, never answers.
 //
-// Layout: x is row-major n x d. One thread per query; a block walks all candidates in tiles of
-// TILE_C rows x TILE_D dims staged in shared memory (every thread reads the same shared value:
-// a broadcast, no bank conflicts), with the query's TILE_D values in registers.
-
-#define TILE_C 32
-#define TILE_D 32
+// Layout: x is row-major n x d. One thread per query; a block walks all candidates in the
+// shared-memory tiles of tile.cuh (which the host puts ahead of this file).
 #define MAX_KEEP 64
 #define BLOCK 128
 
@@ -57,39 +53,10 @@ extern "C" __global__ void nearest_candidates(
 
         for (int d0 = 0; d0 < d; d0 += TILE_D) {
             __syncthreads();
-            // Stage TILE_C candidate rows x TILE_D dims (zero outside the matrix).
-            for (int e = threadIdx.x; e < TILE_C * TILE_D; e += blockDim.x) {
-                const int r = e / TILE_D;
-                const int c = e % TILE_D;
-                const int row = c0 + r;
-                const int col = d0 + c;
-                tile[r][c] = (row < n && col < d) ? x[(long long)row * d + col] : 0.0f;
-            }
-            if (d0 == 0) {
-                for (int r = threadIdx.x; r < TILE_C; r += blockDim.x) {
-                    const int row = c0 + r;
-                    const bool in = row < n && comp != nullptr;
-                    tile_comp[r] = in ? comp[row] : 0;
-                    tile_core2[r] = in ? core2[row] : 0.0f;
-                }
-            }
+            stage_tile(x, d, c0, n - c0 < TILE_C ? n - c0 : TILE_C, d0, comp, core2, tile,
+                       tile_comp, tile_core2);
             __syncthreads();
-            float q[TILE_D];
-#pragma unroll
-            for (int c = 0; c < TILE_D; ++c) {
-                const int col = d0 + c;
-                q[c] = (active && col < d) ? x[(long long)p * d + col] : 0.0f;
-            }
-#pragma unroll
-            for (int j = 0; j < TILE_C; ++j) {
-                float s = acc[j];
-#pragma unroll
-                for (int c = 0; c < TILE_D; ++c) {
-                    const float diff = q[c] - tile[j][c];
-                    s = fmaf(diff, diff, s);
-                }
-                acc[j] = s;
-            }
+            if (active) add_tile_distances(x, d, p, d0, tile, acc);
         }
 
         if (active) {

@@ -37,7 +37,7 @@ kernels=(kernels/*.cu)
 for cu in "${kernels[@]}"; do
     name=$(basename "$cu" .cu)
     echo "== nvcc --ptx $cu"
-    "$BIN/nvcc" --ptx -arch=sm_90 -I "$INC" -Werror all-warnings -o "$OUT/$name.ptx" "$cu"
+    "$BIN/nvcc" --ptx -arch=sm_90 -I "$INC" --pre-include kernels/tile.cuh -Werror all-warnings -o "$OUT/$name.ptx" "$cu"
     echo "== ptxas $name.ptx"
     "$BIN/ptxas" -arch=sm_90 -v -o "$OUT/$name.cubin" "$OUT/$name.ptx" 2>&1 | tee "$OUT/$name.log"
     if grep -E "bytes spill (stores|loads)" "$OUT/$name.log" | grep -vq " 0 bytes spill"; then

@@ -34,8 +34,11 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use std::sync::{Arc, Mutex};
 
 /// CUDA C++ source of the kernels, one translation unit, compiled by NVRTC when the GPU is
-/// opened (tests/kernel_emu/emu.cpp compiles the same files for the CPU).
+/// opened (tests/kernel_emu/emu.cpp compiles the same files for the CPU). NVRTC has no include
+/// path here, so the shared tile code goes first.
 pub const KERNEL_SOURCE: &str = concat!(
+    include_str!("../../kernels/tile.cuh"),
+    "\n",
     include_str!("../../kernels/nearest.cu"),
     "\n",
     include_str!("../../kernels/leaf_search.cu")

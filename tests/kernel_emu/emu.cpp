@@ -2,6 +2,7 @@
 // Built by tests/gpu_emu.rs with the system C++ compiler and loaded with libloading.
 #include "cuda_shim.h"
 
+#include "../../kernels/tile.cuh"
 #include "../../kernels/nearest.cu"
 #include "../../kernels/leaf_search.cu"
 

@@ -1,0 +1,54 @@
+// The distance tile shared by nearest.cu and leaf_search.cu. The host puts this file ahead of
+// them (src/gpu/mod.rs KERNEL_SOURCE; nvcc --pre-include in tools/check_kernels.sh;
+// tests/kernel_emu/emu.cpp), since NVRTC compiles one string with no include path.
+//
+// A block stages TILE_C candidate rows x TILE_D dims in shared memory; every thread then reads
+// the same shared value (a broadcast, no bank conflicts) against its query's TILE_D values in
+// registers. Squared distances are summed in column order with fmaf, on the GPU as in the CPU
+// emulation, so both give the same bits.
+
+#define TILE_C 32
+#define TILE_D 32
+
+// Stages rows base .. base + count - 1 of x (count <= TILE_C), columns d0 .. d0 + TILE_D - 1,
+// into `tile`, zero outside; with d0 == 0 also their components and squared core distances
+// (zero without comp). Every thread of the block must call it, between barriers.
+__device__ inline void stage_tile(const float* __restrict__ x, int d, int base, int count, int d0,
+                                  const int* __restrict__ comp, const float* __restrict__ core2,
+                                  float (*tile)[TILE_D + 1], int* tile_comp, float* tile_core2) {
+    for (int e = threadIdx.x; e < TILE_C * TILE_D; e += blockDim.x) {
+        const int r = e / TILE_D;
+        const int c = e % TILE_D;
+        const int col = d0 + c;
+        tile[r][c] = (r < count && col < d) ? x[(long long)(base + r) * d + col] : 0.0f;
+    }
+    if (d0 == 0) {
+        for (int r = threadIdx.x; r < TILE_C; r += blockDim.x) {
+            const bool in = r < count && comp != nullptr;
+            tile_comp[r] = in ? comp[base + r] : 0;
+            tile_core2[r] = in ? core2[base + r] : 0.0f;
+        }
+    }
+}
+
+// Adds to acc[r] the squared distance between row p of x and tile row r over columns
+// d0 .. d0 + TILE_D - 1. Threads without a query skip it (whole idle warps then do no work).
+__device__ inline void add_tile_distances(const float* __restrict__ x, int d, int p, int d0,
+                                          const float (*tile)[TILE_D + 1], float* acc) {
+    float q[TILE_D];
+#pragma unroll
+    for (int c = 0; c < TILE_D; ++c) {
+        const int col = d0 + c;
+        q[c] = col < d ? x[(long long)p * d + col] : 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < TILE_C; ++r) {
+        float s = acc[r];
+#pragma unroll
+        for (int c = 0; c < TILE_D; ++c) {
+            const float diff = q[c] - tile[r][c];
+            s = fmaf(diff, diff, s);
+        }
+        acc[r] = s;
+    }
+}
