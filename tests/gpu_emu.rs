@@ -12,7 +12,7 @@ use rand_distr::{Distribution, StandardNormal};
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, assert_spanning_tree, fixtures};
+use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
 use segclust::gpu::leaves::MAX_LEAF;
 use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
@@ -408,17 +408,7 @@ fn scikit_learn_fixtures_through_the_emulated_gpu() {
             }
         }
     }
-    eprintln!("emulated GPU: {runs} fixture runs checked");
-    assert!(
-        runs >= 100,
-        "expected the committed fixtures' runs, got {runs}"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_fixture_runs("emulated GPU", runs, &failures);
 }
 
 #[test]

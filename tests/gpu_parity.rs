@@ -8,7 +8,7 @@
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, assert_spanning_tree, fixtures};
+use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
@@ -345,17 +345,7 @@ fn fixtures_parity(gpu: &Gpu) {
             }
         }
     }
-    eprintln!("GPU fixtures: {runs} runs compared");
-    assert!(
-        runs >= 100,
-        "expected the committed fixtures' runs, got {runs}"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_fixture_runs("GPU fixtures", runs, &failures);
 }
 
 fn mst_parity(gpu: &Gpu, n: usize) {

@@ -7,7 +7,8 @@
 #     cargo build                                 # target/debug/segclust
 #   and copied as DIR/gpu_parity (any name starting with gpu_parity works) and DIR/segclust.
 # Env: SEGCLUST_GPU_BIG=1 adds the 50k and 200k row MST parity cases (default on here; set 0 to
-#      skip); BENCH_SIZES (default 100000,1000000), BENCH_DIM (default 3072).
+#      skip); BENCH_SIZES (default 100000,1000000), BENCH_DIM (default 3072); SEGCLUST_FIXTURES
+#      (default: this checkout's tests/fixtures/hdbscan).
 # Needs the NVIDIA driver (libcuda) and the CUDA 13 runtime libraries libnvrtc and libcublas
 # on the loader path; /usr/local/cuda/lib64 and .../targets/x86_64-linux/lib are added if present.
 # Exit status: non-zero when the parity suite fails, or when it skipped (no usable GPU).
@@ -17,6 +18,9 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export SEGCLUST_GPU_BIG=${SEGCLUST_GPU_BIG:-1}
+# The parity suite reads the scikit-learn fixtures; the executables were built elsewhere.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export SEGCLUST_FIXTURES=${SEGCLUST_FIXTURES:-$ROOT/tests/fixtures/hdbscan}
 export RUST_LOG=${RUST_LOG:-info}
 
 echo "== GPU"

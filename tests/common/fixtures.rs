@@ -57,13 +57,23 @@ impl Run {
     }
 }
 
+/// SEGCLUST_FIXTURES where set: prebuilt test executables run on a GPU host from another
+/// checkout path than the one they were built in (tools/gpu_check.sh sets it).
 pub fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hdbscan")
+    std::env::var_os("SEGCLUST_FIXTURES").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hdbscan"),
+        PathBuf::from,
+    )
 }
 
 pub fn fixtures() -> Vec<(Fixture, Matrix)> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
-        .expect("tests/fixtures/hdbscan exists (run tools/make_fixtures.py)")
+        .unwrap_or_else(|e| {
+            panic!(
+                "reading {:?} ({e}): run tools/make_fixtures.py, or set SEGCLUST_FIXTURES",
+                fixture_dir()
+            )
+        })
         .map(|e| e.expect("readable directory entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
@@ -140,6 +150,22 @@ pub fn read_npy_f32(path: &Path) -> Matrix {
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
     Matrix::new(dims[0], dims[1], data).expect("data length matches the shape")
+}
+
+/// The end of a test over every fixture run: at least the committed fixtures' runs were
+/// checked, and none failed (all failures listed, not just the first).
+pub fn assert_fixture_runs(what: &str, runs: usize, failures: &[String]) {
+    eprintln!("{what}: {runs} fixture runs checked");
+    assert!(
+        runs >= 100,
+        "{what}: expected the committed fixtures' runs, got {runs}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{what}: {} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Adjusted Rand index as scikit-learn computes it (pair confusion matrix; 1.0 when the two
