@@ -80,6 +80,18 @@ pub struct BenchRow {
     pub clusters: usize,
     pub sklearn_pca_s: Option<f64>,
     pub sklearn_hdbscan_s: Option<f64>,
+    /// With `--compare-cpu`: the CPU path on the same input, timed in the same run.
+    pub cpu: Option<CpuComparison>,
+}
+
+/// The CPU path beside the device's, for the GPU bars (speed-up at one size, same labels).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CpuComparison {
+    pub pca_s: f64,
+    /// HDBSCAN on the device's projection, so the labels can be compared exactly.
+    pub hdbscan_s: f64,
+    /// The CPU's labels equal the device's, ids included.
+    pub same_labels: bool,
 }
 
 pub struct BenchOptions {
@@ -93,6 +105,8 @@ pub struct BenchOptions {
     pub sklearn_hdbscan_max_n: usize,
     /// Where to keep each size's input and PCA projection, if anywhere.
     pub save_inputs: Option<std::path::PathBuf>,
+    /// Also time the CPU path on each input (`CpuComparison`).
+    pub compare_cpu: bool,
 }
 
 pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<BenchRow>> {
@@ -129,7 +143,11 @@ pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<B
             clusters: clustering.n_clusters(),
             sklearn_pca_s: None,
             sklearn_hdbscan_s: None,
+            cpu: None,
         };
+        if opts.compare_cpu {
+            row.cpu = Some(compare_cpu(&x, &pca.projected, &clustering, opts)?);
+        }
         if let Some(py) = &opts.python {
             let path = workdir.join(format!("bench-{n}x{}.npy", opts.dim));
             crate::npy::write_matrix(&path, &x)?;
@@ -142,6 +160,32 @@ pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<B
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The CPU path on the same rows: PCA on the input, then HDBSCAN on the device's projection
+/// (the same work as on its own projection, and exactly comparable labels: both MSTs are exact
+/// and equal merges go in the canonical order).
+fn compare_cpu(
+    x: &Matrix,
+    projected: &Matrix,
+    device_labels: &crate::cluster::Clustering,
+    opts: &BenchOptions,
+) -> Result<CpuComparison> {
+    let _g = tracing::info_span!("cpu comparison").entered();
+    let cpu = Device::cpu();
+    let t = Instant::now();
+    cpu.pca(x, &opts.pca)?;
+    let pca_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let c = cpu.hdbscan(projected, &opts.hdbscan)?;
+    let hdbscan_s = t.elapsed().as_secs_f64();
+    let same_labels = c.labels == device_labels.labels;
+    tracing::info!(pca_s, hdbscan_s, same_labels, "cpu comparison done");
+    Ok(CpuComparison {
+        pca_s,
+        hdbscan_s,
+        same_labels,
+    })
 }
 
 fn sklearn(
@@ -222,6 +266,26 @@ pub fn table(rows: &[BenchRow]) -> String {
             ratio(sk_total, total),
         ));
     }
+    if rows.iter().any(|r| r.cpu.is_some()) {
+        s.push_str(
+            "\n| N | device | total s | CPU PCA s | CPU HDBSCAN s | CPU total s | speed-up vs CPU | same labels |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in rows {
+            let Some(c) = &r.cpu else { continue };
+            let (total, cpu_total) = (r.pca_s + r.hdbscan_s, c.pca_s + c.hdbscan_s);
+            s.push_str(&format!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {} |\n",
+                r.n,
+                r.device,
+                total,
+                c.pca_s,
+                c.hdbscan_s,
+                cpu_total,
+                cpu_total / total,
+                if c.same_labels { "yes" } else { "NO" },
+            ));
+        }
+    }
     s
 }
 
@@ -272,5 +336,39 @@ mod tests {
         let (p0, p1) = (pair(0), pair(1));
         let d = |i: usize, j: usize| crate::matrix::cosine_distance_unit(a.row(i), a.row(j));
         assert!(d(p0[0], p0[1]) < 0.5 && d(p0[0], p1[0]) > 0.7);
+    }
+
+    #[test]
+    fn compare_cpu_times_the_cpu_path_and_checks_its_labels() {
+        let opts = BenchOptions {
+            sizes: vec![1_500],
+            dim: 64,
+            pca: PcaParams {
+                components: 10,
+                ..PcaParams::default()
+            },
+            hdbscan: HdbscanParams {
+                min_samples: 3,
+                ..HdbscanParams::default()
+            },
+            python: None,
+            sklearn_hdbscan_max_n: 0,
+            save_inputs: None,
+            compare_cpu: true,
+        };
+        let dir = std::env::temp_dir();
+        let rows = run(&Device::cpu(), &opts, &dir).expect("bench");
+        let c = rows[0].cpu.as_ref().expect("the CPU comparison ran");
+        assert!(c.same_labels, "the CPU disagrees with itself");
+        assert!(c.pca_s > 0.0 && c.hdbscan_s > 0.0);
+        let t = table(&rows);
+        assert!(t.contains("| speed-up vs CPU | same labels |"), "{t}");
+        assert!(
+            t.lines().last().is_some_and(|l| l.ends_with("| yes |")),
+            "{t}"
+        );
+        let mut rows = rows;
+        rows[0].cpu = None;
+        assert!(!table(&rows).contains("same labels"));
     }
 }

@@ -234,6 +234,11 @@ pub struct BenchArgs {
     /// or another tool on exactly the same data.
     #[arg(long, value_name = "DIR")]
     pub save_inputs: Option<PathBuf>,
+    /// Also run the CPU path on each input in the same run (PCA, then HDBSCAN on the device's
+    /// projection) and print a second table: speed-up over the CPU and whether the labels are
+    /// identical. This measures the GPU bars (tools/gpu_check.sh uses it at 200,000 rows).
+    #[arg(long)]
+    pub compare_cpu: bool,
     #[command(flatten)]
     pub numeric: NumericArgs,
 }
@@ -392,6 +397,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         python: (!a.no_sklearn).then_some(a.python),
         sklearn_hdbscan_max_n: a.sklearn_hdbscan_max_n,
         save_inputs: a.save_inputs,
+        compare_cpu: a.compare_cpu,
     };
     let dir = tempfile_dir()?;
     let rows = bench::run(&device, &opts, &dir)?;

@@ -8,7 +8,8 @@
 #   and copied as DIR/gpu_parity (any name starting with gpu_parity works) and DIR/segclust.
 # Env: SEGCLUST_GPU_BIG=1 adds the 50k and 200k row MST parity cases (default on here; set 0 to
 #      skip); BENCH_SIZES (default 100000,1000000), BENCH_DIM (default 3072); SEGCLUST_FIXTURES
-#      (default: this checkout's tests/fixtures/hdbscan).
+#      (default: this checkout's tests/fixtures/hdbscan); COMPARE_SIZES (default 200000: GPU
+#      vs CPU in the same run, `segclust bench --compare-cpu`).
 # Needs the NVIDIA driver (libcuda) and the CUDA 13 runtime libraries libnvrtc and libcublas
 # on the loader path; /usr/local/cuda/lib64 and .../targets/x86_64-linux/lib are added if present.
 # Exit status: non-zero when the parity suite fails, or when it skipped (no usable GPU).
@@ -44,6 +45,11 @@ if [ -x "$bin" ] && "$bin" bench --help >/dev/null 2>&1; then
     dim=${BENCH_DIM:-3072}
     echo "== segclust bench --device gpu --sizes $sizes --dim $dim"
     "$bin" bench --device gpu --sizes "$sizes" --dim "$dim" || echo "!! bench failed (status $?)" >&2
+    # The 20x bar: GPU and CPU on the same input in the same run, and whether the labels agree.
+    cmp=${COMPARE_SIZES:-200000}
+    echo "== segclust bench --device gpu --compare-cpu --sizes $cmp --dim $dim --no-sklearn"
+    "$bin" bench --device gpu --compare-cpu --sizes "$cmp" --dim "$dim" --no-sklearn \
+        || echo "!! bench --compare-cpu failed (status $?)" >&2
 else
     echo "== bench skipped: $bin missing or has no 'bench' subcommand"
 fi
