@@ -15,9 +15,9 @@
 //!   Boruvka and the GPU's kernels therefore give identical labels, ties included.
 //!
 //! The canonical order, within one weight: the sets that one new component is made of are
-//! merged one by one, largest first (ties by lowest point index), into the first. A small set
-//! then never pairs up with another small set of the same weight to look like a cluster; it
-//! falls out of the cluster the large sets form, as it would if it were a hair farther away.
+//! merged one by one, largest first (ties by lowest point index), into the first. Small sets
+//! that tie with a large one then fall out of the cluster the large sets form, as they would if
+//! they were a hair farther away, instead of pairing up into a cluster of their own.
 //! Components formed at the same weight are emitted in order of their lowest point. For a run
 //! of exact duplicates this is the chain Prim builds. Every merge, tied or not, puts the larger
 //! set (then the one with the lower point) on the left, since the builders orient edges
@@ -111,7 +111,7 @@ pub fn single_linkage(n: usize, mut mst: Vec<MstEdge>, ties: TieOrder) -> Single
         } else if let [e] = level {
             // One edge: canonical_level's answer without its tables.
             let (ra, rb) = (uf.find(e.a as usize), uf.find(e.b as usize));
-            let (ra, rb) = if uf.first(ra) <= uf.first(rb) {
+            let (ra, rb) = if uf.canonical_key(ra) <= uf.canonical_key(rb) {
                 (ra, rb)
             } else {
                 (rb, ra)
@@ -144,7 +144,7 @@ fn canonical_level(uf: &mut UnionFind, level: &[MstEdge]) -> Vec<(usize, usize)>
     for &(a, b) in &ends {
         let (la, lb) = (joined.find(local(a)), joined.find(local(b)));
         assert_ne!(la, lb, "MST edges form a cycle: not a spanning tree");
-        joined.merge(la, lb, 0.0, 0);
+        joined.union(la, lb, 0);
     }
     // Each new component's sets, largest first, then by lowest point.
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); sets.len()];
@@ -153,7 +153,7 @@ fn canonical_level(uf: &mut UnionFind, level: &[MstEdge]) -> Vec<(usize, usize)>
     }
     groups.retain(|g| !g.is_empty());
     for g in &mut groups {
-        g.sort_by_key(|&r| uf.first(r));
+        g.sort_by_key(|&r| uf.canonical_key(r));
     }
     groups.sort_by_key(|g| g.iter().map(|&r| uf.lowest[r]).min());
     groups
@@ -183,7 +183,7 @@ impl UnionFind {
     }
 
     /// The canonical order of sets: largest first, then by lowest point.
-    fn first(&self, root: usize) -> (std::cmp::Reverse<usize>, usize) {
+    fn canonical_key(&self, root: usize) -> (std::cmp::Reverse<usize>, usize) {
         (std::cmp::Reverse(self.size[root]), self.lowest[root])
     }
 
