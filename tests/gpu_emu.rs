@@ -470,25 +470,27 @@ fn duplicates_and_a_single_leaf_are_exact() {
     }
 }
 
-#[test]
-fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
-    // The kernel's contract, checked row by row: every row not in a query's list has an exact
-    // key of at least min(last kept key less its rounding, the reported bound). With need = 1
-    // < keep the skips go by the first key, so only the reported bound covers them.
-    let x = blobs(700, 9, 5, 0.5, 21);
-    let (n, d) = (x.rows(), x.cols());
-    let params = LeafParams {
-        leaf_size: 20,
-        list_len: 10,
-    };
-    let t = LeafTables::build(&x, &params).expect("tables");
-    let mut rows = Vec::with_capacity(n * d);
+/// Rows of `x` in the tables' position order, as the kernels see them.
+fn in_positions(x: &Matrix, t: &LeafTables) -> Matrix {
+    let mut rows = Vec::with_capacity(x.rows() * x.cols());
     for &r in &t.perm {
         rows.extend_from_slice(x.row(r as usize));
     }
-    let xp = Matrix::new(n, d, rows).expect("shape");
-    let mut emu = Emu::default();
-    emu.load(xp.as_slice(), d, &t).expect("load");
+    Matrix::new(x.rows(), x.cols(), rows).expect("shape")
+}
+
+/// The leaf kernel's contract, row by row: every row not in a query's list has an exact key of
+/// at least min(last kept key less its rounding, the reported bound). `xp` is in position
+/// order; `comp` and `core2` are used in Boruvka mode. Returns the rows checked.
+fn assert_bound_contract(
+    xp: &Matrix,
+    t: &LeafTables,
+    qleaves: &[i32],
+    out: &LeafFound,
+    keep: usize,
+    boruvka: Option<(&[i32], &[f32])>,
+) -> usize {
+    let (n, d) = (xp.rows(), xp.cols());
     let rel = 2.0 * (d as f64 + 8.0) * f64::from(f32::EPSILON);
     let d2 = |a: usize, b: usize| -> f64 {
         xp.row(a)
@@ -497,49 +499,122 @@ fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
             .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
             .sum()
     };
+    let mut checked = 0;
+    for (block, &l) in qleaves.iter().enumerate() {
+        let l = l as usize;
+        for p in t.start[l] as usize..t.start[l + 1] as usize {
+            let s = block * MAX_LEAF + (p - t.start[l] as usize);
+            let ks = &out.keys[s * keep..(s + 1) * keep];
+            let is = &out.idx[s * keep..(s + 1) * keep];
+            assert!(ks.windows(2).all(|w| w[0] <= w[1]), "keys not ascending");
+            let bound = (f64::from(ks[keep - 1]) * (1.0 - rel)).min(f64::from(out.unseen2[s]));
+            for o in 0..n {
+                if is.contains(&(o as i32)) || boruvka.is_some_and(|(c, _)| c[o] == c[p]) {
+                    continue;
+                }
+                let key = match boruvka {
+                    Some((_, core2)) => d2(p, o).max(f64::from(core2[p])).max(f64::from(core2[o])),
+                    None => d2(p, o),
+                };
+                assert!(
+                    key >= bound,
+                    "row {o} left out of {p}'s list (Boruvka: {}) at {key} below the bound {bound}",
+                    boruvka.is_some()
+                );
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
+
+#[test]
+fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
+    // With need < keep the skips go by the need-th key, so only the reported bound covers the
+    // rows skipped between it and the last kept key.
+    let x = blobs(700, 9, 5, 0.5, 21);
+    let n = x.rows();
+    let params = LeafParams {
+        leaf_size: 20,
+        list_len: 10,
+    };
+    let t = LeafTables::build(&x, &params).expect("tables");
+    let xp = in_positions(&x, &t);
+    let mut emu = Emu::default();
+    emu.load(xp.as_slice(), xp.cols(), &t).expect("load");
     // Components: runs of 50 positions; core distances: a tenth of the distance to row 0.
     let comp: Vec<i32> = (0..n).map(|p| (p / 50) as i32).collect();
-    let core2: Vec<f32> = (0..n).map(|p| (d2(p, 0) / 100.0) as f32).collect();
-    let leaves = t.leaves();
+    let core2: Vec<f32> = (0..n)
+        .map(|p| {
+            let d2: f64 = xp
+                .row(p)
+                .iter()
+                .zip(xp.row(0))
+                .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
+                .sum();
+            (d2 / 100.0) as f32
+        })
+        .collect();
     let leaf_comp = t.leaf_components(&comp);
-    let qleaves: Vec<i32> = (0..leaves as i32).collect();
+    let qleaves: Vec<i32> = (0..t.leaves() as i32).collect();
     let keep = 64;
     for (boruvka, need) in [(false, 2), (true, 1)] {
         emu.set_components(&comp, &core2, &leaf_comp, &vec![f32::INFINITY; n])
             .expect("components");
-        let cutoff2 = vec![f32::INFINITY; n];
         let out = emu
-            .leaf_candidates(&qleaves, &cutoff2, boruvka, usize::MAX, need, keep)
+            .leaf_candidates(
+                &qleaves,
+                &vec![f32::INFINITY; n],
+                boruvka,
+                usize::MAX,
+                need,
+                keep,
+            )
             .expect("leaf search");
-        let mut checked = 0;
-        for l in 0..leaves {
-            for p in t.start[l] as usize..t.start[l + 1] as usize {
-                let s = l * MAX_LEAF + (p - t.start[l] as usize);
-                let ks = &out.keys[s * keep..(s + 1) * keep];
-                let is = &out.idx[s * keep..(s + 1) * keep];
-                assert!(ks.windows(2).all(|w| w[0] <= w[1]), "keys not ascending");
-                let bound = (f64::from(ks[keep - 1]) * (1.0 - rel)).min(f64::from(out.unseen2[s]));
-                let key = |o: usize| {
-                    let k = d2(p, o);
-                    if boruvka {
-                        k.max(f64::from(core2[p])).max(f64::from(core2[o]))
-                    } else {
-                        k
-                    }
-                };
-                for o in 0..n {
-                    if is.contains(&(o as i32)) || boruvka && comp[o] == comp[p] {
-                        continue;
-                    }
-                    assert!(
-                        key(o) >= bound,
-                        "row {o} left out of {p}'s list ({boruvka}) at {} below the bound {bound}",
-                        key(o)
-                    );
-                    checked += 1;
-                }
-            }
-        }
+        let modes = boruvka.then_some((comp.as_slice(), core2.as_slice()));
+        let checked = assert_bound_contract(&xp, &t, &qleaves, &out, keep, modes);
         assert!(checked > n * n / 2, "too few rows checked");
     }
+}
+
+#[test]
+fn leaf_kernel_folds_a_skipped_leaf_into_its_bound() {
+    // A ring of 16 rows (radius 10) around a tight blob of 16, and a far blob. The ring's leaf
+    // and the centre blob's overlap (their pair bound is 0), yet every ring row is about 10 from
+    // the blob, far beyond its neighbour on the ring (need = 2): the whole block skips the blob
+    // leaf by its per-query bound, then stops at the far leaf. Only the skip's bound covers the
+    // blob's rows, which are much nearer than the far leaf's bound. The far blob's block
+    // stops at once: only the stop's bound covers the other leaves.
+    let mut rows = Vec::new();
+    for i in 0..16 {
+        let a = i as f32 * std::f32::consts::TAU / 16.0;
+        rows.extend([10.0 * a.cos(), 10.0 * a.sin()]);
+    }
+    for dx in [0.0f32, 100.0] {
+        for i in 0..16 {
+            rows.extend([dx + 0.01 * (i % 4) as f32, 0.01 * (i / 4) as f32]);
+        }
+    }
+    let x = Matrix::new(48, 2, rows).expect("shape");
+    let leaves: Vec<Vec<u32>> = vec![(0..16).collect(), (16..32).collect(), (32..48).collect()];
+    let t = LeafTables::from_leaves(&x, leaves, 3).expect("tables");
+    let xp = in_positions(&x, &t);
+    let mut emu = Emu::default();
+    emu.load(xp.as_slice(), 2, &t).expect("load");
+    let keep = 64;
+    let qleaves = [0, 2];
+    let out = emu
+        .leaf_candidates(&qleaves, &[f32::INFINITY; 48], false, usize::MAX, 2, keep)
+        .expect("leaf search");
+    assert_eq!(
+        out.rows,
+        vec![16, 16],
+        "each block should measure only its own rows (the set-up is off)"
+    );
+    let checked = assert_bound_contract(&xp, &t, &qleaves, &out, keep, None);
+    assert_eq!(
+        checked,
+        2 * 16 * 32,
+        "every row of the other two leaves is left out"
+    );
 }

@@ -68,20 +68,42 @@ impl LeafTables {
             "leaf size {} is outside 1..={MAX_LEAF}",
             p.leaf_size
         );
-        ensure!(
-            p.list_len >= 1,
-            "the candidate list needs at least one leaf"
-        );
-        ensure!(
-            n < i32::MAX as usize,
-            "{n} rows exceed the kernels' 32-bit indices"
-        );
         let kern = Kernels::new(d);
         let leaves = if n == 0 {
             Vec::new()
         } else {
             split(x, (0..n as u32).collect(), p.leaf_size, &kern)
         };
+        Self::from_leaves(x, leaves, p.list_len)
+    }
+
+    /// The tables for leaves chosen by the caller (each row in exactly one leaf of at most
+    /// `MAX_LEAF` rows). `build` chooses them by 2-means; tests pick shapes that the split
+    /// would never make, to drive the kernel into particular skips.
+    pub fn from_leaves(x: &Matrix, leaves: Vec<Vec<u32>>, list_len: usize) -> Result<Self> {
+        let (n, d) = (x.rows(), x.cols());
+        ensure!(list_len >= 1, "the candidate list needs at least one leaf");
+        ensure!(
+            n < i32::MAX as usize,
+            "{n} rows exceed the kernels' 32-bit indices"
+        );
+        let mut seen = vec![false; n];
+        for leaf in &leaves {
+            ensure!(
+                (1..=MAX_LEAF).contains(&leaf.len()),
+                "a leaf of {} rows is outside 1..={MAX_LEAF}",
+                leaf.len()
+            );
+            for &r in leaf {
+                let r = r as usize;
+                ensure!(
+                    r < n && !seen[r],
+                    "row {r} is missing from x or in two leaves"
+                );
+                seen[r] = true;
+            }
+        }
+        ensure!(seen.iter().all(|&s| s), "some rows are in no leaf");
         let nl = leaves.len();
         // Centres are rounded to f32 once and then used as exact points: every bound below is
         // measured from the same centre the kernel sees.
@@ -138,7 +160,7 @@ impl LeafTables {
             }
             start.push(perm.len() as i32);
         }
-        let m = p.list_len.min(nl.max(1));
+        let m = list_len.min(nl.max(1));
         let (cand, cand_lb2, rest_lb2) = candidate_lists(&centres, &radius, d, m);
         let centres32: Vec<f32> = centres.iter().flatten().map(|&v| v as f32).collect();
         let radius32: Vec<f32> = radius.iter().map(|&r| f32_up(r)).collect();
