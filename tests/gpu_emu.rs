@@ -12,7 +12,7 @@ use rand_distr::{Distribution, StandardNormal};
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures};
+use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures, same_mst_weights};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
 use segclust::gpu::leaves::MAX_LEAF;
 use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
@@ -300,12 +300,6 @@ fn blobs(n: usize, d: usize, clusters: usize, noise: f64, seed: u64) -> Matrix {
     Matrix::new(n, d, data).expect("shape")
 }
 
-fn sorted_weights(mst: &[MstEdge]) -> Vec<f64> {
-    let mut w: Vec<f64> = mst.iter().map(|e| e.weight).collect();
-    w.sort_by(f64::total_cmp);
-    w
-}
-
 /// The emulated GPU MST against the CPU's: a spanning tree with the same weights (every MST of
 /// a graph has the same sorted weights), and the same HDBSCAN labels and probabilities, ties
 /// included: in the canonical order of equal merges (`TieOrder`) which equal edges each path
@@ -316,9 +310,8 @@ fn check(x: &Matrix, min_samples: usize, params: &GpuMstParams) -> Emu {
     let cpu = cluster::mst_cpu(x, min_samples).expect("CPU MST");
     let n = x.rows();
     assert_spanning_tree(n, &gpu);
-    let (wg, wc) = (sorted_weights(&gpu), sorted_weights(&cpu));
     assert!(
-        wg.iter().zip(&wc).all(|(g, c)| g.to_bits() == c.to_bits()),
+        same_mst_weights(&gpu, &cpu),
         "MST weights differ from the CPU's"
     );
     for min_cluster_size in [2, 5] {
@@ -368,13 +361,7 @@ fn scikit_learn_fixtures_through_the_emulated_gpu() {
                     assert_spanning_tree(x.rows(), &gpu);
                 }
                 let exact = prim::mst(&x, run.min_samples);
-                let want = sorted_weights(&exact);
-                let got = sorted_weights(&gpu);
-                if !want
-                    .iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits())
-                {
+                if !same_mst_weights(&gpu, &exact) {
                     failures.push(format!("{what}: MST weights differ from Prim's"));
                 }
                 (gpu, exact)

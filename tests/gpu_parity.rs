@@ -8,7 +8,9 @@
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures};
+use fixtures::{
+    ari, assert_fixture_runs, assert_spanning_tree, fixtures, same_bits, same_mst_weights,
+};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
@@ -294,16 +296,6 @@ fn mst_against_oracle(gpu: &Gpu) {
     assert!((total(&mst) - oracle).abs() <= 1e-9 * oracle.max(1.0));
 }
 
-fn sorted_weights(mst: &[MstEdge]) -> Vec<f64> {
-    let mut w: Vec<f64> = mst.iter().map(|e| e.weight).collect();
-    w.sort_by(f64::total_cmp);
-    w
-}
-
-fn same_bits(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
-
 /// The scikit-learn fixtures through the GPU MST (called directly: `Device::hdbscan` keeps
 /// inputs this small on the CPU): Prim's weights to the bit and, in the canonical order of
 /// equal merges, Prim's labels and probabilities on every run, ties included.
@@ -326,7 +318,7 @@ fn fixtures_parity(gpu: &Gpu) {
             };
             assert_spanning_tree(x.rows(), &g);
             let c = prim::mst(&x, run.min_samples);
-            if !same_bits(&sorted_weights(&g), &sorted_weights(&c)) {
+            if !same_mst_weights(&g, &c) {
                 failures.push(format!("{what}: GPU MST weights differ from Prim's"));
             }
             for r in fx.runs.iter().filter(|r| r.min_samples == run.min_samples) {
@@ -368,7 +360,7 @@ fn mst_parity(gpu: &Gpu, n: usize) {
         eprintln!("MST {n} x {d} min_samples {ms}: gpu {tg:?}, cpu {tc:?}");
         assert_spanning_tree(n, &g);
         assert!(
-            same_bits(&sorted_weights(&g), &sorted_weights(&c)),
+            same_mst_weights(&g, &c),
             "MST {n} ms {ms}: GPU weights differ from the CPU's"
         );
         for selection in [Selection::Leaf, Selection::Eom] {

@@ -20,16 +20,10 @@
 #[path = "common/fixtures.rs"]
 mod fixtures;
 
-use fixtures::{ari, assert_fixture_runs, fixtures};
+use fixtures::{ari, assert_fixture_runs, fixtures, same_bits, same_mst_weights};
 use segclust::cluster::{self, MstEdge, TieOrder, boruvka, prim};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-
-/// The same bits: serde_json's `float_roundtrip` feature (Cargo.toml) parses the fixtures'
-/// shortest round-trip decimals back to exactly the f64 scikit-learn wrote.
-fn same_bits(a: &[f64], b: &[f64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-}
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter()
@@ -136,15 +130,9 @@ fn fast_path_matches_scikit_learn() {
                     }
                 };
                 let exact = prim::mst(&x, run.min_samples);
-                let (mut a, mut b): (Vec<f64>, Vec<f64>) = (
-                    fast.iter().map(|e| e.weight).collect(),
-                    exact.iter().map(|e| e.weight).collect(),
-                );
-                a.sort_by(f64::total_cmp);
-                b.sort_by(f64::total_cmp);
                 // Every MST has the same sorted weights, and both paths compute distances the
                 // way scikit-learn does (column-order sums), so they must agree to the bit.
-                if !same_bits(&a, &b) {
+                if !same_mst_weights(&fast, &exact) {
                     failures.push(format!("{what}: Boruvka MST weights differ from Prim's"));
                 }
                 slot.insert((fast, exact));

@@ -152,6 +152,23 @@ pub fn read_npy_f32(path: &Path) -> Matrix {
     Matrix::new(dims[0], dims[1], data).expect("data length matches the shape")
 }
 
+/// The same bits: serde_json's `float_roundtrip` feature (Cargo.toml) parses the fixtures'
+/// shortest round-trip decimals back to exactly the f64 scikit-learn wrote, and every MST
+/// builder sums distances in column order, so comparisons here are exact.
+pub fn same_bits(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Two MSTs of one graph have the same sorted weights, whichever equal edges each kept.
+pub fn same_mst_weights(a: &[MstEdge], b: &[MstEdge]) -> bool {
+    let sorted = |m: &[MstEdge]| {
+        let mut w: Vec<f64> = m.iter().map(|e| e.weight).collect();
+        w.sort_by(f64::total_cmp);
+        w
+    };
+    same_bits(&sorted(a), &sorted(b))
+}
+
 /// The end of a test over every fixture run: at least the committed fixtures' runs were
 /// checked, and none failed (all failures listed, not just the first).
 pub fn assert_fixture_runs(what: &str, runs: usize, failures: &[String]) {
