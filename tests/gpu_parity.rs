@@ -151,6 +151,7 @@ fn gpu_matches_cpu() {
     });
     pca_against_exact_svd(&gpu);
     pca_parity(&gpu);
+    pca_streamed(&gpu);
     let mut sizes = vec![1_000, 10_000];
     if std::env::var("SEGCLUST_GPU_BIG").is_ok_and(|v| v == "1") {
         sizes.extend([50_000, 200_000]);
@@ -259,6 +260,35 @@ fn pca_parity(gpu: &Gpu) {
                 "singular value {j}: {sg} vs {sc}"
             );
         }
+    }
+}
+
+/// A PCA whose rows do not fit the memory it may use streams them in blocks (and a resident
+/// X of 184 MB goes up in pinned pieces): both must match the CPU.
+fn pca_streamed(gpu: &Gpu) {
+    let (n, d, k) = (60_000, 768, 32);
+    let l = k + PcaParams::default().oversampling;
+    let x = spectral(n, d, 60, 11);
+    let params = PcaParams {
+        components: k,
+        ..PcaParams::default()
+    };
+    let resident = gpu.pca(&x, &params).expect("GPU PCA, resident");
+    // The sketches and headroom, plus a third of X: X cannot be resident.
+    let sketches = 4 * (n * (1 + 3 * l + k) + 3 * d * l + d);
+    let mut small = Gpu::open().expect("second handle on the GPU");
+    small.limit_memory((256 << 20) + sketches + n * d * 4 / 3);
+    let t = Instant::now();
+    let streamed = small.pca(&x, &params).expect("GPU PCA, streamed");
+    eprintln!("PCA {n} x {d} streamed in blocks: {:?}", t.elapsed());
+    let cpu = reduce::pca_cpu(&x, &params).expect("CPU PCA");
+    for j in 0..k {
+        let col = |m: &Matrix| (0..n).map(|i| f64::from(m.row(i)[j])).collect::<Vec<_>>();
+        let s = col(&streamed.projected);
+        let rel = col_diff(&s, &col(&resident.projected));
+        assert!(rel < 1e-4, "streamed vs resident column {j}: {rel:e}");
+        let rel = col_diff(&s, &col(&cpu.projected));
+        assert!(rel < 1e-3, "streamed vs CPU column {j}: {rel:e}");
     }
 }
 

@@ -14,8 +14,12 @@
 //!   So the GPU MST has the same total weight as the CPU one by construction.
 //! - PCA follows `reduce` (centre implicitly, Gaussian test matrix drawn on the host from the
 //!   seed, power iterations re-orthonormalized, small SVD on the host, `svd_flip`-like signs),
-//!   so CPU and GPU scores agree to float tolerance.
+//!   so CPU and GPU scores agree to float tolerance. The algorithm (`pca.rs`) is written
+//!   against a small BLAS interface that `blas.rs` implements on cuBLAS and its tests on the
+//!   host, so its memory plan (X resident, or streamed when it does not fit) and its
+//!   re-orthonormalization fallbacks are tested without a GPU.
 
+mod blas;
 mod launch;
 pub mod leaves;
 pub mod mst;
@@ -84,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) blas: Option<CudaBlas>,
     pub(crate) nearest: CudaFunction,
     pub(crate) leaf: CudaFunction,
+    /// Most bytes one PCA plans to allocate (`Gpu::limit_memory`).
+    pub(crate) memory_limit: Option<usize>,
 }
 
 impl Gpu {
@@ -136,6 +142,7 @@ impl Gpu {
                 blas,
                 nearest,
                 leaf,
+                memory_limit: None,
             }),
         })
     }
@@ -144,9 +151,34 @@ impl Gpu {
         &self.name
     }
 
+    /// Caps the device memory a PCA plans with, below what the driver reports free: for a GPU
+    /// shared with other jobs, and for the parity suite, which uses it to make the PCA stream
+    /// X in blocks on a GPU that could hold it.
+    pub fn limit_memory(&mut self, bytes: usize) {
+        if let Ok(inner) = self.inner.get_mut() {
+            inner.memory_limit = Some(bytes);
+        }
+    }
+
     pub fn pca(&self, x: &Matrix, p: &PcaParams) -> Result<Pca> {
         let inner = self.lock()?;
-        pca::pca(&inner, x, p).context("GPU PCA")
+        let Some(blas) = inner.blas.as_ref() else {
+            bail!("GPU PCA: cuBLAS is not available")
+        };
+        check_finite(x).context("GPU PCA")?;
+        let started = std::time::Instant::now();
+        let (pca, stats) =
+            pca::randomized_pca(&blas::CudaLinalg::new(&inner, blas), x, p).context("GPU PCA")?;
+        tracing::debug!(
+            rows = x.rows(),
+            dim = x.cols(),
+            block_rows = stats.block_rows,
+            shifted_cholesky_qr = stats.shifted,
+            host_qr = stats.host_qr,
+            seconds = started.elapsed().as_secs_f64(),
+            "PCA (GPU, randomized SVD)"
+        );
+        Ok(pca)
     }
 
     pub fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
