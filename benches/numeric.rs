@@ -4,6 +4,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use segclust::bench::synthetic_embeddings;
 use segclust::cluster::{HdbscanParams, hdbscan_cpu};
+use segclust::gpu::{LeafParams, LeafTables};
 use segclust::reduce::{PcaParams, pca_cpu};
 use std::hint::black_box;
 
@@ -35,5 +36,19 @@ fn hdbscan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pca, hdbscan);
+/// The host's share of the GPU MST: grouping the rows into leaves and listing each leaf's
+/// nearest leaves. It runs before any kernel, so at a million rows it is part of the 10 s bar.
+fn gpu_leaf_tables(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gpu_leaf_tables_100d");
+    g.sample_size(10);
+    for n in [20_000usize, 200_000] {
+        let (x, _) = synthetic_embeddings(n, 100, 42);
+        g.bench_function(format!("n={n}"), |b| {
+            b.iter(|| LeafTables::build(black_box(&x), &LeafParams::default()).map(|t| t.leaves()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pca, hdbscan, gpu_leaf_tables);
 criterion_main!(benches);

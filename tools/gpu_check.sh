@@ -23,6 +23,8 @@ export SEGCLUST_GPU_BIG=${SEGCLUST_GPU_BIG:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export SEGCLUST_FIXTURES=${SEGCLUST_FIXTURES:-$ROOT/tests/fixtures/hdbscan}
 export RUST_LOG=${RUST_LOG:-info}
+# The GPU module's debug lines time each stage (leaf tables, kNN, Boruvka, PCA's memory plan).
+export SEGCLUST_LOG=${SEGCLUST_LOG:-info,segclust::gpu=debug}
 
 echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv || echo "(nvidia-smi not available)"

@@ -946,6 +946,14 @@ pub(crate) fn scan<S>(
     }
 }
 
+/// Nodes with at least this many rows run their own passes over the rows in parallel; below
+/// it a node is sequential and the recursion supplies the parallelism. Without this the first
+/// levels of a million-row split ran on one core: a third of the split's time on 2 cores, most
+/// of it on 16.
+const PAR_SPLIT_ROWS: usize = 1 << 15;
+/// Rows per parallel chunk: a fixed size, so sums (in chunk order) do not depend on threads.
+const SPLIT_CHUNK: usize = 1 << 12;
+
 /// Recursive bisection into leaves of at most `leaf` points (deterministic).
 ///
 /// Each split is a few rounds of 2-means started from two far-apart points, so that a split
@@ -956,45 +964,7 @@ pub(crate) fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> V
     if idx.len() <= leaf {
         return vec![idx];
     }
-    let dim = x.cols();
-    let farthest = |from: &[f32]| -> u32 {
-        let mut best = (f64::NEG_INFINITY, idx[0]);
-        for &i in &idx {
-            let d = (kern.exact)(from, x.row(i as usize));
-            if d > best.0 {
-                best = (d, i);
-            }
-        }
-        best.1
-    };
-    let a = farthest(x.row(idx[0] as usize));
-    let b = farthest(x.row(a as usize));
-    let mut ca: Vec<f32> = x.row(a as usize).to_vec();
-    let mut cb: Vec<f32> = x.row(b as usize).to_vec();
-    let mut side = vec![false; idx.len()];
-    for _ in 0..4 {
-        let (mut sa, mut sb) = (vec![0f64; dim], vec![0f64; dim]);
-        let (mut na, mut nb) = (0usize, 0usize);
-        for (s, &i) in side.iter_mut().zip(&idx) {
-            let r = x.row(i as usize);
-            let d = (kern.sq4)(r, [&ca, &cb, &ca, &cb]);
-            *s = d[1] < d[0];
-            let (acc, cnt) = if *s {
-                (&mut sb, &mut nb)
-            } else {
-                (&mut sa, &mut na)
-            };
-            *cnt += 1;
-            for (t, &v) in acc.iter_mut().zip(r) {
-                *t += f64::from(v);
-            }
-        }
-        if na == 0 || nb == 0 {
-            break;
-        }
-        ca = sa.iter().map(|&v| (v / na as f64) as f32).collect();
-        cb = sb.iter().map(|&v| (v / nb as f64) as f32).collect();
-    }
+    let (side, ca, cb) = two_means(x, &idx, kern);
     let nb = side.iter().filter(|&&s| s).count();
     let small = nb.min(idx.len() - nb);
     let (left, right): (Vec<u32>, Vec<u32>) = if small * 16 >= idx.len() {
@@ -1041,6 +1011,102 @@ pub(crate) fn split(x: &Matrix, idx: Vec<u32>, leaf: usize, kern: &Kernels) -> V
     };
     l.extend(r);
     l
+}
+
+/// `split`'s 2-means for one node: the side of each row (true: `cb`'s) and the two means.
+///
+/// The arithmetic runs per chunk of `SPLIT_CHUNK` rows and sums chunks in order, so a large
+/// node can run its chunks in parallel and still give the same split for any thread count.
+/// Distances are f32 and a row's side is decided by the midpoint plane (one projection per
+/// row); rounding can move a row at almost equal distance to the other side, which is a split
+/// all the same: only its quality matters, never the answers built on the leaves.
+fn two_means(x: &Matrix, idx: &[u32], kern: &Kernels) -> (Vec<bool>, Vec<f32>, Vec<f32>) {
+    let dim = x.cols();
+    let parallel = idx.len() >= PAR_SPLIT_ROWS;
+    let row = |rows: &[u32], j: usize| x.row(rows[j.min(rows.len() - 1)] as usize);
+    // The first row at the largest distance from `from`.
+    let farthest = |from: &[f32]| -> u32 {
+        let chunk_best = |c: &[u32]| {
+            let mut best = (f32::NEG_INFINITY, c[0]);
+            for (k, r4) in c.chunks(4).enumerate() {
+                let d = (kern.sq4)(from, [row(r4, 0), row(r4, 1), row(r4, 2), row(r4, 3)]);
+                for (j, &dj) in d.iter().take(r4.len()).enumerate() {
+                    if dj > best.0 {
+                        best = (dj, c[4 * k + j]);
+                    }
+                }
+            }
+            best
+        };
+        let per_chunk: Vec<(f32, u32)> = if parallel {
+            idx.par_chunks(SPLIT_CHUNK).map(chunk_best).collect()
+        } else {
+            idx.chunks(SPLIT_CHUNK).map(chunk_best).collect()
+        };
+        let mut best = per_chunk[0];
+        for &b in &per_chunk[1..] {
+            if b.0 > best.0 {
+                best = b;
+            }
+        }
+        best.1
+    };
+    let a = farthest(x.row(idx[0] as usize));
+    let b = farthest(x.row(a as usize));
+    let mut ca: Vec<f32> = x.row(a as usize).to_vec();
+    let mut cb: Vec<f32> = x.row(b as usize).to_vec();
+    let mut side = vec![false; idx.len()];
+    type Part = (Vec<f64>, Vec<f64>, usize, usize);
+    for _ in 0..4 {
+        // |r - cb| < |r - ca|  <=>  <r - ca, u> > |u|^2 / 2 with u = cb - ca.
+        let u: Vec<f32> = cb.iter().zip(&ca).map(|(&p, &q)| p - q).collect();
+        let half = 0.5 * u.iter().map(|&v| v * v).sum::<f32>();
+        let assign = |(sides, rows): (&mut [bool], &[u32])| -> Part {
+            let (mut sa, mut sb) = (vec![0f64; dim], vec![0f64; dim]);
+            let (mut na, mut nb) = (0usize, 0usize);
+            for (s4, r4) in sides.chunks_mut(4).zip(rows.chunks(4)) {
+                let p = (kern.proj4)(&ca, &u, [row(r4, 0), row(r4, 1), row(r4, 2), row(r4, 3)]);
+                for (j, s) in s4.iter_mut().enumerate() {
+                    *s = p[j] > half;
+                    let (acc, cnt) = if *s {
+                        (&mut sb, &mut nb)
+                    } else {
+                        (&mut sa, &mut na)
+                    };
+                    *cnt += 1;
+                    for (t, &v) in acc.iter_mut().zip(row(r4, j)) {
+                        *t += f64::from(v);
+                    }
+                }
+            }
+            (sa, sb, na, nb)
+        };
+        let parts: Vec<Part> = if parallel {
+            side.par_chunks_mut(SPLIT_CHUNK)
+                .zip(idx.par_chunks(SPLIT_CHUNK))
+                .map(assign)
+                .collect()
+        } else {
+            side.chunks_mut(SPLIT_CHUNK)
+                .zip(idx.chunks(SPLIT_CHUNK))
+                .map(assign)
+                .collect()
+        };
+        let (mut sa, mut sb) = (vec![0f64; dim], vec![0f64; dim]);
+        let (mut na, mut nb) = (0usize, 0usize);
+        for (pa, pb, part_na, part_nb) in parts {
+            sa.iter_mut().zip(&pa).for_each(|(t, v)| *t += v);
+            sb.iter_mut().zip(&pb).for_each(|(t, v)| *t += v);
+            na += part_na;
+            nb += part_nb;
+        }
+        if na == 0 || nb == 0 {
+            break;
+        }
+        ca = sa.iter().map(|&v| (v / na as f64) as f32).collect();
+        cb = sb.iter().map(|&v| (v / nb as f64) as f32).collect();
+    }
+    (side, ca, cb)
 }
 
 /// The panel copy of `data` (see `LeafIndex::panels`) and the shrunk squared norms.

@@ -341,7 +341,13 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
     to_i32(n)?;
     // As on the CPU (scikit-learn): more samples than rows means all of them.
     let min_samples = min_samples.min(n);
+    let started = std::time::Instant::now();
     let tables = LeafTables::build(x, &params.leaves)?;
+    tracing::debug!(
+        leaves = tables.leaves(),
+        seconds = started.elapsed().as_secs_f64(),
+        "GPU MST: leaf tables built on the host"
+    );
     let leaf_of = tables.leaf_of_positions();
     let mut rows = Vec::with_capacity(n * d);
     for &r in &tables.perm {
@@ -396,6 +402,11 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
     let knn: Vec<KnnRow> = knn.into_iter().map(|r| r.unwrap_or_default()).collect();
     let core: Vec<f64> = knn.iter().map(|t| t.1).collect();
     let core2: Vec<f32> = core.iter().map(|&c| (c * c) as f32).collect();
+
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "GPU MST: core distances done"
+    );
 
     // 2. Boruvka rounds.
     let mut uf = UnionFind::new(n);
@@ -517,6 +528,10 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
             );
         }
     }
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "GPU MST: spanning tree done"
+    );
     Ok(edges)
 }
 
