@@ -404,10 +404,9 @@ pub(crate) fn randomized_pca<L: Linalg>(
     let singular_values: Vec<f32> = (0..k).map(|j| s[j] as f32).collect();
     let v_dev = la.upload(&v_rm)?;
     let scores_t = c.xc_times(&v_dev, k)?;
-    let mut scores = la.download(&scores_t)?;
+    let mut projected = Matrix::new(n, k, la.download(&scores_t)?)?;
     let mean = la.download(&c.mu)?;
-    flip_signs(&mut scores, &mut components, n, k);
-    let projected = Matrix::new(n, k, scores)?;
+    crate::reduce::flip_signs(&mut projected, &mut components);
     if projected.as_slice().iter().any(|v| !v.is_finite()) {
         bail!("the GPU produced non-finite scores");
     }
@@ -478,28 +477,6 @@ fn cholesky_inverse_factor(g: &[f32], l: usize, shift: f64) -> Result<Vec<f32>, 
         }
     }
     Ok(inv.into_iter().map(|v| v as f32).collect())
-}
-
-/// scikit-learn's `svd_flip` (U-based): the largest-magnitude entry of each score column
-/// (score = U S, so the same entry as in U; the first one on ties) is made positive.
-fn flip_signs(scores: &mut [f32], components: &mut Matrix, n: usize, k: usize) {
-    for j in 0..k {
-        let mut arg = 0;
-        let mut max = -1.0f32;
-        for i in 0..n {
-            let a = scores[i * k + j].abs();
-            if a > max {
-                max = a;
-                arg = i;
-            }
-        }
-        if scores[arg * k + j] < 0.0 {
-            for i in 0..n {
-                scores[i * k + j] = -scores[i * k + j];
-            }
-            components.row_mut(j).iter_mut().for_each(|v| *v = -*v);
-        }
-    }
 }
 
 #[cfg(test)]

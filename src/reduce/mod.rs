@@ -177,8 +177,9 @@ fn project(x: MatRef<'_, f32>, mean: &[f32], components: &Matrix) -> Matrix {
 
 /// scikit-learn's `svd_flip` (U-based): negates score column j and component j where the
 /// largest-magnitude score of column j (the first one on a tie) is negative. Negation is exact,
-/// so `transform` still reproduces the flipped scores bit for bit.
-fn flip_signs(scores: &mut Matrix, components: &mut Matrix) {
+/// so `transform` still reproduces the flipped scores bit for bit. The GPU path uses it too:
+/// one row-major pass, where a column at a time strides through all N rows k times.
+pub(crate) fn flip_signs(scores: &mut Matrix, components: &mut Matrix) {
     let k = scores.cols();
     // One row-major pass: per column, the largest magnitude so far and its signed value.
     let mut max = vec![-1.0f32; k];

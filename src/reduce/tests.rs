@@ -513,3 +513,20 @@ fn pca_parts_timing() {
         rsvd::thin_svd(z.as_ref()).unwrap();
     });
 }
+
+#[test]
+fn flip_makes_each_columns_largest_entry_positive() {
+    let mut s = Matrix::new(2, 2, vec![1.0, -3.0, -2.0, 0.5]).unwrap();
+    let mut comp = Matrix::new(2, 1, vec![1.0, 1.0]).unwrap();
+    flip_signs(&mut s, &mut comp);
+    assert_eq!(s.as_slice(), &[-1.0, 3.0, 2.0, -0.5]);
+    assert_eq!(comp.as_slice(), &[-1.0, -1.0]);
+    // Ties go to the first row: +2 comes before -2, so nothing flips.
+    let mut s = Matrix::new(2, 1, vec![2.0, -2.0]).unwrap();
+    let mut comp = Matrix::new(1, 1, vec![1.0]).unwrap();
+    flip_signs(&mut s, &mut comp);
+    assert_eq!(
+        (s.as_slice(), comp.as_slice()),
+        (&[2.0, -2.0][..], &[1.0][..])
+    );
+}
