@@ -121,6 +121,8 @@ struct Emu {
     brute_queries: usize,
     /// Query-row pairs the kNN leaf search measured (the kernel's own count).
     knn_pairs: usize,
+    /// The same for the Boruvka rounds' leaf searches, all rounds together.
+    boruvka_pairs: usize,
 }
 
 impl NearestKernels for Emu {
@@ -228,11 +230,15 @@ impl NearestKernels for Emu {
                 out.rows.as_mut_ptr(),
             );
         }
-        if !boruvka {
-            for (&l, &rows) in qleaves.iter().zip(&out.rows) {
-                let l = l as usize;
-                let queries = (self.start[l + 1] - self.start[l]) as usize;
-                self.knn_pairs += queries * usize::try_from(rows).expect("a row count");
+        // A block pays for every row of its leaf, whichever of them still query.
+        for (&l, &rows) in qleaves.iter().zip(&out.rows) {
+            let l = l as usize;
+            let queries = (self.start[l + 1] - self.start[l]) as usize;
+            let pairs = queries * usize::try_from(rows).expect("a row count");
+            if boruvka {
+                self.boruvka_pairs += pairs;
+            } else {
+                self.knn_pairs += pairs;
             }
         }
         Ok(out)
@@ -442,6 +448,39 @@ fn default_tables_prove_most_rows_in_the_leaf_search() {
         "the brute-force kernel did {} of {} queries' work: the leaf search proves too little",
         emu.brute_queries,
         emu.leaf_queries
+    );
+}
+
+/// A measurement, not a check of speed: the kernels' work on what the pipeline feeds them (the
+/// PCA projection of the bench's synthetic embeddings), in query-row pairs, the unit of a GPU
+/// kernel's time. Prints the shares of brute force; checks the result like every test here.
+/// `SEGCLUST_EMU_ROWS=20000 cargo test --release --test gpu_emu work_at_scale -- --ignored
+/// --nocapture`
+#[test]
+#[ignore]
+fn work_at_scale() {
+    let n: usize = std::env::var("SEGCLUST_EMU_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let (x, _) = segclust::bench::synthetic_embeddings(n, 3072, 42);
+    let y = segclust::reduce::pca_cpu(&x, &segclust::reduce::PcaParams::default())
+        .expect("PCA")
+        .projected;
+    drop(x);
+    let started = std::time::Instant::now();
+    let emu = check(&y, 2, &GpuMstParams::default());
+    let all = (n * n) as f64;
+    eprintln!(
+        "{n} x {}: {} leaves; kNN leaf search {:.2}% of the brute-force pairs, Boruvka leaf \
+         searches {:.2}% (all rounds), brute force {} queries ({:.2}%); {:.0} s emulated",
+        y.cols(),
+        emu.start.len() - 1,
+        100.0 * emu.knn_pairs as f64 / all,
+        100.0 * emu.boruvka_pairs as f64 / all,
+        emu.brute_queries,
+        100.0 * (emu.brute_queries * n) as f64 / all,
+        started.elapsed().as_secs_f64()
     );
 }
 

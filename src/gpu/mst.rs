@@ -349,10 +349,10 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
         "GPU MST: leaf tables built on the host"
     );
     let leaf_of = tables.leaf_of_positions();
-    let mut rows = Vec::with_capacity(n * d);
-    for &r in &tables.perm {
-        rows.extend_from_slice(x.row(r as usize));
-    }
+    let mut rows = vec![0.0f32; n * d];
+    rows.par_chunks_mut(d.max(1))
+        .zip(&tables.perm)
+        .for_each(|(to, &r)| to.copy_from_slice(x.row(r as usize)));
     // From here on everything is by position; `tables.perm` maps back at the end.
     let x = Matrix::new(n, d, rows)?;
     dev.load(x.as_slice(), d, &tables)?;
