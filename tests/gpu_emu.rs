@@ -121,8 +121,12 @@ struct Emu {
     brute_queries: usize,
     /// Query-row pairs the kNN leaf search measured (the kernel's own count).
     knn_pairs: usize,
-    /// The same for the Boruvka rounds' leaf searches, all rounds together.
+    /// The same for the Boruvka rounds' leaf searches, all rounds together: per block, the
+    /// rows of its leaf times the rows it measured (what its tiles load) ...
     boruvka_pairs: usize,
+    /// ... and its rows that still query times the rows measured (what the threads compute:
+    /// a thread without a query skips the distances).
+    boruvka_active_pairs: usize,
 }
 
 impl NearestKernels for Emu {
@@ -230,15 +234,18 @@ impl NearestKernels for Emu {
                 out.rows.as_mut_ptr(),
             );
         }
-        // A block pays for every row of its leaf, whichever of them still query.
         for (&l, &rows) in qleaves.iter().zip(&out.rows) {
-            let l = l as usize;
-            let queries = (self.start[l + 1] - self.start[l]) as usize;
-            let pairs = queries * usize::try_from(rows).expect("a row count");
+            let (s, e) = (
+                self.start[l as usize] as usize,
+                self.start[l as usize + 1] as usize,
+            );
+            let rows = usize::try_from(rows).expect("a row count");
             if boruvka {
-                self.boruvka_pairs += pairs;
+                let active = (s..e).filter(|&p| cutoff2[p] > 0.0).count();
+                self.boruvka_pairs += (e - s) * rows;
+                self.boruvka_active_pairs += active * rows;
             } else {
-                self.knn_pairs += pairs;
+                self.knn_pairs += (e - s) * rows;
             }
         }
         Ok(out)
@@ -473,11 +480,13 @@ fn work_at_scale() {
     let all = (n * n) as f64;
     eprintln!(
         "{n} x {}: {} leaves; kNN leaf search {:.2}% of the brute-force pairs, Boruvka leaf \
-         searches {:.2}% (all rounds), brute force {} queries ({:.2}%); {:.0} s emulated",
+         searches {:.2}% loaded, {:.2}% computed (all rounds), brute force {} queries \
+         ({:.2}%); {:.0} s emulated",
         y.cols(),
         emu.start.len() - 1,
         100.0 * emu.knn_pairs as f64 / all,
         100.0 * emu.boruvka_pairs as f64 / all,
+        100.0 * emu.boruvka_active_pairs as f64 / all,
         emu.brute_queries,
         100.0 * (emu.brute_queries * n) as f64 / all,
         started.elapsed().as_secs_f64()
