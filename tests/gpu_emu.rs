@@ -127,6 +127,86 @@ struct Emu {
     /// ... and its rows that still query times the rows measured (what the threads compute:
     /// a thread without a query skips the distances).
     boruvka_active_pairs: usize,
+    /// Per Boruvka leaf-search call: (queries, pairs computed).
+    boruvka_calls: Vec<(usize, usize)>,
+    /// Blocks that run at once in Boruvka searches (None: one after another).
+    wave: Option<usize>,
+}
+
+impl Emu {
+    /// Runs `emu_leaf_candidates` for `qleaves`, whose outputs start at block `first` of `out`,
+    /// with `comp_best2` as the components' shared cutoffs.
+    #[allow(clippy::too_many_arguments)]
+    fn leaf_blocks(
+        &self,
+        qleaves: &[i32],
+        first: usize,
+        cutoff2: &[f32],
+        boruvka: bool,
+        comp_best2: &mut [i32],
+        walk: usize,
+        need: usize,
+        keep: usize,
+        out: &mut LeafFound,
+    ) {
+        let (comp, core2, leaf_comp, best2) = if boruvka {
+            (
+                self.comp.as_ptr(),
+                self.core2.as_ptr(),
+                self.leaf_comp.as_ptr(),
+                comp_best2.as_mut_ptr(),
+            )
+        } else {
+            (
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null_mut(),
+            )
+        };
+        let keys = &mut out.keys[first * MAX_LEAF * keep..];
+        let idx = &mut out.idx[first * MAX_LEAF * keep..];
+        let unseen2 = &mut out.unseen2[first * MAX_LEAF..];
+        let rows = &mut out.rows[first..];
+        assert!(rows.len() >= qleaves.len());
+        // SAFETY: the symbol has the signature of emu_leaf_candidates in emu.cpp, and every
+        // pointer covers what the kernel indexes (tables as loaded, outputs from block `first`
+        // on, as allocated for all blocks).
+        unsafe {
+            let f: Symbol<LeafFn> = library()
+                .get(b"emu_leaf_candidates")
+                .expect("emu_leaf_candidates");
+            f(
+                qleaves.len() as u32,
+                MAX_LEAF as u32,
+                self.x.as_ptr(),
+                self.d as i32,
+                self.start.as_ptr(),
+                qleaves.as_ptr(),
+                self.cand.as_ptr(),
+                self.cand_lb2.as_ptr(),
+                self.rest_lb2.as_ptr(),
+                self.m as i32,
+                cutoff2.as_ptr(),
+                comp,
+                core2,
+                leaf_comp,
+                best2,
+                self.centres.as_ptr(),
+                self.radius.as_ptr(),
+                self.tc_lo.as_ptr(),
+                self.tc_hi.as_ptr(),
+                self.slack,
+                walk.min(i32::MAX as usize) as i32,
+                need as i32,
+                keep as i32,
+                keys.as_mut_ptr(),
+                idx.as_mut_ptr(),
+                unseen2.as_mut_ptr(),
+                rows.as_mut_ptr(),
+            );
+        }
+    }
 }
 
 impl NearestKernels for Emu {
@@ -183,57 +263,56 @@ impl NearestKernels for Emu {
             let (s, e) = (self.start[l] as usize, self.start[l + 1] as usize);
             self.leaf_queries += (s..e).filter(|&p| cutoff2[p] > 0.0).count();
         }
-        let (comp, core2, leaf_comp, comp_best2) = if boruvka {
-            (
-                self.comp.as_ptr(),
-                self.core2.as_ptr(),
-                self.leaf_comp.as_ptr(),
-                self.comp_best2.as_mut_ptr(),
-            )
-        } else {
-            (
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null_mut(),
-            )
-        };
-        // SAFETY: the symbol has the signature of emu_leaf_candidates in emu.cpp, and every
-        // pointer covers what the kernel indexes (tables as loaded, outputs as allocated).
-        unsafe {
-            let f: Symbol<LeafFn> = library()
-                .get(b"emu_leaf_candidates")
-                .expect("emu_leaf_candidates");
-            f(
-                blocks as u32,
-                MAX_LEAF as u32,
-                self.x.as_ptr(),
-                self.d as i32,
-                self.start.as_ptr(),
-                qleaves.as_ptr(),
-                self.cand.as_ptr(),
-                self.cand_lb2.as_ptr(),
-                self.rest_lb2.as_ptr(),
-                self.m as i32,
-                cutoff2.as_ptr(),
-                comp,
-                core2,
-                leaf_comp,
-                comp_best2,
-                self.centres.as_ptr(),
-                self.radius.as_ptr(),
-                self.tc_lo.as_ptr(),
-                self.tc_hi.as_ptr(),
-                self.slack,
-                walk.min(i32::MAX as usize) as i32,
-                need as i32,
-                keep as i32,
-                out.keys.as_mut_ptr(),
-                out.idx.as_mut_ptr(),
-                out.unseen2.as_mut_ptr(),
-                out.rows.as_mut_ptr(),
-            );
+        // On a GPU the blocks of one wave run at once: what one publishes through
+        // `comp_best2` reaches only the blocks of later waves. `wave: None` runs the blocks
+        // one after another (each sees every earlier block's edges), as the plain emulator
+        // does.
+        let wave = if boruvka { self.wave } else { None };
+        match wave {
+            None => {
+                let mut shared = std::mem::take(&mut self.comp_best2);
+                self.leaf_blocks(
+                    qleaves,
+                    0,
+                    cutoff2,
+                    boruvka,
+                    &mut shared,
+                    walk,
+                    need,
+                    keep,
+                    &mut out,
+                );
+                self.comp_best2 = shared;
+            }
+            Some(w) => {
+                let mut first = 0;
+                for chunk in qleaves.chunks(w.max(1)) {
+                    let seen = self.comp_best2.clone();
+                    let mut published = seen.clone();
+                    for (i, &l) in chunk.iter().enumerate() {
+                        let mut own = seen.clone();
+                        self.leaf_blocks(
+                            &[l],
+                            first + i,
+                            cutoff2,
+                            boruvka,
+                            &mut own,
+                            walk,
+                            need,
+                            keep,
+                            &mut out,
+                        );
+                        published
+                            .iter_mut()
+                            .zip(&own)
+                            .for_each(|(p, &o)| *p = (*p).min(o));
+                    }
+                    self.comp_best2 = published;
+                    first += chunk.len();
+                }
+            }
         }
+        let mut call = (0, 0);
         for (&l, &rows) in qleaves.iter().zip(&out.rows) {
             let (s, e) = (
                 self.start[l as usize] as usize,
@@ -244,9 +323,14 @@ impl NearestKernels for Emu {
                 let active = (s..e).filter(|&p| cutoff2[p] > 0.0).count();
                 self.boruvka_pairs += (e - s) * rows;
                 self.boruvka_active_pairs += active * rows;
+                call.0 += active;
+                call.1 += active * rows;
             } else {
                 self.knn_pairs += (e - s) * rows;
             }
+        }
+        if boruvka {
+            self.boruvka_calls.push(call);
         }
         Ok(out)
     }
@@ -318,7 +402,10 @@ fn blobs(n: usize, d: usize, clusters: usize, noise: f64, seed: u64) -> Matrix {
 /// included: in the canonical order of equal merges (`TieOrder`) which equal edges each path
 /// kept does not matter.
 fn check(x: &Matrix, min_samples: usize, params: &GpuMstParams) -> Emu {
-    let mut emu = Emu::default();
+    check_with(Emu::default(), x, min_samples, params)
+}
+
+fn check_with(mut emu: Emu, x: &Matrix, min_samples: usize, params: &GpuMstParams) -> Emu {
     let gpu = mst_with(&mut emu, x, min_samples, params).expect("emulated GPU MST");
     let cpu = cluster::mst_cpu(x, min_samples).expect("CPU MST");
     let n = x.rows();
@@ -475,11 +562,20 @@ fn work_at_scale() {
         .expect("PCA")
         .projected;
     drop(x);
+    // An H100 runs 132 SMs x 4 blocks of `leaf_candidates` (128 threads, 128 registers) at once.
+    let wave: usize = std::env::var("SEGCLUST_EMU_WAVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(528);
+    let emu = Emu {
+        wave: (wave > 0).then_some(wave),
+        ..Emu::default()
+    };
     let started = std::time::Instant::now();
-    let emu = check(&y, 2, &GpuMstParams::default());
+    let emu = check_with(emu, &y, 2, &GpuMstParams::default());
     let all = (n * n) as f64;
     eprintln!(
-        "{n} x {}: {} leaves; kNN leaf search {:.2}% of the brute-force pairs, Boruvka leaf \
+        "{n} x {}, Boruvka blocks in waves of {wave}: {} leaves; kNN leaf search {:.2}% of the brute-force pairs, Boruvka leaf \
          searches {:.2}% loaded, {:.2}% computed (all rounds), brute force {} queries \
          ({:.2}%); {:.0} s emulated",
         y.cols(),
@@ -491,6 +587,13 @@ fn work_at_scale() {
         100.0 * (emu.brute_queries * n) as f64 / all,
         started.elapsed().as_secs_f64()
     );
+    for (i, &(queries, pairs)) in emu.boruvka_calls.iter().enumerate() {
+        eprintln!(
+            "  Boruvka leaf search {}: {queries} queries, {:.2}% of all pairs",
+            i + 1,
+            100.0 * pairs as f64 / all
+        );
+    }
 }
 
 #[test]
