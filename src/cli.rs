@@ -165,6 +165,10 @@ pub struct NumericArgs {
     /// Where the numeric core runs: the GPU when usable (auto), or forced.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto, env = "SEGCLUST_DEVICE")]
     pub device: DeviceChoice,
+    /// Most GPU memory, in MiB, one batch may plan with (0: all that is free), for a GPU
+    /// shared with other jobs. Embeddings that do not fit are streamed to the GPU in blocks.
+    #[arg(long, default_value_t = 0, env = "SEGCLUST_GPU_MEMORY_MIB")]
+    pub gpu_memory_mib: u64,
 }
 
 impl NumericArgs {
@@ -351,7 +355,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
     let t = Instant::now();
     let x = load_input(&a)?;
     let load_s = t.elapsed().as_secs_f64();
-    let device = Device::open(a.numeric.device)?;
+    let device = Device::open(a.numeric.device, a.numeric.gpu_memory_mib)?;
     let t = Instant::now();
     let reduced = if a.numeric.no_reduce {
         None
@@ -388,7 +392,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: BenchArgs) -> Result<()> {
-    let device = Device::open(a.numeric.device)?;
+    let device = Device::open(a.numeric.device, a.numeric.gpu_memory_mib)?;
     let opts = BenchOptions {
         sizes: a.sizes,
         dim: a.dim,
@@ -480,6 +484,8 @@ mod tests {
             "0.5",
             "--pca-components",
             "20",
+            "--gpu-memory-mib",
+            "512",
         ])
         .expect("valid command line");
         let Command::Cluster(a) = cli.command else {
@@ -491,5 +497,6 @@ mod tests {
             (Selection::Eom, 5, 0.5)
         );
         assert_eq!(a.numeric.pca().components, 20);
+        assert_eq!(a.numeric.gpu_memory_mib, 512);
     }
 }

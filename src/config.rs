@@ -145,6 +145,8 @@ pub struct ClusteringConfig {
     pub selection: Selection,
     pub epsilon: f64,
     pub device: DeviceChoice,
+    /// Most GPU memory, in MiB, one batch may plan with; 0: all that is free.
+    pub gpu_memory_mib: u64,
 }
 
 impl Default for ClusteringConfig {
@@ -159,6 +161,7 @@ impl Default for ClusteringConfig {
             selection: Selection::Leaf,
             epsilon: 0.0,
             device: DeviceChoice::Auto,
+            gpu_memory_mib: 0,
         }
     }
 }
@@ -643,9 +646,14 @@ mod tests {
                 "postgres://u@h/db".to_string(),
             ),
             ("SEGCLUST__TEAMS__LIST".to_string(), "[1, 2]".to_string()),
+            (
+                "SEGCLUST__CLUSTERING__GPU_MEMORY_MIB".to_string(),
+                "2048".to_string(),
+            ),
         ];
         let c = Config::parse(text, "f", &env).unwrap();
         assert_eq!(c.clustering.min_samples, 5);
+        assert_eq!(c.clustering.gpu_memory_mib, 2048);
         assert_eq!(c.store.url, "postgres://u@h/db");
         assert_eq!(c.teams.list, Some(vec![1, 2]));
         let bad = [(

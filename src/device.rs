@@ -41,8 +41,9 @@ pub struct Device {
 }
 
 impl Device {
-    pub fn open(choice: DeviceChoice) -> Result<Self> {
-        let gpu = match choice {
+    /// `gpu_memory_mib`: the most GPU memory a batch may plan with (0: all that is free).
+    pub fn open(choice: DeviceChoice, gpu_memory_mib: u64) -> Result<Self> {
+        let mut gpu = match choice {
             DeviceChoice::Cpu => None,
             DeviceChoice::Auto => match Gpu::open() {
                 Ok(gpu) => Some(gpu),
@@ -56,8 +57,13 @@ impl Device {
                 Err(e) => bail!("--device gpu was asked for, but no GPU is usable: {e:#}"),
             },
         };
-        if let Some(g) = &gpu {
+        if let Some(g) = &mut gpu {
             tracing::info!("using GPU: {}", g.name());
+            if gpu_memory_mib > 0 {
+                g.limit_memory(
+                    usize::try_from(gpu_memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+                );
+            }
         }
         Ok(Self {
             gpu,

@@ -612,6 +612,9 @@ impl PipelineArgs {
         if given("device") {
             c.device = n.device;
         }
+        if given("gpu_memory_mib") {
+            c.gpu_memory_mib = n.gpu_memory_mib;
+        }
         if given("task_match_threshold") {
             mt.task_match_threshold = self.task_match_threshold;
         }

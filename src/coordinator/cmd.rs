@@ -143,7 +143,10 @@ pub async fn coordinator(
         )
         .await?
         .with_retry(cfg.store.retry.clone());
-    let device = Arc::new(Device::open(cfg.clustering.device)?);
+    let device = Arc::new(Device::open(
+        cfg.clustering.device,
+        cfg.clustering.gpu_memory_mib,
+    )?);
     tracing::info!(
         source = %source.describe(),
         store = %crate::store::redact_url(&cfg.store.url),

@@ -88,7 +88,7 @@ pub(crate) struct Inner {
     pub(crate) blas: Option<CudaBlas>,
     pub(crate) nearest: CudaFunction,
     pub(crate) leaf: CudaFunction,
-    /// Most bytes one PCA plans to allocate (`Gpu::limit_memory`).
+    /// Most bytes one batch plans to allocate (`Gpu::limit_memory`).
     pub(crate) memory_limit: Option<usize>,
 }
 
@@ -151,9 +151,9 @@ impl Gpu {
         &self.name
     }
 
-    /// Caps the device memory a PCA plans with, below what the driver reports free: for a GPU
-    /// shared with other jobs, and for the parity suite, which uses it to make the PCA stream
-    /// X in blocks on a GPU that could hold it.
+    /// Caps the device memory a batch plans with (PCA and MST), below what the driver reports
+    /// free: for a GPU shared with other jobs (`clustering.gpu_memory_mib`), and for the parity
+    /// suite, which uses it to make the PCA stream X in blocks on a GPU that could hold it.
     pub fn limit_memory(&mut self, bytes: usize) {
         if let Ok(inner) = self.inner.get_mut() {
             inner.memory_limit = Some(bytes);
@@ -201,6 +201,7 @@ impl Inner {
             .ctx
             .mem_get_info()
             .map_err(|e| anyhow!("querying free GPU memory: {e:?}"))?;
+        let free = self.memory_limit.map_or(free, |limit| free.min(limit));
         let need = bytes.saturating_add(256 << 20);
         if need > free {
             bail!(
