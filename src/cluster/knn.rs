@@ -1515,6 +1515,24 @@ mod tests {
     }
 
     #[test]
+    fn split_is_the_same_for_any_thread_count() {
+        // Large enough that the first levels run their passes in parallel chunks.
+        let x = random(PAR_SPLIT_ROWS + 5_000, 6, 21, false);
+        let kern = Kernels::new(x.cols());
+        let leaves = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| split(&x, (0..x.rows() as u32).collect(), 128, &kern))
+        };
+        let one = leaves(1);
+        assert!(one.iter().all(|l| (1..=128).contains(&l.len())));
+        assert_eq!(one.iter().map(Vec::len).sum::<usize>(), x.rows());
+        assert_eq!(one, leaves(3));
+    }
+
+    #[test]
     fn knn_matches_brute_force() {
         for (n, d, grid) in [
             (300, 5, false),
