@@ -60,6 +60,7 @@ impl Device {
         if let Some(g) = &mut gpu {
             tracing::info!("using GPU: {}", g.name());
             if gpu_memory_mib > 0 {
+                tracing::info!("batches plan with at most {gpu_memory_mib} MiB of GPU memory");
                 g.limit_memory(
                     usize::try_from(gpu_memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
                 );
