@@ -258,11 +258,6 @@ impl NearestKernels for Emu {
             unseen2: vec![f32::NAN; blocks * MAX_LEAF],
             rows: vec![-1; blocks],
         };
-        for &l in qleaves {
-            let l = l as usize;
-            let (s, e) = (self.start[l] as usize, self.start[l + 1] as usize);
-            self.leaf_queries += (s..e).filter(|&p| cutoff2[p] > 0.0).count();
-        }
         // On a GPU the blocks of one wave run at once: what one publishes through
         // `comp_best2` reaches only the blocks of later waves. `wave: None` runs the blocks
         // one after another (each sees every earlier block's edges), as the plain emulator
@@ -319,8 +314,9 @@ impl NearestKernels for Emu {
                 self.start[l as usize + 1] as usize,
             );
             let rows = usize::try_from(rows).expect("a row count");
+            let active = (s..e).filter(|&p| cutoff2[p] > 0.0).count();
+            self.leaf_queries += active;
             if boruvka {
-                let active = (s..e).filter(|&p| cutoff2[p] > 0.0).count();
                 self.boruvka_pairs += (e - s) * rows;
                 self.boruvka_active_pairs += active * rows;
                 call.0 += active;
@@ -575,9 +571,9 @@ fn work_at_scale() {
     let emu = check_with(emu, &y, 2, &GpuMstParams::default());
     let all = (n * n) as f64;
     eprintln!(
-        "{n} x {}, Boruvka blocks in waves of {wave}: {} leaves; kNN leaf search {:.2}% of the brute-force pairs, Boruvka leaf \
-         searches {:.2}% loaded, {:.2}% computed (all rounds), brute force {} queries \
-         ({:.2}%); {:.0} s emulated",
+        "{n} x {}, Boruvka blocks in waves of {wave}: {} leaves; kNN leaf search {:.2}% of \
+         the brute-force pairs, Boruvka leaf searches {:.2}% loaded, {:.2}% computed (all \
+         rounds), brute force {} queries ({:.2}%); {:.0} s emulated",
         y.cols(),
         emu.start.len() - 1,
         100.0 * emu.knn_pairs as f64 / all,
