@@ -15,7 +15,11 @@
 // Modes, as in nearest_candidates:
 //   - kNN (comp == nullptr): key = |p - q|^2 over every row, the query itself included;
 //   - Boruvka (comp != nullptr): key = max(core_p^2, core_q^2, |p - q|^2) over rows of another
-//     component; a leaf whose rows all share the query leaf's single component is skipped whole.
+//     component. A leaf or tile whose rows are all in the query's component holds no
+//     candidate, and every key is at least the least squared core distance of the leaf or
+//     tile (`leaf_core2_lo`, `tile_core2_lo`): late in Boruvka a component's lightest outgoing
+//     edge lies at noise-level distances, and these two facts let a query pass over its own
+//     cluster's rows and over noise rows whose core distance alone is already too large.
 // `cutoff2[p]` starts each query's list full of (cutoff2, -1) sentinels, so only keys below it
 // are kept; a query with cutoff2 <= 0 is inactive (its thread still takes part in the loads).
 //
@@ -65,6 +69,11 @@ extern "C" __global__ void leaf_candidates(
     const int* __restrict__ comp,         // n component ids, or nullptr for plain kNN
     const float* __restrict__ core2,      // n squared core distances (used only with comp)
     const int* __restrict__ leaf_comp,    // leaves: the one component of all rows, or -1
+    const float* __restrict__ leaf_core2_lo, // leaves: at most any of its rows' core2
+    const int* __restrict__ tile_one_comp,   // n, at a tile's first position: its rows' one
+                                             // component, or -1
+    const float* __restrict__ tile_core2_lo, // n, at a tile's first position: at most any of
+                                             // its rows' core2
     int* comp_best2,                      // components: best squared key so far (float bits)
     const float* __restrict__ centres,    // leaves x d: leaf centres
     const float* __restrict__ radius,     // leaves: bound on any row's distance to its centre
@@ -79,7 +88,7 @@ extern "C" __global__ void leaf_candidates(
     float* __restrict__ out_unseen2,      // blocks x LS_MAX_LEAF: bound on every row not visited
     int* __restrict__ out_rows)           // blocks: candidate rows measured (for the work log)
 {
-    __shared__ float tile[TILE_C][TILE_D + 1];
+    __shared__ __align__(16) float tile[TILE_C][TILE_D];
     __shared__ int tile_comp[TILE_C];
     __shared__ float tile_core2[TILE_C];
     __shared__ int go;
@@ -95,7 +104,7 @@ extern "C" __global__ void leaf_candidates(
     const bool with_comp = comp != nullptr;
     const int my_comp = (active && with_comp) ? comp[p] : 0;
     const float my_core2 = (active && with_comp) ? core2[p] : 0.0f;
-    const int my_leaf_comp = with_comp ? leaf_comp[ql] : -1;
+    const float inf = __int_as_float(0x7f800000);
 
     float best_key[LS_MAX_KEEP];
     int best_idx[LS_MAX_KEEP];
@@ -109,7 +118,7 @@ extern "C" __global__ void leaf_candidates(
     // Past the last step: the first leaf not walked (+inf pads a short list), or the rest.
     float unseen2 = steps < m ? cand_lb2[(long long)ql * m + steps] : rest_lb2[ql];
     int rows = 0;
-    float skipped2 = __int_as_float(0x7f800000);  // least bound of the rows skipped for us
+    float skipped2 = inf;  // least bound of the rows skipped for us
 
     for (int j = 0; j < steps; ++j) {
         const int c = cand[(long long)ql * m + j];
@@ -123,30 +132,48 @@ extern "C" __global__ void leaf_candidates(
         __syncthreads();
         if (t == 0) go = 0;
         __syncthreads();
-        if (active && bound(best_key[need - 1], comp_best2, my_comp) > lb2) go = 1;
+        if (active) {
+            const float want2 = bound(best_key[need - 1], comp_best2, my_comp);
+            // In Boruvka no edge of p is lighter than its core distance: once its component
+            // holds a lighter one, p has nothing left to find.
+            const bool done = with_comp && my_core2 > want2 * (1.0f + 2.0f * slack);
+            if (!done && want2 > lb2) go = 1;
+        }
         __syncthreads();
         if (go == 0) {
             unseen2 = lb2;
             break;
         }
-        if (with_comp && my_leaf_comp >= 0 && leaf_comp[c] == my_leaf_comp) continue;
-
         // Does any query's own bound leave room for a row of this leaf? (Uniform decision.)
+        // `leaf_lb2` bounds the keys of the leaf's rows for this query: +inf for its own
+        // component's rows (never candidates), else the leaf's least core distance and, once
+        // measured, the distance bound through the centre.
         float dq_lo = 0.0f, dq_hi = 0.0f, leaf_lb2 = 0.0f;
+        bool have_dq = false;
         bool mine = false;
         if (active) {
-            float dc = 0.0f;
-            for (int k = 0; k < d; ++k) {
-                const float diff = x[(long long)p * d + k] - centres[(long long)c * d + k];
-                dc = fmaf(diff, diff, dc);
-            }
-            const float dq = sqrtf(dc);
-            dq_lo = dq * (1.0f - slack);
-            dq_hi = dq * (1.0f + slack);
-            const float lb = dq_lo - radius[c];
-            leaf_lb2 = lb > 0.0f ? lb * lb * 0.99999f : 0.0f;
             const float want2 = bound(best_key[need - 1], comp_best2, my_comp);
-            mine = !(leaf_lb2 >= want2 * (1.0f + 2.0f * slack));
+            const float margin2 = want2 * (1.0f + 2.0f * slack);
+            const bool done = with_comp && my_core2 > margin2;
+            if (with_comp && leaf_comp[c] == my_comp) {
+                leaf_lb2 = inf;
+            } else {
+                leaf_lb2 = with_comp ? leaf_core2_lo[c] : 0.0f;
+                if (!done && leaf_lb2 < margin2) {
+                    float dc = 0.0f;
+                    for (int k = 0; k < d; ++k) {
+                        const float diff = x[(long long)p * d + k] - centres[(long long)c * d + k];
+                        dc = fmaf(diff, diff, dc);
+                    }
+                    const float dq = sqrtf(dc);
+                    dq_lo = dq * (1.0f - slack);
+                    dq_hi = dq * (1.0f + slack);
+                    have_dq = true;
+                    const float lb = dq_lo - radius[c];
+                    leaf_lb2 = fmaxf(leaf_lb2, lb > 0.0f ? lb * lb * 0.99999f : 0.0f);
+                    mine = !(leaf_lb2 >= margin2);
+                }
+            }
         }
         __syncthreads();
         if (t == 0) want = 0;
@@ -161,15 +188,26 @@ extern "C" __global__ void leaf_candidates(
         const int cs = leaf_start[c];
         const int cn = leaf_start[c + 1] - cs;
         for (int c0 = 0; c0 < cn; c0 += TILE_C) {
-            // The pivot bound for this tile (rows farthest from the centre first).
+            // The tile's bound for this query: as the leaf's, with the tile's own components
+            // and cores, and the pivot bound (rows farthest from the centre first).
+            const int ts = cs + c0;
             const int last = (c0 + TILE_C < cn ? c0 + TILE_C : cn) - 1;
             bool tile_mine = false;
             float tile_lb2 = 0.0f;
             if (active) {
-                const float lb = fmaxf(dq_lo - tc_hi[cs + c0], tc_lo[cs + last] - dq_hi);
-                tile_lb2 = lb > 0.0f ? lb * lb * 0.99999f : 0.0f;
                 const float want2 = bound(best_key[need - 1], comp_best2, my_comp);
-                tile_mine = !(tile_lb2 >= want2 * (1.0f + 2.0f * slack));
+                const float margin2 = want2 * (1.0f + 2.0f * slack);
+                const bool done = with_comp && my_core2 > margin2;
+                if (with_comp && tile_one_comp[ts] == my_comp) {
+                    tile_lb2 = inf;
+                } else {
+                    tile_lb2 = fmaxf(leaf_lb2, with_comp ? tile_core2_lo[ts] : 0.0f);
+                    if (have_dq) {
+                        const float lb = fmaxf(dq_lo - tc_hi[ts], tc_lo[cs + last] - dq_hi);
+                        tile_lb2 = fmaxf(tile_lb2, lb > 0.0f ? lb * lb * 0.99999f : 0.0f);
+                    }
+                    tile_mine = !done && have_dq && !(tile_lb2 >= margin2);
+                }
             }
             __syncthreads();
             if (t == 0) tile_want = 0;

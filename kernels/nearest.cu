@@ -28,7 +28,7 @@ extern "C" __global__ void nearest_candidates(
     float* __restrict__ out_key,      // nq x keep, ascending; +inf where fewer candidates
     int* __restrict__ out_idx)        // nq x keep; -1 where fewer candidates
 {
-    __shared__ float tile[TILE_C][TILE_D + 1];
+    __shared__ __align__(16) float tile[TILE_C][TILE_D];
     __shared__ int tile_comp[TILE_C];
     __shared__ float tile_core2[TILE_C];
 

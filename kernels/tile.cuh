@@ -3,19 +3,21 @@
 // tests/kernel_emu/emu.cpp), since NVRTC compiles one string with no include path.
 //
 // A block stages TILE_C candidate rows x TILE_D dims in shared memory; every thread then reads
-// the same shared value (a broadcast, no bank conflicts) against its query's TILE_D values in
-// registers. Squared distances are summed in column order with fmaf, on the GPU as in the CPU
-// emulation, so both give the same bits.
+// the same shared values (a broadcast, no bank conflicts; rows unpadded and 16-byte aligned so
+// that four columns come in one load) against its query's values in registers. Squared
+// distances are summed in column order with fmaf, on the GPU as in the CPU emulation, so both
+// give the same bits.
 
 #define TILE_C 32
 #define TILE_D 32
+#define TILE_G 4
 
 // Stages rows base .. base + count - 1 of x (count <= TILE_C), columns d0 .. d0 + TILE_D - 1,
 // into `tile`, zero outside; with d0 == 0 also their components and squared core distances
 // (zero without comp). Every thread of the block must call it, between barriers.
 __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, int count, int d0,
                                   const int* __restrict__ comp, const float* __restrict__ core2,
-                                  float (*tile)[TILE_D + 1], int* tile_comp, float* tile_core2) {
+                                  float (*tile)[TILE_D], int* tile_comp, float* tile_core2) {
     for (int e = threadIdx.x; e < TILE_C * TILE_D; e += blockDim.x) {
         const int r = e / TILE_D;
         const int c = e % TILE_D;
@@ -33,22 +35,29 @@ __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, 
 
 // Adds to acc[r] the squared distance between row p of x and tile row r over columns
 // d0 .. d0 + TILE_D - 1. Threads without a query skip it (whole idle warps then do no work).
+// Columns go in groups of TILE_G (one 16-byte shared load per tile row), and the groups past
+// column d are skipped: they hold the tile's zero padding, and (0 - 0)^2 changes no sum (at
+// d = 100 the last chunk has 4 real columns of 32). Each sum still runs in column order.
 __device__ inline void add_tile_distances(const float* __restrict__ x, int d, int p, int d0,
-                                          const float (*tile)[TILE_D + 1], float* acc) {
-    float q[TILE_D];
+                                          const float (*tile)[TILE_D], float* acc) {
 #pragma unroll
-    for (int c = 0; c < TILE_D; ++c) {
-        const int col = d0 + c;
-        q[c] = col < d ? x[(long long)p * d + col] : 0.0f;
-    }
+    for (int g = 0; g < TILE_D; g += TILE_G) {
+        if (d0 + g >= d) break;  // uniform: d is the same for every thread
+        float q[TILE_G];
 #pragma unroll
-    for (int r = 0; r < TILE_C; ++r) {
-        float s = acc[r];
-#pragma unroll
-        for (int c = 0; c < TILE_D; ++c) {
-            const float diff = q[c] - tile[r][c];
-            s = fmaf(diff, diff, s);
+        for (int c = 0; c < TILE_G; ++c) {
+            const int col = d0 + g + c;
+            q[c] = col < d ? x[(long long)p * d + col] : 0.0f;
         }
-        acc[r] = s;
+#pragma unroll
+        for (int r = 0; r < TILE_C; ++r) {
+            float s = acc[r];
+#pragma unroll
+            for (int c = 0; c < TILE_G; ++c) {
+                const float diff = q[c] - tile[r][g + c];
+                s = fmaf(diff, diff, s);
+            }
+            acc[r] = s;
+        }
     }
 }

@@ -14,7 +14,7 @@ mod fixtures;
 
 use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures, same_mst_weights};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
-use segclust::gpu::leaves::MAX_LEAF;
+use segclust::gpu::leaves::{Components, MAX_LEAF};
 use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
 use segclust::matrix::Matrix;
 use std::collections::HashMap;
@@ -51,6 +51,9 @@ type LeafFn = unsafe extern "C" fn(
     *const i32,
     *const f32,
     *const i32,
+    *const f32,
+    *const i32,
+    *const f32,
     *mut i32,
     *const f32,
     *const f32,
@@ -113,9 +116,8 @@ struct Emu {
     tc_lo: Vec<f32>,
     tc_hi: Vec<f32>,
     slack: f32,
-    comp: Vec<i32>,
-    core2: Vec<f32>,
-    leaf_comp: Vec<i32>,
+    /// The Boruvka round's tables (`set_components`).
+    round: Option<Components>,
     comp_best2: Vec<i32>,
     leaf_queries: usize,
     brute_queries: usize,
@@ -129,6 +131,8 @@ struct Emu {
     boruvka_active_pairs: usize,
     /// Per Boruvka leaf-search call: (queries, pairs computed).
     boruvka_calls: Vec<(usize, usize)>,
+    /// Boruvka searches over two labels: a giant component's edge looked up from outside.
+    giant_searches: usize,
     /// Blocks that run at once in Boruvka searches (None: one after another).
     wave: Option<usize>,
 }
@@ -149,21 +153,29 @@ impl Emu {
         keep: usize,
         out: &mut LeafFound,
     ) {
-        let (comp, core2, leaf_comp, best2) = if boruvka {
-            (
-                self.comp.as_ptr(),
-                self.core2.as_ptr(),
-                self.leaf_comp.as_ptr(),
-                comp_best2.as_mut_ptr(),
-            )
-        } else {
-            (
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null_mut(),
-            )
-        };
+        let (null_i, null_f) = (std::ptr::null::<i32>(), std::ptr::null::<f32>());
+        let (comp, core2, leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo, best2) =
+            match (boruvka, &self.round) {
+                (true, Some(r)) => (
+                    r.comp.as_ptr(),
+                    r.core2.as_ptr(),
+                    r.leaf_comp.as_ptr(),
+                    r.leaf_core2_lo.as_ptr(),
+                    r.tile_one_comp.as_ptr(),
+                    r.tile_core2_lo.as_ptr(),
+                    comp_best2.as_mut_ptr(),
+                ),
+                (true, None) => panic!("a Boruvka search before set_components"),
+                (false, _) => (
+                    null_i,
+                    null_f,
+                    null_i,
+                    null_f,
+                    null_i,
+                    null_f,
+                    std::ptr::null_mut(),
+                ),
+            };
         let keys = &mut out.keys[first * MAX_LEAF * keep..];
         let idx = &mut out.idx[first * MAX_LEAF * keep..];
         let unseen2 = &mut out.unseen2[first * MAX_LEAF..];
@@ -191,6 +203,9 @@ impl Emu {
                 comp,
                 core2,
                 leaf_comp,
+                leaf_core2_lo,
+                tile_one_comp,
+                tile_core2_lo,
                 best2,
                 self.centres.as_ptr(),
                 self.radius.as_ptr(),
@@ -227,17 +242,20 @@ impl NearestKernels for Emu {
         Ok(())
     }
 
-    fn set_components(
-        &mut self,
-        comp: &[i32],
-        core2: &[f32],
-        leaf_comp: &[i32],
-        comp_cut2: &[f32],
-    ) -> anyhow::Result<()> {
+    fn set_components(&mut self, c: &Components, comp_cut2: &[f32]) -> anyhow::Result<()> {
+        assert_eq!(c.comp.len(), self.n);
+        assert_eq!(c.tile_core2_lo.len(), self.n);
+        assert_eq!(c.leaf_comp.len(), self.start.len() - 1);
         self.comp_best2 = comp_cut2.iter().map(|c| c.to_bits() as i32).collect();
-        self.comp = comp.to_vec();
-        self.core2 = core2.to_vec();
-        self.leaf_comp = leaf_comp.to_vec();
+        self.giant_searches += usize::from(comp_cut2.len() == 2 && self.n > 2);
+        self.round = Some(Components {
+            comp: c.comp.clone(),
+            core2: c.core2.clone(),
+            leaf_comp: c.leaf_comp.clone(),
+            leaf_core2_lo: c.leaf_core2_lo.clone(),
+            tile_one_comp: c.tile_one_comp.clone(),
+            tile_core2_lo: c.tile_core2_lo.clone(),
+        });
         Ok(())
     }
 
@@ -341,10 +359,10 @@ impl NearestKernels for Emu {
         let nq = queries.len();
         let mut keys = vec![f32::NAN; nq * keep];
         let mut idx = vec![-2; nq * keep];
-        let (comp, core2) = if boruvka {
-            (self.comp.as_ptr(), self.core2.as_ptr())
-        } else {
-            (std::ptr::null(), std::ptr::null())
+        let (comp, core2) = match (boruvka, &self.round) {
+            (true, Some(r)) => (r.comp.as_ptr(), r.core2.as_ptr()),
+            (true, None) => panic!("a Boruvka search before set_components"),
+            (false, _) => (std::ptr::null(), std::ptr::null()),
         };
         let block = 64u32;
         // SAFETY: as above, for emu_nearest_candidates.
@@ -512,6 +530,10 @@ fn small_leaves_and_short_lists_exercise_every_fallback() {
             emu.brute_queries > 0,
             "the brute-force path was not exercised"
         );
+        assert!(
+            emu.giant_searches > 0,
+            "no round looked up a giant component's edge from outside"
+        );
     }
 }
 
@@ -567,6 +589,11 @@ fn work_at_scale() {
         wave: (wave > 0).then_some(wave),
         ..Emu::default()
     };
+    // SEGCLUST_LOG=segclust::gpu=debug shows the rounds.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SEGCLUST_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let started = std::time::Instant::now();
     let emu = check_with(emu, &y, 2, &GpuMstParams::default());
     let all = (n * n) as f64;
@@ -665,18 +692,27 @@ fn assert_bound_contract(
 #[test]
 fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
     // With need < keep the skips go by the need-th key, so only the reported bound covers the
-    // rows skipped between it and the last kept key.
+    // rows skipped between it and the last kept key. Lists of 10 leaves run out (the bound of
+    // the leaves left out then covers the rest); lists of every leaf leave only the skips'
+    // bounds in the report, which is where a skip that reports too high a bound shows.
     let x = blobs(700, 9, 5, 0.5, 21);
+    for list_len in [10, 1000] {
+        reported_bounds_hold(&x, list_len);
+    }
+}
+
+fn reported_bounds_hold(x: &Matrix, list_len: usize) {
     let n = x.rows();
     let params = LeafParams {
         leaf_size: 20,
-        list_len: 10,
+        list_len,
     };
-    let t = LeafTables::build(&x, &params).expect("tables");
-    let xp = in_positions(&x, &t);
+    let t = LeafTables::build(x, &params).expect("tables");
+    let xp = in_positions(x, &t);
     let mut emu = Emu::default();
     emu.load(xp.as_slice(), xp.cols(), &t).expect("load");
-    // Components: runs of 50 positions; core distances: a tenth of the distance to row 0.
+    // Components: runs of 50 positions; core distances: half the distance to row 0 for every
+    // third position, a twentieth for the others, so that one tile holds cores far apart.
     let comp: Vec<i32> = (0..n).map(|p| (p / 50) as i32).collect();
     let core2: Vec<f32> = (0..n)
         .map(|p| {
@@ -686,14 +722,15 @@ fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
                 .zip(xp.row(0))
                 .map(|(&u, &v)| (f64::from(u) - f64::from(v)).powi(2))
                 .sum();
-            (d2 / 100.0) as f32
+            (d2 / if p % 3 == 0 { 4.0 } else { 400.0 }) as f32
         })
         .collect();
-    let leaf_comp = t.leaf_components(&comp);
+    let round = t.components(comp.clone(), core2.clone());
     let qleaves: Vec<i32> = (0..t.leaves() as i32).collect();
-    let keep = 64;
-    for (boruvka, need) in [(false, 2), (true, 1)] {
-        emu.set_components(&comp, &core2, &leaf_comp, &vec![f32::INFINITY; n])
+    // Boruvka keeps few candidates, as in production: the reported bound, not the last kept
+    // key, then covers the rows its leaf and tile skips set aside.
+    for (boruvka, need, keep) in [(false, 2, 64), (true, 1, 4), (true, 1, 1)] {
+        emu.set_components(&round, &vec![f32::INFINITY; n])
             .expect("components");
         let out = emu
             .leaf_candidates(

@@ -2,7 +2,7 @@
 //! each call uploads only its small per-call arrays (queries, cutoffs, components).
 
 use super::Inner;
-use super::leaves::{LeafTables, MAX_LEAF};
+use super::leaves::{Components, LeafTables, MAX_LEAF};
 use super::mst::{BLOCK, LeafFound, NearestKernels};
 use anyhow::{Result, anyhow};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
@@ -24,11 +24,14 @@ struct Loaded {
     slack: f32,
 }
 
-/// One Boruvka round's state.
-struct Components {
+/// One Boruvka round's state (`Components` on the device).
+struct Round {
     comp: CudaSlice<i32>,
     core2: CudaSlice<f32>,
     leaf_comp: CudaSlice<i32>,
+    leaf_core2_lo: CudaSlice<f32>,
+    tile_one_comp: CudaSlice<i32>,
+    tile_core2_lo: CudaSlice<f32>,
     /// Squared cutoffs per component as f32 bits, lowered by the kernel (atomicMin).
     comp_best2: CudaSlice<i32>,
 }
@@ -36,7 +39,7 @@ struct Components {
 pub(crate) struct CudaKernels<'a> {
     g: &'a Inner,
     loaded: Option<Loaded>,
-    comps: Option<Components>,
+    comps: Option<Round>,
 }
 
 impl<'a> CudaKernels<'a> {
@@ -87,7 +90,9 @@ impl NearestKernels for CudaKernels<'_> {
     fn load(&mut self, rows: &[f32], d: usize, t: &LeafTables) -> Result<()> {
         let g = self.g;
         let n = rows.len().checked_div(d).unwrap_or(0);
-        let bytes = (rows.len() + t.cand.len() + t.cand_lb2.len() + t.centres.len()) * 4 + n * 24;
+        // Per position besides the row: its two distances to the centre, and a round's
+        // component, core, cutoff and two tile entries (4 bytes each), with room to spare.
+        let bytes = (rows.len() + t.cand.len() + t.cand_lb2.len() + t.centres.len()) * 4 + n * 32;
         g.ensure_free(bytes, &format!("the MST of {n} x {d}"))?;
         self.loaded = None;
         self.loaded = Some(Loaded {
@@ -108,21 +113,18 @@ impl NearestKernels for CudaKernels<'_> {
         Ok(())
     }
 
-    fn set_components(
-        &mut self,
-        comp: &[i32],
-        core2: &[f32],
-        leaf_comp: &[i32],
-        comp_cut2: &[f32],
-    ) -> Result<()> {
+    fn set_components(&mut self, c: &Components, comp_cut2: &[f32]) -> Result<()> {
         let g = self.g;
         // Non-negative floats order like their bits read as i32 (the kernel's atomicMin).
         let bits: Vec<i32> = comp_cut2.iter().map(|&c| c.to_bits() as i32).collect();
         self.comps = None;
-        self.comps = Some(Components {
-            comp: upload(g, comp, "the components")?,
-            core2: upload(g, core2, "the core distances")?,
-            leaf_comp: upload(g, leaf_comp, "the leaf components")?,
+        self.comps = Some(Round {
+            comp: upload(g, &c.comp, "the components")?,
+            core2: upload(g, &c.core2, "the core distances")?,
+            leaf_comp: upload(g, &c.leaf_comp, "the leaf components")?,
+            leaf_core2_lo: upload(g, &c.leaf_core2_lo, "the leaf core bounds")?,
+            tile_one_comp: upload(g, &c.tile_one_comp, "the tile components")?,
+            tile_core2_lo: upload(g, &c.tile_core2_lo, "the tile core bounds")?,
             comp_best2: upload(g, &bits, "the component cutoffs")?,
         });
         Ok(())
@@ -161,10 +163,15 @@ impl NearestKernels for CudaKernels<'_> {
         if boruvka {
             // The component cutoffs are written by the kernel: a mutable borrow.
             let c = self.comps.as_mut().ok_or_else(|| missing("components"))?;
-            b.arg(&c.comp).arg(&c.core2).arg(&c.leaf_comp);
+            b.arg(&c.comp)
+                .arg(&c.core2)
+                .arg(&c.leaf_comp)
+                .arg(&c.leaf_core2_lo);
+            b.arg(&c.tile_one_comp).arg(&c.tile_core2_lo);
             b.arg(&mut c.comp_best2);
         } else {
             b.arg(&null).arg(&null).arg(&null).arg(&null);
+            b.arg(&null).arg(&null).arg(&null);
         }
         b.arg(&l.centres).arg(&l.radius).arg(&l.tc_lo).arg(&l.tc_hi);
         b.arg(&l.slack).arg(&walk_i).arg(&need_i).arg(&keep_i);

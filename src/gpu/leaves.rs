@@ -33,6 +33,24 @@ impl Default for LeafParams {
     }
 }
 
+/// Rows per tile of the leaf kernel (`TILE_C` in kernels/tile.cuh): the unit of its skips.
+pub const TILE_ROWS: usize = 32;
+
+/// One Boruvka round as the leaf kernel reads it: components and squared core distances per
+/// position, and per leaf and per tile of `TILE_ROWS` positions (stored at the tile's first
+/// position) the one component of all its rows or -1, and a bound below its rows' squared core
+/// distances. The kernel passes over a leaf or tile of the query's own component, and over one
+/// whose cores alone outweigh the query's best edge.
+#[derive(Debug)]
+pub struct Components {
+    pub comp: Vec<i32>,
+    pub core2: Vec<f32>,
+    pub leaf_comp: Vec<i32>,
+    pub leaf_core2_lo: Vec<f32>,
+    pub tile_one_comp: Vec<i32>,
+    pub tile_core2_lo: Vec<f32>,
+}
+
 /// Leaves over *positions*: position `i` is the caller's row `perm[i]`, and leaf `l` holds
 /// positions `start[l]..start[l + 1]`.
 #[derive(Debug)]
@@ -186,19 +204,45 @@ impl LeafTables {
         self.start.len().saturating_sub(1)
     }
 
-    /// Per leaf, the one component all its positions are in, or -1 (the kernel skips a
-    /// leaf wholly inside the query's own component).
-    pub fn leaf_components(&self, comp: &[i32]) -> Vec<i32> {
-        (0..self.leaves())
-            .map(|l| {
-                let s = &comp[self.start[l] as usize..self.start[l + 1] as usize];
-                if s.iter().all(|&c| c == s[0]) {
-                    s[0]
-                } else {
-                    -1
-                }
-            })
-            .collect()
+    /// The round's tables for components `comp` and squared core distances `core2` (both per
+    /// position; `core2[p]` is the f32 nearest to the exact value, so one step down from it
+    /// is below the exact value).
+    pub fn components(&self, comp: Vec<i32>, core2: Vec<f32>) -> Components {
+        let n = comp.len();
+        let one = |s: &[i32]| {
+            if s.iter().all(|&c| c == s[0]) {
+                s[0]
+            } else {
+                -1
+            }
+        };
+        let lo = |s: &[f32]| {
+            s.iter()
+                .copied()
+                .fold(f32::INFINITY, f32::min)
+                .next_down()
+                .max(0.0)
+        };
+        let (mut leaf_comp, mut leaf_core2_lo) = (Vec::new(), Vec::new());
+        let (mut tile_one_comp, mut tile_core2_lo) = (vec![-1; n], vec![0.0; n]);
+        for l in 0..self.leaves() {
+            let (a, b) = (self.start[l] as usize, self.start[l + 1] as usize);
+            leaf_comp.push(one(&comp[a..b]));
+            leaf_core2_lo.push(lo(&core2[a..b]));
+            for t in (a..b).step_by(TILE_ROWS) {
+                let e = (t + TILE_ROWS).min(b);
+                tile_one_comp[t] = one(&comp[t..e]);
+                tile_core2_lo[t] = lo(&core2[t..e]);
+            }
+        }
+        Components {
+            comp,
+            core2,
+            leaf_comp,
+            leaf_core2_lo,
+            tile_one_comp,
+            tile_core2_lo,
+        }
     }
 
     pub fn leaf_of_positions(&self) -> Vec<u32> {

@@ -12,7 +12,7 @@
 //! (`CudaKernels`) and, in tests/gpu_emu.rs, with the same kernel source compiled for the CPU.
 
 use super::check_finite;
-use super::leaves::{LeafParams, LeafTables, MAX_LEAF};
+use super::leaves::{Components, LeafParams, LeafTables, MAX_LEAF};
 use crate::cluster::MstEdge;
 use crate::cluster::boruvka::{Cand, NONE, UnionFind};
 use crate::matrix::Matrix;
@@ -36,16 +36,10 @@ const KNN_EXTRA: usize = 8;
 pub trait NearestKernels {
     /// Loads the rows (n x d, row-major, in position order) and the leaf tables.
     fn load(&mut self, rows: &[f32], d: usize, leaves: &LeafTables) -> Result<()>;
-    /// The Boruvka state used by later calls with `boruvka = true`: component per position,
-    /// squared core distances, per leaf the one component of all its rows or -1, and per
-    /// component the squared cutoff known so far (the kernel lowers it as it finds edges).
-    fn set_components(
-        &mut self,
-        comp: &[i32],
-        core2: &[f32],
-        leaf_comp: &[i32],
-        comp_cut2: &[f32],
-    ) -> Result<()>;
+    /// The Boruvka state used by later calls with `boruvka = true`: the round's components,
+    /// and per component the squared cutoff known so far (the kernel lowers it as it finds
+    /// edges).
+    fn set_components(&mut self, c: &Components, comp_cut2: &[f32]) -> Result<()>;
     /// `leaf_candidates` (kernels/leaf_search.cu) for `qleaves`, walking at most `walk` listed
     /// leaves and stopping once every query's `need`-th key is settled; `cutoff2` has one
     /// value per position. Keys and indices come `MAX_LEAF * keep` per query leaf, `unseen2`
@@ -316,6 +310,230 @@ fn prove_knn(x: &Matrix, p: usize, f: &Found, min_samples: usize, rel: f64) -> O
     Some((list, core, unseen2.sqrt()))
 }
 
+/// From p's kNN list: its lightest edge to a row of another label, whether that is proven p's
+/// lightest, and a lower bound on every edge of p the list does not hold.
+fn list_edge(knn: &[KnnRow], core: &[f64], label: &[u32], p: usize) -> (Cand, bool, f64) {
+    let (list, cp, unseen) = &knn[p];
+    let mut best = NONE;
+    for &(q, dq) in list {
+        let q = q as usize;
+        if label[q] != label[p] {
+            best.keep_least(Cand::new(cp.max(core[q]).max(dq), p, q));
+        }
+    }
+    let lb = cp.max(*unseen);
+    let proven = !best.is_none() && best.w <= lb;
+    (best, proven, lb)
+}
+
+/// A component whose rows are more than this share of all rows has its lightest edge looked
+/// up from the other side (see `Round::lightest_edges`).
+const GIANT_SHARE: f64 = 0.5;
+
+/// What one Boruvka round works with: the kernels, the batch in position order, its proven
+/// kNN lists and core distances.
+struct Round<'a, K: NearestKernels + ?Sized> {
+    dev: &'a mut K,
+    tables: &'a LeafTables,
+    leaf_of: &'a [u32],
+    x: &'a Matrix,
+    knn: &'a [KnnRow],
+    core: &'a [f64],
+    core2: &'a [f32],
+    rel: f64,
+    keep: usize,
+}
+
+impl<K: NearestKernels + ?Sized> Round<'_, K> {
+    /// Every component's lightest outgoing edge (indexed by the component label of `comp`,
+    /// the union-find roots).
+    ///
+    /// Late rounds hold one giant component (most rows of the batch) among a few small ones.
+    /// Its lightest edge is expensive to find from inside: an interior row must prove that no
+    /// foreign row lies within the component's best edge, and at that (noise-level) radius it
+    /// has its own component's rows all around, which no leaf bound sets aside. From outside
+    /// it is cheap: every other row looks for its nearest row *of the giant* (a 2-component
+    /// search: giant against the rest), which is close by. The giant's rows then do not
+    /// search at all, and what the outside rows found also bounds their own components' edges.
+    fn lightest_edges(mut self, comp: &[u32]) -> Result<Vec<Cand>> {
+        let n = comp.len();
+        let mut size = vec![0usize; n];
+        comp.iter().for_each(|&c| size[c as usize] += 1);
+        let (giant, giant_rows) = size
+            .iter()
+            .enumerate()
+            .max_by_key(|&(c, &s)| (s, std::cmp::Reverse(c)))
+            .map_or((0, 0), |(c, &s)| (c, s));
+        let mut best = vec![NONE; n];
+        let mut skip_giant = false;
+        if giant_rows as f64 > GIANT_SHARE * n as f64 && giant_rows < n {
+            let side: Vec<u32> = comp
+                .iter()
+                .map(|&c| u32::from(c as usize != giant))
+                .collect();
+            let outside: Vec<usize> = (0..n).filter(|&p| side[p] == 1).collect();
+            // The giant's rows' lists give a first cutoff.
+            let seed = (0..n)
+                .into_par_iter()
+                .filter(|&p| side[p] == 0)
+                .map(|p| list_edge(self.knn, self.core, &side, p).0)
+                .reduce(
+                    || NONE,
+                    |mut a, b| {
+                        a.keep_least(b);
+                        a
+                    },
+                );
+            let mut two = [seed; 2];
+            let found = self.search(&side, &outside, &mut two, "the giant's edge")?;
+            best[giant] = two[0];
+            best[giant].keep_least(two[1]);
+            // An edge from p to the giant leaves p's component too.
+            for (&p, c) in outside.iter().zip(found) {
+                best[comp[p] as usize].keep_least(c);
+            }
+            skip_giant = true;
+        }
+        let queries: Vec<usize> = (0..n)
+            .filter(|&p| !(skip_giant && comp[p] as usize == giant))
+            .collect();
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(
+                "Boruvka round: {} components (largest {giant_rows} rows{}), {} rows may search",
+                size.iter().filter(|&&s| s > 0).count(),
+                if skip_giant {
+                    ", searched from outside"
+                } else {
+                    ""
+                },
+                queries.len()
+            );
+        }
+        self.search(comp, &queries, &mut best, "components' edges")?;
+        Ok(best)
+    }
+
+    /// For each row of `rows`, its lightest edge to a row of another label: from its kNN list
+    /// where that proves it, else by the leaf kernel, brute force for what that leaves open,
+    /// and the host for the rest; a row stops once its lower bound reaches its label's best
+    /// edge so far. Updates `best` (per label; its entries also serve as starting cutoffs) and
+    /// returns the lightest edge found for each row (`NONE` where it found none below the
+    /// cutoff).
+    fn search(
+        &mut self,
+        label: &[u32],
+        rows: &[usize],
+        best: &mut [Cand],
+        what: &str,
+    ) -> Result<Vec<Cand>> {
+        let (x, core, rel) = (self.x, self.core, self.rel);
+        // From the kNN lists: an edge, whether it is proven p's lightest, and a lower bound.
+        let local: Vec<(Cand, bool, f64)> = rows
+            .par_iter()
+            .map(|&p| list_edge(self.knn, core, label, p))
+            .collect();
+        let mut mine: Vec<Cand> = local.iter().map(|l| l.0).collect();
+        for (&p, (c, _, _)) in rows.iter().zip(&local) {
+            best[label[p] as usize].keep_least(*c);
+        }
+        let could_improve = |best: &[Cand], p: usize, lb: f64| {
+            let b = &best[label[p] as usize];
+            b.is_none() || lb < b.w
+        };
+        // Queries as indices into `rows`.
+        let mut queries: Vec<usize> = (0..rows.len())
+            .filter(|&i| !local[i].1 && could_improve(best, rows[i], local[i].2))
+            .collect();
+        tracing::debug!(
+            "GPU MST, {what}: {} rows, {} proven by their lists, {} queries",
+            rows.len(),
+            local.iter().filter(|l| l.1).count(),
+            queries.len()
+        );
+        if queries.is_empty() {
+            return Ok(mine);
+        }
+        let n = label.len();
+        let label_i: Vec<i32> = label.iter().map(|&c| c as i32).collect();
+        let comp_cut2: Vec<f32> = best
+            .iter()
+            .map(|b| cutoff_above(b.w.powi(2), rel))
+            .collect();
+        let tables = self.tables.components(label_i, self.core2.to_vec());
+        self.dev.set_components(&tables, &comp_cut2)?;
+        drop(tables);
+        let mut cutoff2 = vec![0f32; n];
+        for &i in &queries {
+            let p = rows[i];
+            cutoff2[p] = comp_cut2[label[p] as usize];
+        }
+        // Leaf search, then brute force for what it left open.
+        for brute in [false, true] {
+            if queries.is_empty() {
+                break;
+            }
+            let positions: Vec<usize> = queries.iter().map(|&i| rows[i]).collect();
+            let found = if brute {
+                brute_search(&mut *self.dev, n, &positions, true, self.keep)?
+            } else {
+                let ask = Ask {
+                    boruvka: true,
+                    walk: usize::MAX,
+                    need: 1,
+                    keep: self.keep,
+                };
+                leaf_search(
+                    &mut *self.dev,
+                    self.tables,
+                    self.leaf_of,
+                    &positions,
+                    &cutoff2,
+                    ask,
+                )?
+            };
+            let mut lbs = Vec::with_capacity(queries.len());
+            for (&i, f) in queries.iter().zip(&found) {
+                let p = rows[i];
+                for &(q, _) in &f.list {
+                    let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
+                    let c = Cand::new(w, p, q);
+                    mine[i].keep_least(c);
+                    best[label[p] as usize].keep_least(c);
+                }
+                lbs.push(core[p].max(f.unseen2(rel).sqrt()));
+            }
+            let open: Vec<usize> = queries
+                .iter()
+                .zip(&lbs)
+                .filter(|&(&i, &lb)| could_improve(best, rows[i], lb))
+                .map(|(&i, _)| i)
+                .collect();
+            tracing::debug!(
+                "GPU MST round: {} queries, {} left open by the {}",
+                queries.len(),
+                open.len(),
+                if brute { "brute force" } else { "leaf search" }
+            );
+            queries = open;
+        }
+        if !queries.is_empty() {
+            tracing::debug!(
+                "GPU MST: {} points computed exactly on the host",
+                queries.len()
+            );
+            let found: Vec<Cand> = queries
+                .par_iter()
+                .map(|&i| exact_min_edge(x, core, label, rows[i]))
+                .collect();
+            for (&i, c) in queries.iter().zip(found) {
+                mine[i].keep_least(c);
+                best[label[rows[i]] as usize].keep_least(c);
+            }
+        }
+        Ok(mine)
+    }
+}
+
 /// The exact MST of the mutual-reachability graph (`min_samples` counts the point itself),
 /// with the candidate kernels of `dev`. Edges are in the caller's row numbers.
 pub fn mst_with<K: NearestKernels + ?Sized>(
@@ -416,99 +634,18 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
         for (p, c) in comp.iter_mut().enumerate() {
             *c = uf.find(p) as u32;
         }
-        // From the kNN lists: an edge, whether it is proven p's lightest, and a lower bound.
-        let local: Vec<(Cand, bool, f64)> = (0..n)
-            .into_par_iter()
-            .map(|p| {
-                let (list, cp, unseen) = &knn[p];
-                let mut best = NONE;
-                for &(q, dq) in list {
-                    let q = q as usize;
-                    if comp[q] != comp[p] {
-                        best.keep_least(Cand::new(cp.max(core[q]).max(dq), p, q));
-                    }
-                }
-                let lb = cp.max(*unseen);
-                let proven = !best.is_none() && best.w <= lb;
-                (best, proven, lb)
-            })
-            .collect();
-        let mut best = vec![NONE; n];
-        for (p, (c, _, _)) in local.iter().enumerate() {
-            best[comp[p] as usize].keep_least(*c);
-        }
-        let could_improve = |best: &[Cand], p: usize, lb: f64| {
-            let b = &best[comp[p] as usize];
-            b.is_none() || lb < b.w
+        let round = Round {
+            dev: &mut *dev,
+            tables: &tables,
+            leaf_of: &leaf_of,
+            x: &x,
+            knn: &knn,
+            core: &core,
+            core2: &core2,
+            rel,
+            keep: params.boruvka_keep,
         };
-        let mut queries: Vec<usize> = (0..n)
-            .filter(|&p| !local[p].1 && could_improve(&best, p, local[p].2))
-            .collect();
-        if !queries.is_empty() {
-            let comp_i: Vec<i32> = comp.iter().map(|&c| c as i32).collect();
-            let leaf_comp = tables.leaf_components(&comp_i);
-            let comp_cut2: Vec<f32> = best
-                .iter()
-                .map(|b| cutoff_above(b.w.powi(2), rel))
-                .collect();
-            dev.set_components(&comp_i, &core2, &leaf_comp, &comp_cut2)?;
-            let keep = params.boruvka_keep;
-            let mut cutoff2 = vec![0f32; n];
-            for &p in &queries {
-                cutoff2[p] = comp_cut2[comp[p] as usize];
-            }
-            // Leaf search, then brute force for what it left open.
-            for brute in [false, true] {
-                if queries.is_empty() {
-                    break;
-                }
-                let found = if brute {
-                    brute_search(dev, n, &queries, true, keep)?
-                } else {
-                    let ask = Ask {
-                        boruvka: true,
-                        walk: usize::MAX,
-                        need: 1,
-                        keep,
-                    };
-                    leaf_search(dev, &tables, &leaf_of, &queries, &cutoff2, ask)?
-                };
-                let mut lbs = Vec::with_capacity(queries.len());
-                for (&p, f) in queries.iter().zip(&found) {
-                    for &(q, _) in &f.list {
-                        let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
-                        best[comp[p] as usize].keep_least(Cand::new(w, p, q));
-                    }
-                    lbs.push(core[p].max(f.unseen2(rel).sqrt()));
-                }
-                let open: Vec<usize> = queries
-                    .iter()
-                    .zip(&lbs)
-                    .filter(|&(&p, &lb)| could_improve(&best, p, lb))
-                    .map(|(&p, _)| p)
-                    .collect();
-                tracing::debug!(
-                    "GPU MST round: {} queries, {} left open by the {}",
-                    queries.len(),
-                    open.len(),
-                    if brute { "brute force" } else { "leaf search" }
-                );
-                queries = open;
-            }
-        }
-        if !queries.is_empty() {
-            tracing::debug!(
-                "GPU MST: {} points computed exactly on the host",
-                queries.len()
-            );
-            let found: Vec<Cand> = queries
-                .par_iter()
-                .map(|&p| exact_min_edge(&x, &core, &comp, p))
-                .collect();
-            for (&p, c) in queries.iter().zip(found) {
-                best[comp[p] as usize].keep_least(c);
-            }
-        }
+        let best = round.lightest_edges(&comp)?;
         let before = edges.len();
         for c in best.iter().filter(|c| !c.is_none()) {
             if uf.union(c.lo as usize, c.hi as usize) {

@@ -89,6 +89,7 @@ inline void sync_block() {
 #define __global__
 #define __device__
 #define __shared__ static thread_local
+#define __align__(n) __attribute__((aligned(n)))
 #define threadIdx (emu::thread_idx)
 #define blockIdx (emu::block_idx)
 #define blockDim (emu::block_dim)

@@ -19,13 +19,16 @@ extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* 
                                     const int* leaf_start, const int* qleaves, const int* cand,
                                     const float* cand_lb2, const float* rest_lb2, int m,
                                     const float* cutoff2, const int* comp, const float* core2,
-                                    const int* leaf_comp, int* comp_best2, const float* centres,
+                                    const int* leaf_comp, const float* leaf_core2_lo,
+                                    const int* tile_one_comp, const float* tile_core2_lo,
+                                    int* comp_best2, const float* centres,
                                     const float* radius, const float* tc_lo, const float* tc_hi,
                                     float slack, int walk, int need, int keep, float* out_key,
                                     int* out_idx, float* out_unseen2, int* out_rows) {
     emu::launch(grid, block, [&] {
         leaf_candidates(x, d, leaf_start, qleaves, cand, cand_lb2, rest_lb2, m, cutoff2, comp,
-                        core2, leaf_comp, comp_best2, centres, radius, tc_lo, tc_hi, slack, walk, need, keep, out_key, out_idx,
-                        out_unseen2, out_rows);
+                        core2, leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo,
+                        comp_best2, centres, radius, tc_lo, tc_hi, slack, walk, need, keep,
+                        out_key, out_idx, out_unseen2, out_rows);
     });
 }
