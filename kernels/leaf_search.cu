@@ -35,6 +35,14 @@
 // query did not measure. These bounds cost d operations per query per listed leaf, against the
 // leaf's rows x d.
 //
+// A tile's rows are measured in two steps. Its dot products with the query (one fmaf per column,
+// from shared memory four columns at a time) give the dot-form key |p|^2 + |o|^2 - 2 p.o, which
+// less its error bound (`screen_err` x (|p|^2 + |o|^2)) is below the difference-form key; a row
+// whose screened key cannot beat the query's last kept key is done. The rest, few once the list
+// has filled, are measured again in the difference form (`exact_dist2`), and only that key is
+// compared and kept: the lists are bit-for-bit what the difference form alone would give, at
+// about half the arithmetic.
+//
 // In Boruvka, a query only wants edges lighter than its component's best, and the queries of a
 // component share what they find through `comp_best2` (squared f32 keys as int bits, which
 // order like the floats since they are >= 0; atomicMin): the first good edge found for a
@@ -80,6 +88,8 @@ extern "C" __global__ void leaf_candidates(
     const float* __restrict__ tc_lo,      // n: lower bound on each row's distance to its centre
     const float* __restrict__ tc_hi,      // n: upper bound on the same
     float slack,                          // relative error bound of an f32 distance to a centre
+    const float* __restrict__ norm2,      // n: squared norms of the rows (f32)
+    float screen_err,                     // the dot-form key's error, per unit of |p|^2 + |o|^2
     int walk,                             // listed leaves walked at most
     int need,                             // the key that decides the stop, 1..keep
     int keep,                             // candidates kept per query, 1..LS_MAX_KEEP
@@ -91,6 +101,7 @@ extern "C" __global__ void leaf_candidates(
     __shared__ __align__(16) float tile[TILE_C][TILE_D];
     __shared__ int tile_comp[TILE_C];
     __shared__ float tile_core2[TILE_C];
+    __shared__ float tile_norm2[TILE_C];
     __shared__ int go;
     __shared__ int want;
     __shared__ int tile_want;
@@ -105,6 +116,7 @@ extern "C" __global__ void leaf_candidates(
     const int my_comp = (active && with_comp) ? comp[p] : 0;
     const float my_core2 = (active && with_comp) ? core2[p] : 0.0f;
     const float inf = __int_as_float(0x7f800000);
+    const float my_norm2 = active ? norm2[p] : 0.0f;
 
     float best_key[LS_MAX_KEEP];
     int best_idx[LS_MAX_KEEP];
@@ -224,18 +236,32 @@ extern "C" __global__ void leaf_candidates(
             for (int r = 0; r < TILE_C; ++r) acc[r] = 0.0f;
             for (int d0 = 0; d0 < d; d0 += TILE_D) {
                 __syncthreads();
-                stage_tile(x, d, cs + c0, last - c0 + 1, d0, comp, core2,
-                           tile, tile_comp, tile_core2);
+                stage_tile(x, d, cs + c0, last - c0 + 1, d0, comp, core2, norm2,
+                           tile, tile_comp, tile_core2, tile_norm2);
                 __syncthreads();
-                if (active) add_tile_distances(x, d, p, d0, tile, acc);
+                if (active) add_tile_dots(x, d, p, d0, tile, acc);
             }
             if (active) {
-                for (int r = 0; r < TILE_C && c0 + r < cn; ++r) {
-                    float key = acc[r];
-                    if (with_comp) {
-                        if (tile_comp[r] == my_comp) continue;
-                        key = fmaxf(key, fmaxf(my_core2, tile_core2[r]));
-                    }
+                // The dot form screens: its key, less its error bound, is at most the key the
+                // difference form gives (`screen_err` covers both forms' rounding), so a row it
+                // rules out could not have entered the list. The few rows it lets through are
+                // measured in the difference form, which alone is kept: the candidates are the
+                // same, to the bit, as without the screen. (The mask keeps acc in registers:
+                // a loop over the rows with a measurement inside would not unroll.)
+                unsigned pass = 0;
+#pragma unroll
+                for (int r = 0; r < TILE_C; ++r) {
+                    const float norms = my_norm2 + tile_norm2[r];
+                    float key = fmaf(-2.0f, acc[r], norms) - screen_err * norms;
+                    if (with_comp) key = fmaxf(key, fmaxf(my_core2, tile_core2[r]));
+                    const bool own = with_comp && tile_comp[r] == my_comp;
+                    if (c0 + r < cn && !own && key < worst) pass |= 1u << r;
+                }
+                while (pass != 0) {
+                    const int r = __ffs(pass) - 1;
+                    pass &= pass - 1;
+                    float key = exact_dist2(x, d, p, cs + c0 + r);
+                    if (with_comp) key = fmaxf(key, fmaxf(my_core2, tile_core2[r]));
                     if (key < worst) {
                         int pos = keep - 1;
                         while (pos > 0 && best_key[pos - 1] > key) {

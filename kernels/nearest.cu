@@ -53,8 +53,8 @@ extern "C" __global__ void nearest_candidates(
 
         for (int d0 = 0; d0 < d; d0 += TILE_D) {
             __syncthreads();
-            stage_tile(x, d, c0, n - c0 < TILE_C ? n - c0 : TILE_C, d0, comp, core2, tile,
-                       tile_comp, tile_core2);
+            stage_tile(x, d, c0, n - c0 < TILE_C ? n - c0 : TILE_C, d0, comp, core2, nullptr,
+                       tile, tile_comp, tile_core2, nullptr);
             __syncthreads();
             if (active) add_tile_distances(x, d, p, d0, tile, acc);
         }

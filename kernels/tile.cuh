@@ -14,10 +14,12 @@
 
 // Stages rows base .. base + count - 1 of x (count <= TILE_C), columns d0 .. d0 + TILE_D - 1,
 // into `tile`, zero outside; with d0 == 0 also their components and squared core distances
-// (zero without comp). Every thread of the block must call it, between barriers.
+// (zero without comp), and their squared norms where `norm2` is given. Every thread of the
+// block must call it, between barriers.
 __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, int count, int d0,
                                   const int* __restrict__ comp, const float* __restrict__ core2,
-                                  float (*tile)[TILE_D], int* tile_comp, float* tile_core2) {
+                                  const float* __restrict__ norm2, float (*tile)[TILE_D],
+                                  int* tile_comp, float* tile_core2, float* tile_norm2) {
     for (int e = threadIdx.x; e < TILE_C * TILE_D; e += blockDim.x) {
         const int r = e / TILE_D;
         const int c = e % TILE_D;
@@ -29,6 +31,7 @@ __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, 
             const bool in = r < count && comp != nullptr;
             tile_comp[r] = in ? comp[base + r] : 0;
             tile_core2[r] = in ? core2[base + r] : 0.0f;
+            if (norm2 != nullptr) tile_norm2[r] = r < count ? norm2[base + r] : 0.0f;
         }
     }
 }
@@ -60,4 +63,40 @@ __device__ inline void add_tile_distances(const float* __restrict__ x, int d, in
             acc[r] = s;
         }
     }
+}
+
+// Adds to acc[r] the dot product of row p of x with tile row r over columns d0 .. d0 +
+// TILE_D - 1: one fmaf per column where the difference form takes two operations. Its keys
+// (|p|^2 + |r|^2 - 2 p.r) only screen the rows: see `exact_dist2`.
+__device__ inline void add_tile_dots(const float* __restrict__ x, int d, int p, int d0,
+                                     const float (*tile)[TILE_D], float* acc) {
+#pragma unroll
+    for (int g = 0; g < TILE_D; g += TILE_G) {
+        if (d0 + g >= d) break;  // uniform: d is the same for every thread
+        float q[TILE_G];
+#pragma unroll
+        for (int c = 0; c < TILE_G; ++c) {
+            const int col = d0 + g + c;
+            q[c] = col < d ? x[(long long)p * d + col] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < TILE_C; ++r) {
+            float s = acc[r];
+#pragma unroll
+            for (int c = 0; c < TILE_G; ++c) s = fmaf(q[c], tile[r][g + c], s);
+            acc[r] = s;
+        }
+    }
+}
+
+// The squared distance between rows p and o of x, summed in column order with fmaf: the same
+// bits as add_tile_distances over all chunks (which skips only zero padding), so a key
+// measured here is the key the tile would have given.
+__device__ inline float exact_dist2(const float* __restrict__ x, int d, int p, int o) {
+    float s = 0.0f;
+    for (int k = 0; k < d; ++k) {
+        const float diff = x[(long long)p * d + k] - x[(long long)o * d + k];
+        s = fmaf(diff, diff, s);
+    }
+    return s;
 }

@@ -60,6 +60,8 @@ type LeafFn = unsafe extern "C" fn(
     *const f32,
     *const f32,
     f32,
+    *const f32,
+    f32,
     i32,
     i32,
     i32,
@@ -116,6 +118,8 @@ struct Emu {
     tc_lo: Vec<f32>,
     tc_hi: Vec<f32>,
     slack: f32,
+    norm2: Vec<f32>,
+    screen_err: f32,
     /// The Boruvka round's tables (`set_components`).
     round: Option<Components>,
     comp_best2: Vec<i32>,
@@ -212,6 +216,8 @@ impl Emu {
                 self.tc_lo.as_ptr(),
                 self.tc_hi.as_ptr(),
                 self.slack,
+                self.norm2.as_ptr(),
+                self.screen_err,
                 walk.min(i32::MAX as usize) as i32,
                 need as i32,
                 keep as i32,
@@ -239,6 +245,8 @@ impl NearestKernels for Emu {
         self.tc_lo = t.tc_lo.clone();
         self.tc_hi = t.tc_hi.clone();
         self.slack = t.slack;
+        self.norm2 = t.norm2.clone();
+        self.screen_err = t.screen_err;
         Ok(())
     }
 
@@ -746,6 +754,58 @@ fn reported_bounds_hold(x: &Matrix, list_len: usize) {
         let checked = assert_bound_contract(&xp, &t, &qleaves, &out, keep, modes);
         assert!(checked > n * n / 2, "too few rows checked");
     }
+}
+
+#[test]
+fn leaf_kernel_lists_the_nearest_keys_to_the_bit() {
+    // With every leaf listed and the whole list walked, each query's kNN list must hold the 8
+    // smallest difference-form f32 keys over all rows, bit for bit: the dot-form screen and
+    // the skips may pass over a row only when it could not have entered the list.
+    let x = blobs(700, 9, 5, 0.5, 21);
+    let (n, d) = (x.rows(), x.cols());
+    let params = LeafParams {
+        leaf_size: 20,
+        list_len: 1000,
+    };
+    let t = LeafTables::build(&x, &params).expect("tables");
+    let xp = in_positions(&x, &t);
+    let mut emu = Emu::default();
+    emu.load(xp.as_slice(), d, &t).expect("load");
+    let keep = 8;
+    let qleaves: Vec<i32> = (0..t.leaves() as i32).collect();
+    let out = emu
+        .leaf_candidates(
+            &qleaves,
+            &vec![f32::INFINITY; n],
+            false,
+            usize::MAX,
+            keep,
+            keep,
+        )
+        .expect("leaf search");
+    let key = |p: usize, o: usize| {
+        xp.row(p)
+            .iter()
+            .zip(xp.row(o))
+            .fold(0.0f32, |s, (&a, &b)| (a - b).mul_add(a - b, s))
+    };
+    for (block, &l) in qleaves.iter().enumerate() {
+        let l = l as usize;
+        for p in t.start[l] as usize..t.start[l + 1] as usize {
+            let mut all: Vec<f32> = (0..n).map(|o| key(p, o)).collect();
+            all.sort_by(f32::total_cmp);
+            let s = block * MAX_LEAF + (p - t.start[l] as usize);
+            let got = &out.keys[s * keep..(s + 1) * keep];
+            assert_eq!(got, &all[..keep], "row {p}'s list");
+            for (&o, &k) in out.idx[s * keep..(s + 1) * keep].iter().zip(got) {
+                assert_eq!(key(p, o as usize), k, "row {p}: the key of {o}");
+            }
+        }
+    }
+    assert!(
+        out.rows.iter().sum::<i32>() < (n * t.leaves()) as i32,
+        "nothing was skipped"
+    );
 }
 
 #[test]

@@ -22,6 +22,8 @@ struct Loaded {
     tc_lo: CudaSlice<f32>,
     tc_hi: CudaSlice<f32>,
     slack: f32,
+    norm2: CudaSlice<f32>,
+    screen_err: f32,
 }
 
 /// One Boruvka round's state (`Components` on the device).
@@ -90,8 +92,8 @@ impl NearestKernels for CudaKernels<'_> {
     fn load(&mut self, rows: &[f32], d: usize, t: &LeafTables) -> Result<()> {
         let g = self.g;
         let n = rows.len().checked_div(d).unwrap_or(0);
-        // Per position besides the row: its two distances to the centre, and a round's
-        // component, core, cutoff and two tile entries (4 bytes each), with room to spare.
+        // Per position besides the row: its norm and two distances to the centre, and a
+        // round's component, core, cutoff and two tile entries (4 bytes each).
         let bytes = (rows.len() + t.cand.len() + t.cand_lb2.len() + t.centres.len()) * 4 + n * 32;
         g.ensure_free(bytes, &format!("the MST of {n} x {d}"))?;
         self.loaded = None;
@@ -109,6 +111,8 @@ impl NearestKernels for CudaKernels<'_> {
             tc_lo: upload(g, &t.tc_lo, "the distances to the centres")?,
             tc_hi: upload(g, &t.tc_hi, "the distances to the centres")?,
             slack: t.slack,
+            norm2: upload(g, &t.norm2, "the row norms")?,
+            screen_err: t.screen_err,
         });
         Ok(())
     }
@@ -174,7 +178,8 @@ impl NearestKernels for CudaKernels<'_> {
             b.arg(&null).arg(&null).arg(&null);
         }
         b.arg(&l.centres).arg(&l.radius).arg(&l.tc_lo).arg(&l.tc_hi);
-        b.arg(&l.slack).arg(&walk_i).arg(&need_i).arg(&keep_i);
+        b.arg(&l.slack).arg(&l.norm2).arg(&l.screen_err);
+        b.arg(&walk_i).arg(&need_i).arg(&keep_i);
         b.arg(&mut out_key).arg(&mut out_idx).arg(&mut out_unseen);
         b.arg(&mut out_rows);
         // SAFETY: the arguments follow leaf_candidates' signature in order (device slices for

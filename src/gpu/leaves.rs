@@ -76,6 +76,11 @@ pub struct LeafTables {
     pub tc_hi: Vec<f32>,
     /// Relative error bound of the kernel's f32 distance from a row to a centre.
     pub slack: f32,
+    /// Per position, the row's squared norm (f32), for the kernel's dot-form screen.
+    pub norm2: Vec<f32>,
+    /// Bound on how far the dot-form key |p|^2 + |o|^2 - 2 p.o, as the kernel computes it,
+    /// lies above the difference-form key, per unit of |p|^2 + |o|^2.
+    pub screen_err: f32,
 }
 
 impl LeafTables {
@@ -185,6 +190,22 @@ impl LeafTables {
         // An f32 squared distance errs by at most rel_err(d) relative; its square root by half
         // that, and the kernel's few roundings after it by far less than the 2e-6.
         let slack = (super::mst::rel_err(d) + 2e-6) as f32;
+        // The f32 dot product errs by at most about (d + 2) units of roundoff of |p||o| <=
+        // (|p|^2 + |o|^2) / 2, the norms and the final sum by a few more, and the difference
+        // form by (d + 2) units of the distance <= 2 (|p|^2 + |o|^2): (3d + 10) units in all.
+        // `rel_err` is 4 (d + 8) units; twice that leaves a wide margin.
+        let screen_err = (2.0 * super::mst::rel_err(d)) as f32;
+        let norm2: Vec<f32> = perm
+            .iter()
+            .map(|&r| {
+                let s: f64 = x
+                    .row(r as usize)
+                    .iter()
+                    .map(|&v| f64::from(v).powi(2))
+                    .sum();
+                s as f32
+            })
+            .collect();
         Ok(Self {
             perm,
             start,
@@ -197,6 +218,8 @@ impl LeafTables {
             tc_lo,
             tc_hi,
             slack,
+            norm2,
+            screen_err,
         })
     }
 

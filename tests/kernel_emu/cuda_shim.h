@@ -109,6 +109,9 @@ inline int __float_as_int(float f) {
     return i;
 }
 
+// One plus the position of the lowest set bit, 0 for none (CUDA's __ffs).
+inline int __ffs(int x) { return __builtin_ffs(x); }
+
 // Fibers of a block share one OS thread, and blocks run one after another: no data races.
 inline int atomicMin(int* p, int v) {
     const int old = *p;
