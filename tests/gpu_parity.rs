@@ -267,17 +267,15 @@ fn pca_parity(gpu: &Gpu) {
 /// X of 184 MB goes up in pinned pieces): both must match the CPU.
 fn pca_streamed(gpu: &Gpu) {
     let (n, d, k) = (60_000, 768, 32);
-    let l = k + PcaParams::default().oversampling;
     let x = spectral(n, d, 60, 11);
     let params = PcaParams {
         components: k,
         ..PcaParams::default()
     };
     let resident = gpu.pca(&x, &params).expect("GPU PCA, resident");
-    // The sketches and headroom, plus a third of X: X cannot be resident.
-    let sketches = 4 * (n * (1 + 3 * l + k) + 3 * d * l + d);
+    // What the PCA needs besides X, plus a third of X: X cannot be resident.
     let mut small = Gpu::open().expect("second handle on the GPU");
-    small.limit_memory((256 << 20) + sketches + n * d * 4 / 3);
+    small.limit_memory(segclust::gpu::pca_bytes_besides_rows(n, d, &params) + n * d * 4 / 3);
     let t = Instant::now();
     let streamed = small.pca(&x, &params).expect("GPU PCA, streamed");
     eprintln!("PCA {n} x {d} streamed in blocks: {:?}", t.elapsed());

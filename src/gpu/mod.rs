@@ -27,6 +27,7 @@ mod pca;
 
 pub use leaves::{LeafParams, LeafTables};
 pub use mst::{GpuMstParams, LeafFound, NearestKernels, mst_with};
+pub use pca::bytes_besides_rows as pca_bytes_besides_rows;
 
 use crate::cluster::MstEdge;
 use crate::matrix::Matrix;

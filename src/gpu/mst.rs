@@ -397,18 +397,16 @@ impl<K: NearestKernels + ?Sized> Round<'_, K> {
         let queries: Vec<usize> = (0..n)
             .filter(|&p| !(skip_giant && comp[p] as usize == giant))
             .collect();
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            tracing::debug!(
-                "Boruvka round: {} components (largest {giant_rows} rows{}), {} rows may search",
-                size.iter().filter(|&&s| s > 0).count(),
-                if skip_giant {
-                    ", searched from outside"
-                } else {
-                    ""
-                },
-                queries.len()
-            );
-        }
+        tracing::debug!(
+            "Boruvka round: {} components (largest {giant_rows} rows{}), {} rows may search",
+            size.iter().filter(|&&s| s > 0).count(),
+            if skip_giant {
+                ", searched from outside"
+            } else {
+                ""
+            },
+            queries.len()
+        );
         self.search(comp, &queries, &mut best, "components' edges")?;
         Ok(best)
     }

@@ -299,6 +299,18 @@ fn fixed_bytes(n: usize, d: usize, l: usize, k: usize) -> usize {
     (n.max(d) + 3 * n * l + n * k + 3 * d * l + d) * 4 + HEADROOM
 }
 
+/// Columns of the sketches: the components plus the oversampling, within the rank.
+fn sketch_width(n: usize, d: usize, k: usize, p: &PcaParams) -> usize {
+    (k + p.oversampling).min(n).min(d)
+}
+
+/// Device bytes an n x d PCA needs besides X (see `fixed_bytes`): a batch streams X in blocks
+/// when its memory holds this but not X as well.
+pub fn bytes_besides_rows(n: usize, d: usize, p: &PcaParams) -> usize {
+    let k = effective_components(n, d, p.components);
+    fixed_bytes(n, d, sketch_width(n, d, k, p), k)
+}
+
 /// Rows of X per block: all N when X fits next to the sketches, else as many as fit.
 fn block_rows(n: usize, d: usize, l: usize, k: usize, free: usize) -> Result<usize> {
     let fixed = fixed_bytes(n, d, l, k);
@@ -342,7 +354,7 @@ pub(crate) fn randomized_pca<L: Linalg>(
             p.components
         );
     }
-    let l = (k + p.oversampling).min(n).min(d);
+    let l = sketch_width(n, d, k, p);
     let block = block_rows(n, d, l, k, la.free_bytes()?)?;
     let mut buf = la.alloc(block * d)?;
     if block >= n {

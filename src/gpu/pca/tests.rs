@@ -260,7 +260,7 @@ fn x_too_large_for_the_device_is_streamed_in_blocks() {
     let (resident, _) = run(&HostLinalg::new(PLENTY), &x, &p);
     // Room for the sketches and about 700 rows of X: five blocks, the last one short.
     // (Allocations past `memory` fail, so finishing proves the plan fits.)
-    let memory = fixed_bytes(n, d, 16 + p.oversampling, 16) + 700 * d * 4;
+    let memory = bytes_besides_rows(n, d, &p) + 700 * d * 4;
     let la = HostLinalg::new(memory);
     let (streamed, stats) = run(&la, &x, &p);
     assert_eq!(stats.block_rows, 700, "{stats:?}");
