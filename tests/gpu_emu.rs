@@ -133,6 +133,9 @@ struct Emu {
     /// ... and its rows that still query times the rows measured (what the threads compute:
     /// a thread without a query skips the distances).
     boruvka_active_pairs: usize,
+    /// ... and what a GPU's warps compute: a warp computes for all its 32 threads when one of
+    /// them still queries, and not at all when none does.
+    boruvka_warp_pairs: usize,
     /// Per Boruvka leaf-search call: (queries, pairs computed).
     boruvka_calls: Vec<(usize, usize)>,
     /// Boruvka searches over two labels: a giant component's edge looked up from outside.
@@ -345,6 +348,11 @@ impl NearestKernels for Emu {
             if boruvka {
                 self.boruvka_pairs += (e - s) * rows;
                 self.boruvka_active_pairs += active * rows;
+                let warps = (s..e)
+                    .step_by(32)
+                    .filter(|&w| (w..(w + 32).min(e)).any(|p| cutoff2[p] > 0.0))
+                    .count();
+                self.boruvka_warp_pairs += 32 * warps * rows;
                 call.0 += active;
                 call.1 += active * rows;
             } else {
@@ -607,13 +615,14 @@ fn work_at_scale() {
     let all = (n * n) as f64;
     eprintln!(
         "{n} x {}, Boruvka blocks in waves of {wave}: {} leaves; kNN leaf search {:.2}% of \
-         the brute-force pairs, Boruvka leaf searches {:.2}% loaded, {:.2}% computed (all \
-         rounds), brute force {} queries ({:.2}%); {:.0} s emulated",
+         the brute-force pairs, Boruvka leaf searches {:.2}% loaded, {:.2}% computed ({:.2}% \
+         by whole warps; all rounds), brute force {} queries ({:.2}%); {:.0} s emulated",
         y.cols(),
         emu.start.len() - 1,
         100.0 * emu.knn_pairs as f64 / all,
         100.0 * emu.boruvka_pairs as f64 / all,
         100.0 * emu.boruvka_active_pairs as f64 / all,
+        100.0 * emu.boruvka_warp_pairs as f64 / all,
         emu.brute_queries,
         100.0 * (emu.brute_queries * n) as f64 / all,
         started.elapsed().as_secs_f64()
