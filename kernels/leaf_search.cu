@@ -3,8 +3,9 @@
 // The rows are grouped into compact leaves (positions start[l]..start[l + 1], at most
 // LS_MAX_LEAF rows) and, for every leaf, the host lists the leaves nearest to it in ascending
 // order of a lower bound on the squared distance between any of their points (`cand`,
-// `cand_lb2`). One block takes one query leaf, one thread one of its rows, and walks that list:
-// it stops as soon as no query of the leaf could keep anything from the next leaf. That replaces
+// `cand_lb2`). One block takes one query leaf, one thread one of its query rows (`qpos`, packed
+// into the first threads), and walks that list: it stops as soon as no query of the leaf could
+// keep anything from the next leaf. That replaces
 // `nearest_candidates`' walk over all n rows with a walk over the few leaves that matter.
 //
 // What the kernel returns is only ever a set of candidates: the host recomputes their distances
@@ -69,6 +70,8 @@ extern "C" __global__ void leaf_candidates(
     int d,
     const int* __restrict__ leaf_start,   // leaves + 1
     const int* __restrict__ qleaves,      // the query leaves, one block each
+    const int* __restrict__ qpos,         // blocks x LS_MAX_LEAF: each block's query positions
+                                          // (rows of its leaf), packed first; -1 pads
     const int* __restrict__ cand,         // leaves x m: candidate leaves, nearest first; -1 pads
     const float* __restrict__ cand_lb2,   // leaves x m: their lower bounds (squared, rounded down)
     const float* __restrict__ rest_lb2,   // leaves: the bound for every leaf not in the list
@@ -107,11 +110,12 @@ extern "C" __global__ void leaf_candidates(
     __shared__ int tile_want;
 
     const int ql = qleaves[blockIdx.x];
-    const int qs = leaf_start[ql];
-    const int qn = leaf_start[ql + 1] - qs;
     const int t = threadIdx.x;
-    const int p = qs + (t < qn ? t : 0);
-    const bool active = t < qn && cutoff2[p] > 0.0f;
+    // Queries packed into the first threads: in Boruvka few rows of a leaf still search, and
+    // a warp whose threads have none skips the arithmetic.
+    const int my_pos = qpos[(long long)blockIdx.x * LS_MAX_LEAF + t];
+    const int p = my_pos >= 0 ? my_pos : leaf_start[ql];
+    const bool active = my_pos >= 0 && cutoff2[p] > 0.0f;
     const bool with_comp = comp != nullptr;
     const int my_comp = (active && with_comp) ? comp[p] : 0;
     const float my_core2 = (active && with_comp) ? core2[p] : 0.0f;

@@ -44,6 +44,7 @@ type LeafFn = unsafe extern "C" fn(
     *const i32,
     *const i32,
     *const i32,
+    *const i32,
     *const f32,
     *const f32,
     i32,
@@ -151,6 +152,7 @@ impl Emu {
     fn leaf_blocks(
         &self,
         qleaves: &[i32],
+        qpos: &[i32],
         first: usize,
         cutoff2: &[f32],
         boruvka: bool,
@@ -202,6 +204,7 @@ impl Emu {
                 self.d as i32,
                 self.start.as_ptr(),
                 qleaves.as_ptr(),
+                qpos[first * MAX_LEAF..].as_ptr(),
                 self.cand.as_ptr(),
                 self.cand_lb2.as_ptr(),
                 self.rest_lb2.as_ptr(),
@@ -273,6 +276,7 @@ impl NearestKernels for Emu {
     fn leaf_candidates(
         &mut self,
         qleaves: &[i32],
+        qpos: &[i32],
         cutoff2: &[f32],
         boruvka: bool,
         walk: usize,
@@ -281,6 +285,16 @@ impl NearestKernels for Emu {
     ) -> anyhow::Result<LeafFound> {
         assert_eq!(cutoff2.len(), self.n);
         let blocks = qleaves.len();
+        assert_eq!(qpos.len(), blocks * MAX_LEAF);
+        for (&l, ps) in qleaves.iter().zip(qpos.chunks(MAX_LEAF)) {
+            let (s, e) = (self.start[l as usize], self.start[l as usize + 1]);
+            let k = ps.iter().take_while(|&&p| p >= 0).count();
+            assert!(ps[k..].iter().all(|&p| p == -1), "queries not packed first");
+            assert!(
+                ps[..k].iter().all(|p| (s..e).contains(p)),
+                "a query outside its leaf"
+            );
+        }
         let mut out = LeafFound {
             keys: vec![f32::NAN; blocks * MAX_LEAF * keep],
             idx: vec![-2; blocks * MAX_LEAF * keep],
@@ -297,6 +311,7 @@ impl NearestKernels for Emu {
                 let mut shared = std::mem::take(&mut self.comp_best2);
                 self.leaf_blocks(
                     qleaves,
+                    qpos,
                     0,
                     cutoff2,
                     boruvka,
@@ -317,6 +332,7 @@ impl NearestKernels for Emu {
                         let mut own = seen.clone();
                         self.leaf_blocks(
                             &[l],
+                            qpos,
                             first + i,
                             cutoff2,
                             boruvka,
@@ -337,21 +353,23 @@ impl NearestKernels for Emu {
             }
         }
         let mut call = (0, 0);
-        for (&l, &rows) in qleaves.iter().zip(&out.rows) {
+        for ((&l, &rows), ps) in qleaves.iter().zip(&out.rows).zip(qpos.chunks(MAX_LEAF)) {
             let (s, e) = (
                 self.start[l as usize] as usize,
                 self.start[l as usize + 1] as usize,
             );
             let rows = usize::try_from(rows).expect("a row count");
-            let active = (s..e).filter(|&p| cutoff2[p] > 0.0).count();
+            let queries = |ps: &[i32]| {
+                ps.iter()
+                    .filter(|&&p| p >= 0 && cutoff2[p as usize] > 0.0)
+                    .count()
+            };
+            let active = queries(ps);
             self.leaf_queries += active;
             if boruvka {
                 self.boruvka_pairs += (e - s) * rows;
                 self.boruvka_active_pairs += active * rows;
-                let warps = (s..e)
-                    .step_by(32)
-                    .filter(|&w| (w..(w + 32).min(e)).any(|p| cutoff2[p] > 0.0))
-                    .count();
+                let warps = ps.chunks(32).filter(|w| queries(w) > 0).count();
                 self.boruvka_warp_pairs += 32 * warps * rows;
                 call.0 += active;
                 call.1 += active * rows;
@@ -648,6 +666,17 @@ fn duplicates_and_a_single_leaf_are_exact() {
     }
 }
 
+/// Every row of each leaf of `qleaves` as a query, in position order (`leaf_candidates`' qpos).
+fn every_row(t: &LeafTables, qleaves: &[i32]) -> Vec<i32> {
+    let mut qpos = vec![-1; qleaves.len() * MAX_LEAF];
+    for (b, &l) in qleaves.iter().enumerate() {
+        for (i, p) in (t.start[l as usize]..t.start[l as usize + 1]).enumerate() {
+            qpos[b * MAX_LEAF + i] = p;
+        }
+    }
+    qpos
+}
+
 /// Rows of `x` in the tables' position order, as the kernels see them.
 fn in_positions(x: &Matrix, t: &LeafTables) -> Matrix {
     let mut rows = Vec::with_capacity(x.rows() * x.cols());
@@ -752,6 +781,7 @@ fn reported_bounds_hold(x: &Matrix, list_len: usize) {
         let out = emu
             .leaf_candidates(
                 &qleaves,
+                &every_row(&t, &qleaves),
                 &vec![f32::INFINITY; n],
                 boruvka,
                 usize::MAX,
@@ -785,6 +815,7 @@ fn leaf_kernel_lists_the_nearest_keys_to_the_bit() {
     let out = emu
         .leaf_candidates(
             &qleaves,
+            &every_row(&t, &qleaves),
             &vec![f32::INFINITY; n],
             false,
             usize::MAX,
@@ -844,7 +875,15 @@ fn leaf_kernel_folds_a_skipped_leaf_into_its_bound() {
     let keep = 64;
     let qleaves = [0, 2];
     let out = emu
-        .leaf_candidates(&qleaves, &[f32::INFINITY; 48], false, usize::MAX, 2, keep)
+        .leaf_candidates(
+            &qleaves,
+            &every_row(&t, &qleaves),
+            &[f32::INFINITY; 48],
+            false,
+            usize::MAX,
+            2,
+            keep,
+        )
         .expect("leaf search");
     assert_eq!(
         out.rows,

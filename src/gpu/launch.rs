@@ -137,6 +137,7 @@ impl NearestKernels for CudaKernels<'_> {
     fn leaf_candidates(
         &mut self,
         qleaves: &[i32],
+        qpos: &[i32],
         cutoff2: &[f32],
         boruvka: bool,
         walk: usize,
@@ -146,7 +147,14 @@ impl NearestKernels for CudaKernels<'_> {
         let g = self.g;
         let l = self.loaded.as_ref().ok_or_else(|| missing("rows loaded"))?;
         let blocks = qleaves.len();
+        if qpos.len() != blocks * MAX_LEAF {
+            return Err(anyhow!(
+                "{} query positions for {blocks} leaves",
+                qpos.len()
+            ));
+        }
         let q_dev = upload(g, qleaves, "the query leaves")?;
+        let pos_dev = upload(g, qpos, "the query positions")?;
         let cut_dev = upload(g, cutoff2, "the cutoffs")?;
         let mut out_key = zeros::<f32>(g, blocks * MAX_LEAF * keep, "candidate keys")?;
         let mut out_idx = zeros::<i32>(g, blocks * MAX_LEAF * keep, "candidate indices")?;
@@ -161,7 +169,11 @@ impl NearestKernels for CudaKernels<'_> {
             shared_mem_bytes: 0,
         };
         let mut b = g.stream.launch_builder(&g.leaf);
-        b.arg(&l.x).arg(&l.d).arg(&l.leaf_start).arg(&q_dev);
+        b.arg(&l.x)
+            .arg(&l.d)
+            .arg(&l.leaf_start)
+            .arg(&q_dev)
+            .arg(&pos_dev);
         b.arg(&l.cand).arg(&l.cand_lb2).arg(&l.rest_lb2).arg(&l.m);
         b.arg(&cut_dev);
         if boruvka {

@@ -41,12 +41,15 @@ pub trait NearestKernels {
     /// edges).
     fn set_components(&mut self, c: &Components, comp_cut2: &[f32]) -> Result<()>;
     /// `leaf_candidates` (kernels/leaf_search.cu) for `qleaves`, walking at most `walk` listed
-    /// leaves and stopping once every query's `need`-th key is settled; `cutoff2` has one
-    /// value per position. Keys and indices come `MAX_LEAF * keep` per query leaf, `unseen2`
-    /// `MAX_LEAF`.
+    /// leaves and stopping once every query's `need`-th key is settled; `qpos` holds
+    /// `MAX_LEAF` entries per query leaf, its query positions first and -1 after them, and
+    /// `cutoff2` one value per position. Keys and indices come `MAX_LEAF * keep` per query
+    /// leaf, `unseen2` `MAX_LEAF`, in the order of `qpos`.
+    #[allow(clippy::too_many_arguments)]
     fn leaf_candidates(
         &mut self,
         qleaves: &[i32],
+        qpos: &[i32],
         cutoff2: &[f32],
         boruvka: bool,
         walk: usize,
@@ -176,7 +179,6 @@ struct Ask {
 /// per query, in the order of `queries`.
 fn leaf_search<K: NearestKernels + ?Sized>(
     dev: &mut K,
-    t: &LeafTables,
     leaf_of: &[u32],
     queries: &[usize],
     cutoff2: &[f32],
@@ -188,26 +190,46 @@ fn leaf_search<K: NearestKernels + ?Sized>(
         need,
         keep,
     } = ask;
-    let mut qleaves: Vec<u32> = queries.iter().map(|&p| leaf_of[p]).collect();
-    qleaves.sort_unstable();
-    qleaves.dedup();
-    // Where each query leaf's block landed: (launch, block).
+    // One block per leaf that holds queries, its queries packed into the first threads (in
+    // position order): in Boruvka few rows of a leaf still search, and a warp with none of
+    // them skips the arithmetic. `slot[i]`: the block and thread of `queries[i]`.
+    let mut order: Vec<usize> = (0..queries.len()).collect();
+    order.sort_unstable_by_key(|&i| queries[i]);
+    let mut qleaves: Vec<i32> = Vec::new();
+    let mut qpos: Vec<i32> = Vec::new();
+    let mut slot = vec![(0usize, 0usize); queries.len()];
+    let mut in_block = 0;
+    for &i in &order {
+        let p = queries[i];
+        let l = leaf_of[p] as i32;
+        if qleaves.last() != Some(&l) {
+            qleaves.push(l);
+            qpos.resize(qleaves.len() * MAX_LEAF, -1);
+            in_block = 0;
+        }
+        if in_block == MAX_LEAF {
+            bail!("more than {MAX_LEAF} queries in leaf {l} (a query given twice?)");
+        }
+        let b = qleaves.len() - 1;
+        qpos[b * MAX_LEAF + in_block] = to_i32(p)?;
+        slot[i] = (b, in_block);
+        in_block += 1;
+    }
     let mut pairs = 0usize;
-    let mut slot_of_leaf = vec![(usize::MAX, 0usize); t.leaves()];
     let mut outs = Vec::new();
     for (ci, chunk) in qleaves.chunks(LEAF_CHUNK).enumerate() {
-        let ql: Vec<i32> = chunk.iter().map(|&l| l as i32).collect();
-        let out = dev.leaf_candidates(&ql, cutoff2, boruvka, walk, need, keep)?;
-        if out.keys.len() != ql.len() * MAX_LEAF * keep
+        let first = ci * LEAF_CHUNK;
+        let pos = &qpos[first * MAX_LEAF..(first + chunk.len()) * MAX_LEAF];
+        let out = dev.leaf_candidates(chunk, pos, cutoff2, boruvka, walk, need, keep)?;
+        if out.keys.len() != chunk.len() * MAX_LEAF * keep
             || out.idx.len() != out.keys.len()
-            || out.unseen2.len() != ql.len() * MAX_LEAF
-            || out.rows.len() != ql.len()
+            || out.unseen2.len() != chunk.len() * MAX_LEAF
+            || out.rows.len() != chunk.len()
         {
             bail!("leaf_candidates returned buffers of the wrong size");
         }
-        for (b, &l) in chunk.iter().enumerate() {
-            slot_of_leaf[l as usize] = (ci, b);
-            let queries = (t.start[l as usize + 1] - t.start[l as usize]) as usize;
+        for (b, ps) in pos.chunks(MAX_LEAF).enumerate() {
+            let queries = ps.iter().filter(|&&p| p >= 0).count();
             pairs += queries * usize::try_from(out.rows[b]).unwrap_or(0);
         }
         outs.push(out);
@@ -219,13 +241,10 @@ fn leaf_search<K: NearestKernels + ?Sized>(
         qleaves.len(),
         100.0 * pairs as f64 / (queries.len() as f64 * n as f64)
     );
-    queries
-        .iter()
-        .map(|&p| {
-            let l = leaf_of[p] as usize;
-            let (ci, b) = slot_of_leaf[l];
-            let out = &outs[ci];
-            let s = b * MAX_LEAF + (p - t.start[l] as usize);
+    slot.iter()
+        .map(|&(b, thread)| {
+            let out = &outs[b / LEAF_CHUNK];
+            let s = (b % LEAF_CHUNK) * MAX_LEAF + thread;
             let ks = &out.keys[s * keep..(s + 1) * keep];
             let is = &out.idx[s * keep..(s + 1) * keep];
             let mut list = Vec::with_capacity(keep);
@@ -480,14 +499,7 @@ impl<K: NearestKernels + ?Sized> Round<'_, K> {
                     need: 1,
                     keep: self.keep,
                 };
-                leaf_search(
-                    &mut *self.dev,
-                    self.tables,
-                    self.leaf_of,
-                    &positions,
-                    &cutoff2,
-                    ask,
-                )?
+                leaf_search(&mut *self.dev, self.leaf_of, &positions, &cutoff2, ask)?
             };
             let mut lbs = Vec::with_capacity(queries.len());
             for (&i, f) in queries.iter().zip(&found) {
@@ -587,7 +599,7 @@ pub fn mst_with<K: NearestKernels + ?Sized>(
         need: k,
         keep: k,
     };
-    let found = leaf_search(dev, &tables, &leaf_of, &all, &open, ask)?;
+    let found = leaf_search(dev, &leaf_of, &all, &open, ask)?;
     let mut knn: Vec<Option<KnnRow>> = found
         .par_iter()
         .enumerate()

@@ -16,7 +16,8 @@ extern "C" void emu_nearest_candidates(unsigned grid, unsigned block, const floa
 }
 
 extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* x, int d,
-                                    const int* leaf_start, const int* qleaves, const int* cand,
+                                    const int* leaf_start, const int* qleaves, const int* qpos,
+                                    const int* cand,
                                     const float* cand_lb2, const float* rest_lb2, int m,
                                     const float* cutoff2, const int* comp, const float* core2,
                                     const int* leaf_comp, const float* leaf_core2_lo,
@@ -27,10 +28,9 @@ extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* 
                                     int need, int keep, float* out_key,
                                     int* out_idx, float* out_unseen2, int* out_rows) {
     emu::launch(grid, block, [&] {
-        leaf_candidates(x, d, leaf_start, qleaves, cand, cand_lb2, rest_lb2, m, cutoff2, comp,
-                        core2, leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo,
+        leaf_candidates(x, d, leaf_start, qleaves, qpos, cand, cand_lb2, rest_lb2, m, cutoff2,
+                        comp, core2, leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo,
                         comp_best2, centres, radius, tc_lo, tc_hi, slack, norm2, screen_err,
-                        walk, need, keep,
-                        out_key, out_idx, out_unseen2, out_rows);
+                        walk, need, keep, out_key, out_idx, out_unseen2, out_rows);
     });
 }
