@@ -243,7 +243,7 @@ extern "C" __global__ void leaf_candidates(
                 stage_tile(x, d, cs + c0, last - c0 + 1, d0, comp, core2, norm2,
                            tile, tile_comp, tile_core2, tile_norm2);
                 __syncthreads();
-                if (active) add_tile_dots(x, d, p, d0, tile, acc);
+                if (active) add_tile<true>(x, d, p, d0, tile, acc);
             }
             if (active) {
                 // The dot form screens: its key, less its error bound, is at most the key the

@@ -56,7 +56,7 @@ extern "C" __global__ void nearest_candidates(
             stage_tile(x, d, c0, n - c0 < TILE_C ? n - c0 : TILE_C, d0, comp, core2, nullptr,
                        tile, tile_comp, tile_core2, nullptr);
             __syncthreads();
-            if (active) add_tile_distances(x, d, p, d0, tile, acc);
+            if (active) add_tile<false>(x, d, p, d0, tile, acc);
         }
 
         if (active) {

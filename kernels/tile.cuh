@@ -36,13 +36,16 @@ __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, 
     }
 }
 
-// Adds to acc[r] the squared distance between row p of x and tile row r over columns
-// d0 .. d0 + TILE_D - 1. Threads without a query skip it (whole idle warps then do no work).
-// Columns go in groups of TILE_G (one 16-byte shared load per tile row), and the groups past
-// column d are skipped: they hold the tile's zero padding, and (0 - 0)^2 changes no sum (at
-// d = 100 the last chunk has 4 real columns of 32). Each sum still runs in column order.
-__device__ inline void add_tile_distances(const float* __restrict__ x, int d, int p, int d0,
-                                          const float (*tile)[TILE_D], float* acc) {
+// Adds to acc[r], over columns d0 .. d0 + TILE_D - 1, the squared distance between row p of x
+// and tile row r (DOT false), or their dot product (DOT true: one fmaf per column where the
+// difference takes two; its keys only screen the rows, see `exact_dist2`). Threads without a
+// query skip it (whole idle warps then do no work). Columns go in groups of TILE_G (one 16-byte
+// shared load per tile row), and the groups past column d are skipped: they hold the tile's
+// zero padding, which changes no sum (at d = 100 the last chunk has 4 real columns of 32).
+// Each sum runs in column order.
+template <bool DOT>
+__device__ inline void add_tile(const float* __restrict__ x, int d, int p, int d0,
+                                const float (*tile)[TILE_D], float* acc) {
 #pragma unroll
     for (int g = 0; g < TILE_D; g += TILE_G) {
         if (d0 + g >= d) break;  // uniform: d is the same for every thread
@@ -57,40 +60,20 @@ __device__ inline void add_tile_distances(const float* __restrict__ x, int d, in
             float s = acc[r];
 #pragma unroll
             for (int c = 0; c < TILE_G; ++c) {
-                const float diff = q[c] - tile[r][g + c];
-                s = fmaf(diff, diff, s);
+                if (DOT) {
+                    s = fmaf(q[c], tile[r][g + c], s);
+                } else {
+                    const float diff = q[c] - tile[r][g + c];
+                    s = fmaf(diff, diff, s);
+                }
             }
             acc[r] = s;
         }
     }
 }
 
-// Adds to acc[r] the dot product of row p of x with tile row r over columns d0 .. d0 +
-// TILE_D - 1: one fmaf per column where the difference form takes two operations. Its keys
-// (|p|^2 + |r|^2 - 2 p.r) only screen the rows: see `exact_dist2`.
-__device__ inline void add_tile_dots(const float* __restrict__ x, int d, int p, int d0,
-                                     const float (*tile)[TILE_D], float* acc) {
-#pragma unroll
-    for (int g = 0; g < TILE_D; g += TILE_G) {
-        if (d0 + g >= d) break;  // uniform: d is the same for every thread
-        float q[TILE_G];
-#pragma unroll
-        for (int c = 0; c < TILE_G; ++c) {
-            const int col = d0 + g + c;
-            q[c] = col < d ? x[(long long)p * d + col] : 0.0f;
-        }
-#pragma unroll
-        for (int r = 0; r < TILE_C; ++r) {
-            float s = acc[r];
-#pragma unroll
-            for (int c = 0; c < TILE_G; ++c) s = fmaf(q[c], tile[r][g + c], s);
-            acc[r] = s;
-        }
-    }
-}
-
 // The squared distance between rows p and o of x, summed in column order with fmaf: the same
-// bits as add_tile_distances over all chunks (which skips only zero padding), so a key
+// bits as add_tile<false> over all chunks (which skips only zero padding), so a key
 // measured here is the key the tile would have given.
 __device__ inline float exact_dist2(const float* __restrict__ x, int d, int p, int o) {
     float s = 0.0f;

@@ -262,14 +262,7 @@ impl NearestKernels for Emu {
         assert_eq!(c.leaf_comp.len(), self.start.len() - 1);
         self.comp_best2 = comp_cut2.iter().map(|c| c.to_bits() as i32).collect();
         self.giant_searches += usize::from(comp_cut2.len() == 2 && self.n > 2);
-        self.round = Some(Components {
-            comp: c.comp.clone(),
-            core2: c.core2.clone(),
-            leaf_comp: c.leaf_comp.clone(),
-            leaf_core2_lo: c.leaf_core2_lo.clone(),
-            tile_one_comp: c.tile_one_comp.clone(),
-            tile_core2_lo: c.tile_core2_lo.clone(),
-        });
+        self.round = Some(c.clone());
         Ok(())
     }
 

@@ -41,7 +41,7 @@ pub const TILE_ROWS: usize = 32;
 /// position) the one component of all its rows or -1, and a bound below its rows' squared core
 /// distances. The kernel passes over a leaf or tile of the query's own component, and over one
 /// whose cores alone outweigh the query's best edge.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Components {
     pub comp: Vec<i32>,
     pub core2: Vec<f32>,
