@@ -374,6 +374,27 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    #[test]
+    fn sizes_match_the_kernel_source() {
+        // The host lays out tiles, leaves and candidate lists by these sizes and the kernels
+        // read them by their own #defines: a tile table of fewer rows than the kernel's tile
+        // would let it skip rows no bound covers.
+        let source = super::super::KERNEL_SOURCE;
+        let keep = super::super::mst::MAX_KEEP;
+        for define in [
+            format!("#define TILE_C {TILE_ROWS}\n"),
+            format!("#define LS_MAX_LEAF {MAX_LEAF}\n"),
+            format!("#define LS_MAX_KEEP {keep}\n"),
+            format!("#define MAX_KEEP {keep}\n"),
+        ] {
+            assert!(
+                source.contains(&define),
+                "kernels/ lack `{}`",
+                define.trim()
+            );
+        }
+    }
+
     fn random(n: usize, d: usize, seed: u64) -> Matrix {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let data = (0..n * d)
