@@ -294,16 +294,12 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
     match command {
         Command::Cluster(a) => cluster(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench_cmd(a).map(|()| ExitCode::SUCCESS),
-        Command::Run(a) => runtime()?.block_on(cmd::run_cmd(a, m)),
-        Command::Schedule(a) => runtime()?.block_on(cmd::schedule_cmd(a, m)),
-        Command::Backfill(a) => runtime()?.block_on(cmd::backfill_cmd(a, m)),
+        Command::Run(a) => block_on(cmd::run_cmd(a, m)),
+        Command::Schedule(a) => block_on(cmd::schedule_cmd(a, m)),
+        Command::Backfill(a) => block_on(cmd::backfill_cmd(a, m)),
         Command::Config(c) => cmd::config_cmd(c),
-        Command::Tasks(a) => runtime()?
-            .block_on(crate::tasks_cmd::tasks_cmd(a))
-            .map(|()| ExitCode::SUCCESS),
-        Command::Report(a) => runtime()?
-            .block_on(crate::report::report_cmd(a))
-            .map(|()| ExitCode::SUCCESS),
+        Command::Tasks(a) => block_on(crate::tasks_cmd::tasks_cmd(a)).map(|()| ExitCode::SUCCESS),
+        Command::Report(a) => block_on(crate::report::report_cmd(a)).map(|()| ExitCode::SUCCESS),
         Command::Completions(a) => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -314,16 +310,23 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo(a) => runtime()?.block_on(cmd::demo_cmd(a, m)),
-        Command::Relabel(a) => runtime()?.block_on(crate::labeling::relabel::relabel_cmd(a)),
+        Command::Demo(a) => block_on(cmd::demo_cmd(a, m)),
+        Command::Relabel(a) => block_on(crate::labeling::relabel::relabel_cmd(a)),
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a command on a fresh runtime. Once the command's future is done, nothing left on the
+/// runtime is needed: a batch abandoned at shutdown may still be clustering on a blocking
+/// thread, and waiting for it (what dropping the runtime does) would stretch the grace period
+/// by a whole numeric core. So the runtime is shut down without waiting.
+fn block_on<T>(command: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("could not start the async runtime")
+        .context("could not start the async runtime")?;
+    let out = rt.block_on(command);
+    rt.shutdown_background();
+    out
 }
 
 fn load_input(a: &ClusterArgs) -> Result<Matrix> {

@@ -8,6 +8,11 @@
 //! itself, the open transaction abandoned mid-flight). Without the variable a point costs one
 //! load of a cached value.
 //!
+//! The wait is a future that never completes, not a parked thread: the rest of the process
+//! goes on, so a SIGTERM there takes the real shutdown path (the grace period runs out and the
+//! coordinator drops the batch in hand, with its open transaction) and tests/faults.rs can
+//! check what that leaves behind.
+//!
 //! Points: `after_fetch`, `after_cluster`, `after_label` (pipeline), `in_commit` (inside the
 //! store's transaction, after every write and before COMMIT).
 
@@ -46,19 +51,18 @@ pub fn check() -> anyhow::Result<()> {
     }
 }
 
-/// Stops here for ever when `name` is armed and this is the arrival it waits for.
-pub fn hit(name: &str) {
+/// Waits here for ever when `name` is armed and this is the arrival it waits for.
+pub async fn hit(name: &str) {
     static ARRIVALS: AtomicU64 = AtomicU64::new(0);
     let Some((armed, nth)) = armed() else {
         return;
     };
     if armed == name && ARRIVALS.fetch_add(1, Ordering::SeqCst) + 1 == *nth {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "segclust: failpoint {name} reached");
-        let _ = err.flush();
-        drop(err);
-        loop {
-            std::thread::park();
+        {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "segclust: failpoint {name} reached");
+            let _ = err.flush();
         }
+        std::future::pending::<()>().await;
     }
 }

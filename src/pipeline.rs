@@ -203,7 +203,7 @@ pub async fn run_batch(
         rows.extend(carried.rows);
     }
     report.read_s = t.elapsed().as_secs_f64();
-    failpoint::hit("after_fetch");
+    failpoint::hit("after_fetch").await;
 
     // Validate (quarantine with reasons), normalize, reduce, cluster: the numeric core runs on a
     // blocking thread so the runtime stays responsive.
@@ -225,7 +225,7 @@ pub async fn run_batch(
     report.quarantined = quarantined.len();
     report.clustered = validated.segments.len();
     report.numeric_s = t.elapsed().as_secs_f64();
-    failpoint::hit("after_cluster");
+    failpoint::hit("after_cluster").await;
     let segments = validated.segments;
     let unit = validated.embeddings;
     let carried_set: HashSet<&str> = carry_ids.iter().map(String::as_str).collect();
@@ -297,7 +297,7 @@ pub async fn run_batch(
         })
         .collect();
     report.label_s = t.elapsed().as_secs_f64();
-    failpoint::hit("after_label");
+    failpoint::hit("after_label").await;
 
     // Links, with the distance to the centroid the segment's Task ends the batch with.
     let centroid_of = |target: &Target| -> &[f32] {

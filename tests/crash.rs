@@ -1,8 +1,10 @@
 //! Exactly once, proved with real processes: the `segclust` binary is SIGKILLed at every step
 //! boundary (after fetch, after clustering, after labeling, inside the commit transaction), on
 //! the first and on a later batch, then rerun; the store must end with exactly the Tasks and
-//! links of an uninterrupted run. And two workers started together on the same teams process
-//! each team once (the per-team lock) and link every segment once.
+//! links of an uninterrupted run. A SIGTERM with a batch in hand that outlives the grace period
+//! abandons that batch (inside the commit: its open transaction) and exits promptly; the rerun
+//! again equals an uninterrupted run. And two workers started together on the same teams
+//! process each team once (the per-team lock) and link every segment once.
 //!
 //! Both stores: SQLite (a file) and PostgreSQL (SEGCLUST_TEST_PG, a schema per test).
 
@@ -250,6 +252,132 @@ async fn sqlite_kill_at_every_step_then_rerun_equals_uninterrupted() {
 #[tokio::test]
 async fn postgres_kill_at_every_step_then_rerun_equals_uninterrupted() {
     kill_at_every_step("postgres").await;
+}
+
+/// SIGTERM while a batch is held at a failpoint (a batch that will not finish in time): after
+/// the grace period the coordinator drops the batch, with its open transaction when that is
+/// inside the commit, and the process exits 0 at once saying so. No later team starts, nothing
+/// of the dropped batch is written, the lock is released, and a rerun equals an uninterrupted
+/// run.
+async fn sigterm_abandons_the_batch_in_hand(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("segments.parquet");
+    let teams = [1, 2];
+    write_segments(&file, &rows(&teams, 420)).unwrap();
+    let reference = store_url(backend, dir.path(), "reference").await;
+    run_ok(&run_args(&file, &reference));
+    let want = snapshot(&reference, &teams).await;
+
+    // The third arrival is team 1's third batch: its first two are committed by then.
+    for point in ["after_cluster:3", "in_commit:3"] {
+        let url = store_url(backend, dir.path(), &point.replace(':', "_")).await;
+        let mut args = run_args(&file, &url);
+        args.extend(["--grace-s".to_string(), "1".to_string()]);
+        let mut child = segclust(&args)
+            .env("SEGCLUST_FAILPOINT", point)
+            .env("SEGCLUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start segclust");
+        let name = point.split(':').next().unwrap_or(point);
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = stderr.read_line(&mut line).expect("read stderr");
+            assert!(n > 0, "exited without reaching {point}:\n{seen}");
+            seen += &line;
+            if line.contains(&format!("failpoint {name} reached")) {
+                break;
+            }
+        }
+        let t = std::time::Instant::now();
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(term.success());
+        let rest = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+            rest
+        });
+        // A process that does not stop is a failure, not a hung test.
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if t.elapsed().as_secs_f64() > 30.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{point}: still running 30 s after SIGTERM with a 1 s grace period");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let waited = t.elapsed().as_secs_f64();
+        let rest = rest.join().expect("stderr reader");
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
+            .expect("read stdout");
+        assert!(status.success(), "{point}: {status}\n{stdout}\n{rest}");
+        assert!(
+            waited < 8.0,
+            "{point}: exited {waited:.1} s after SIGTERM, grace 1 s"
+        );
+        assert!(rest.contains("grace period over"), "{point}: {rest}");
+        assert!(
+            stdout.contains("team 1: stopped by a shutdown request"),
+            "{point}: {stdout}"
+        );
+        // Teams wait for the one slot in no fixed order: whichever went first had two batches
+        // committed when its third was held; the other never started.
+        let read = reads(&stdout);
+        let first = *read.keys().next().expect("a team ran");
+        let other = 3 - first;
+        assert_eq!(
+            read,
+            BTreeMap::from([(first, 300)]),
+            "{point}: two batches of one team commit, the other team never starts\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("team {first}: stopped by a shutdown request"))
+                && stdout.contains(&format!("team {other}: stopped by a shutdown request")),
+            "{stdout}"
+        );
+
+        let before = Store::connect(&url).await.expect("open store");
+        assert!(before.watermark(other).await.unwrap().is_none(), "{point}");
+        let linked: i64 = {
+            let mut n = 0;
+            for t in before.tasks(first).await.unwrap() {
+                n += before.links(first, t.id).await.unwrap().len() as i64;
+            }
+            n
+        };
+        assert!(
+            linked > 0 && linked <= 300,
+            "{point}: only batches 1 and 2 (300 segments) may be linked, found {linked}"
+        );
+        before.close().await;
+
+        run_ok(&run_args(&file, &url));
+        assert_same(
+            &snapshot(&url, &teams).await,
+            &want,
+            &format!("{backend}: SIGTERM at {point} then rerun differs from an uninterrupted run"),
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_sigterm_abandons_the_batch_in_hand() {
+    sigterm_abandons_the_batch_in_hand("sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_sigterm_abandons_the_batch_in_hand() {
+    sigterm_abandons_the_batch_in_hand("postgres").await;
 }
 
 /// Segments read per team, from a run's stdout lines `team T: N segments read ...`.

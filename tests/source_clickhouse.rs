@@ -1,6 +1,9 @@
-//! The ClickHouse source against a real ClickHouse server (tools/clickhouse.sh starts Debian's
-//! 18.16 for the test command; its URL arrives in SEGCLUST_TEST_CLICKHOUSE). Each test makes
-//! its own database. No server means a failing test, never a skipped one.
+//! The ClickHouse source against two ClickHouse engines: Debian's 18.16 as a real server
+//! (SEGCLUST_TEST_CLICKHOUSE), and a current release (26.9, SEGCLUST_TEST_CLICKHOUSE_CURRENT)
+//! with production's exact table, whose engine is chDB behind tools/clickhouse_current.py. The
+//! same SQL must work on both: the source reads the table's types and picks its conversions.
+//! tools/test.sh starts both. Each test makes its own database. No server means a failing
+//! test, never a skipped one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -15,23 +18,148 @@ use segclust::source::{ClickHouseConfig, Source};
 use segclust::store::Store;
 use serde::Serialize;
 
-fn server() -> String {
-    std::env::var("SEGCLUST_TEST_CLICKHOUSE").unwrap_or_else(|_| {
-        panic!(
-            "SEGCLUST_TEST_CLICKHOUSE is not set: run the tests with tools/test.sh, which starts \
-             a ClickHouse server (Debian package clickhouse-server), or start one and set it to its \
-             HTTP URL"
-        )
-    })
+/// The two ClickHouse engines every source test runs against.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    /// Debian's clickhouse-server 18.16, a real server (tools/clickhouse.sh start). Its table
+    /// has the types 18.16 offers: DateTime (seconds) and String for the filter columns.
+    Debian,
+    /// A current ClickHouse (26.9, chDB behind tools/clickhouse_current.py) with production's
+    /// exact table: DateTime64(3, 'UTC'), LowCardinality(String) filters, a
+    /// ReplacingMergeTree ordered by (team_id, toDate(timestamp), ...).
+    Current,
 }
 
-fn client() -> clickhouse::Client {
-    clickhouse::Client::default()
-        .with_url(server())
-        .with_validation(false)
+impl Server {
+    fn url(self) -> String {
+        let var = match self {
+            Server::Debian => "SEGCLUST_TEST_CLICKHOUSE",
+            Server::Current => "SEGCLUST_TEST_CLICKHOUSE_CURRENT",
+        };
+        std::env::var(var).unwrap_or_else(|_| {
+            panic!(
+                "{var} is not set: run the tests with tools/test.sh, which starts ClickHouse 18.16 \
+                 (Debian package clickhouse-server) and a current ClickHouse engine (chdb-core \
+                 from PyPI) with `tools/clickhouse.sh start` and `start-current`, or start them \
+                 and set {var} to their HTTP URLs"
+            )
+        })
+    }
+
+    fn client(self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(self.url())
+            .with_validation(false)
+    }
+
+    /// Milliseconds between the test rows' distinct insertion times: whole seconds where the
+    /// column is DateTime, a quarter second where it is DateTime64(3), so that sub-second
+    /// order is tested where it exists.
+    fn tick_ms(self) -> i64 {
+        match self {
+            Server::Debian => 1000,
+            Server::Current => 250,
+        }
+    }
+
+    /// A fresh database with a `document_embeddings` table shaped as described above.
+    async fn fresh_db(self) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let db = format!(
+            "segclust_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let c = self.client();
+        c.query(&format!("CREATE DATABASE {db}"))
+            .execute()
+            .await
+            .expect("create database");
+        let ddl = match self {
+            Server::Debian => format!(
+                "CREATE TABLE {db}.document_embeddings (team_id Int64, product String, \
+                 document_type String, rendering String, model_name String, document_id String, \
+                 timestamp DateTime, inserted_at DateTime, content String, metadata String, \
+                 embedding Array(Float64)) ENGINE = MergeTree ORDER BY (team_id, inserted_at, document_id)"
+            ),
+            // Production's DDL (PostHog's posthog_document_embeddings), with small granules so
+            // that a few hundred test rows span many of them.
+            Server::Current => format!(
+                "CREATE TABLE {db}.document_embeddings (team_id Int64, \
+                 product LowCardinality(String), document_type LowCardinality(String), \
+                 model_name LowCardinality(String), rendering LowCardinality(String), \
+                 document_id String, timestamp DateTime64(3, 'UTC'), \
+                 inserted_at DateTime64(3, 'UTC'), content String, metadata String, \
+                 embedding Array(Float64)) ENGINE = ReplacingMergeTree(inserted_at) \
+                 ORDER BY (team_id, toDate(timestamp), product, document_type, model_name, \
+                 rendering, cityHash64(document_id)) SETTINGS index_granularity = 8"
+            ),
+        };
+        c.query(&ddl).execute().await.expect("create table");
+        db
+    }
+
+    async fn insert(self, db: &str, rows: &[ChRow]) {
+        let c = self.client().with_database(db);
+        match self {
+            Server::Debian => {
+                let mut ins = c.insert::<RowSeconds>("document_embeddings").await.unwrap();
+                for r in rows {
+                    ins.write(&RowSeconds::from(r)).await.expect("write row");
+                }
+                ins.end().await.expect("end insert");
+            }
+            Server::Current => {
+                let mut ins = c.insert::<ChRow>("document_embeddings").await.unwrap();
+                for r in rows {
+                    ins.write(r).await.expect("write row");
+                }
+                ins.end().await.expect("end insert");
+            }
+        }
+    }
+
+    fn config(self, db: &str) -> ClickHouseConfig {
+        ClickHouseConfig {
+            url: self.url(),
+            database: db.into(),
+            ids_per_query: 3,
+            retry: RetryPolicy {
+                attempts: 2,
+                timeout_s: 30.0,
+                backoff_s: 0.05,
+                max_backoff_s: 0.1,
+            },
+            ..ClickHouseConfig::default()
+        }
+    }
 }
 
-/// A row of the test table, in its column order (RowBinary is positional).
+/// Each named test, once per server: `name::clickhouse_18_16` and `name::clickhouse_current`.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn clickhouse_18_16() {
+                super::$name(super::Server::Debian).await
+            }
+            #[tokio::test]
+            async fn clickhouse_current() {
+                super::$name(super::Server::Current).await
+            }
+        }
+    )*};
+}
+
+on_both_servers!(
+    pages_follow_the_watermark_without_skips_or_repeats,
+    by_ids_across_chunks_and_windows,
+    wrong_table_or_column_names_what_is_missing,
+    pipeline_from_clickhouse_into_postgres,
+);
+
+/// A row of the test table, in its column order (RowBinary is positional), with times as
+/// DateTime64(3) takes them: epoch milliseconds.
 #[derive(clickhouse::Row, Serialize, Clone, Debug)]
 struct ChRow {
     team_id: i64,
@@ -40,7 +168,22 @@ struct ChRow {
     rendering: String,
     model_name: String,
     document_id: String,
-    /// DateTime: seconds.
+    timestamp: i64,
+    inserted_at: i64,
+    content: String,
+    metadata: String,
+    embedding: Vec<f64>,
+}
+
+/// The same row for a DateTime table: seconds (the tests give 18.16 whole seconds only).
+#[derive(clickhouse::Row, Serialize)]
+struct RowSeconds {
+    team_id: i64,
+    product: String,
+    document_type: String,
+    rendering: String,
+    model_name: String,
+    document_id: String,
     timestamp: u32,
     inserted_at: u32,
     content: String,
@@ -48,7 +191,31 @@ struct ChRow {
     embedding: Vec<f64>,
 }
 
-fn row(team: i64, id: &str, inserted_s: u32, emb: Vec<f64>) -> ChRow {
+impl From<&ChRow> for RowSeconds {
+    fn from(r: &ChRow) -> Self {
+        let seconds = |ms: i64| {
+            assert_eq!(ms % 1000, 0, "a DateTime column holds whole seconds");
+            u32::try_from(ms / 1000).expect("a DateTime")
+        };
+        RowSeconds {
+            team_id: r.team_id,
+            product: r.product.clone(),
+            document_type: r.document_type.clone(),
+            rendering: r.rendering.clone(),
+            model_name: r.model_name.clone(),
+            document_id: r.document_id.clone(),
+            timestamp: seconds(r.timestamp),
+            inserted_at: seconds(r.inserted_at),
+            content: r.content.clone(),
+            metadata: r.metadata.clone(),
+            embedding: r.embedding.clone(),
+        }
+    }
+}
+
+const T0_MS: i64 = 1_700_000_000_000;
+
+fn row(team: i64, id: &str, inserted_ms: i64, emb: Vec<f64>) -> ChRow {
     ChRow {
         team_id: team,
         product: "session-replay".into(),
@@ -56,64 +223,11 @@ fn row(team: i64, id: &str, inserted_s: u32, emb: Vec<f64>) -> ChRow {
         rendering: "video-analysis".into(),
         model_name: "text-embedding-3-large-3072".into(),
         document_id: id.into(),
-        timestamp: inserted_s.saturating_sub(5),
-        inserted_at: inserted_s,
+        timestamp: inserted_ms - 5000,
+        inserted_at: inserted_ms,
         content: format!("user {id} clicked submit? nothing happened"),
         metadata: format!(r#"{{"session_id":"s-{id}","distinct_id":"u-{id}"}}"#),
         embedding: emb,
-    }
-}
-
-/// A fresh database with a `document_embeddings` table shaped like production's (DateTime and
-/// Float64 where 18.16 lacks DateTime64).
-async fn fresh_db() -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let db = format!(
-        "segclust_test_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let c = client();
-    c.query(&format!("CREATE DATABASE {db}"))
-        .execute()
-        .await
-        .expect("create database");
-    c.query(&format!(
-        "CREATE TABLE {db}.document_embeddings (team_id Int64, product String, \
-         document_type String, rendering String, model_name String, document_id String, \
-         timestamp DateTime, inserted_at DateTime, content String, metadata String, \
-         embedding Array(Float64)) ENGINE = MergeTree ORDER BY (team_id, inserted_at, document_id)"
-    ))
-    .execute()
-    .await
-    .expect("create table");
-    db
-}
-
-async fn insert(db: &str, rows: &[ChRow]) {
-    let c = client().with_database(db);
-    let mut ins = c
-        .insert::<ChRow>("document_embeddings")
-        .await
-        .expect("insert");
-    for r in rows {
-        ins.write(r).await.expect("write row");
-    }
-    ins.end().await.expect("end insert");
-}
-
-fn config(db: &str) -> ClickHouseConfig {
-    ClickHouseConfig {
-        url: server(),
-        database: db.into(),
-        ids_per_query: 3,
-        retry: RetryPolicy {
-            attempts: 2,
-            timeout_s: 30.0,
-            backoff_s: 0.05,
-            max_backoff_s: 0.1,
-        },
-        ..ClickHouseConfig::default()
     }
 }
 
@@ -123,35 +237,35 @@ fn emb(i: usize) -> Vec<f64> {
         .collect()
 }
 
-#[tokio::test]
-async fn pages_follow_the_watermark_without_skips_or_repeats() {
-    let db = fresh_db().await;
+async fn pages_follow_the_watermark_without_skips_or_repeats(server: Server) {
+    let db = server.fresh_db().await;
+    let tick = server.tick_ms();
     // 25 rows of team 1 with many sharing a second, one of team 2, and rows the filters drop.
     let mut rows: Vec<ChRow> = (0..25)
         .map(|i| {
             row(
                 1,
                 &format!("d{:02}", 24 - i),
-                1_700_000_000 + (i / 4) as u32,
+                T0_MS + (i / 4) as i64 * tick,
                 emb(i),
             )
         })
         .collect();
-    rows.push(row(2, "other-team", 1_700_000_001, emb(99)));
-    let mut wrong_model = row(1, "wrong-model", 1_700_000_002, emb(98));
+    rows.push(row(2, "other-team", T0_MS + tick, emb(99)));
+    let mut wrong_model = row(1, "wrong-model", T0_MS + 2 * tick, emb(98));
     wrong_model.model_name = "text-embedding-ada-002".into();
-    let mut wrong_product = row(1, "wrong-product", 1_700_000_002, emb(97));
+    let mut wrong_product = row(1, "wrong-product", T0_MS + 2 * tick, emb(97));
     wrong_product.product = "error-tracking".into();
     rows.extend([wrong_model, wrong_product]);
-    insert(&db, &rows).await;
+    server.insert(&db, &rows).await;
 
-    let src = Source::clickhouse(config(&db)).unwrap();
+    let src = Source::clickhouse(server.config(&db)).unwrap();
     assert_eq!(src.teams().await.unwrap(), vec![1, 2]);
     assert_eq!(src.count(1, None, None).await.unwrap(), 25);
 
     let mut want: Vec<(i64, String)> = rows[..25]
         .iter()
-        .map(|r| (r.inserted_at as i64 * 1000, r.document_id.clone()))
+        .map(|r| (r.inserted_at, r.document_id.clone()))
         .collect();
     want.sort();
     let mut got = Vec::new();
@@ -192,14 +306,14 @@ async fn pages_follow_the_watermark_without_skips_or_repeats() {
     );
 }
 
-#[tokio::test]
-async fn by_ids_across_chunks_and_windows() {
-    let db = fresh_db().await;
+async fn by_ids_across_chunks_and_windows(server: Server) {
+    let db = server.fresh_db().await;
+    let tick = server.tick_ms();
     let rows: Vec<ChRow> = (0..10)
-        .map(|i| row(5, &format!("x{i}"), 1_700_000_000 + i as u32 * 60, emb(i)))
+        .map(|i| row(5, &format!("x{i}"), T0_MS + i as i64 * tick, emb(i)))
         .collect();
-    insert(&db, &rows).await;
-    let src = Source::clickhouse(config(&db)).unwrap();
+    server.insert(&db, &rows).await;
+    let src = Source::clickhouse(server.config(&db)).unwrap();
     // ids_per_query = 3: four queries; unknown ids are simply absent.
     let ids: Vec<String> = ["x9", "x1", "x4", "x7", "x2", "x8", "nope", "x0"]
         .iter()
@@ -209,7 +323,7 @@ async fn by_ids_across_chunks_and_windows() {
     let got: Vec<&str> = page.rows.iter().map(|r| r.document_id.as_str()).collect();
     assert_eq!(got, ["x0", "x1", "x2", "x4", "x7", "x8", "x9"]);
     // A backfill window: rows inserted before until_ms only.
-    let until = (1_700_000_000 + 3 * 60) as i64 * 1000;
+    let until = T0_MS + 3 * tick;
     let page = src.read_after(5, None, Some(until), 100).await.unwrap();
     assert_eq!(page.rows.len(), 3);
     assert_eq!(src.count(5, None, Some(until)).await.unwrap(), 3);
@@ -217,9 +331,9 @@ async fn by_ids_across_chunks_and_windows() {
     assert_eq!(src.count(5, Some(&w), None).await.unwrap(), 7);
 }
 
-#[tokio::test]
-async fn wrong_table_or_column_names_what_is_missing() {
-    let db = fresh_db().await;
+async fn wrong_table_or_column_names_what_is_missing(server: Server) {
+    let db = server.fresh_db().await;
+    let config = |db: &str| server.config(db);
     let cfg = ClickHouseConfig {
         table: "no_such_table".into(),
         ..config(&db)
@@ -280,9 +394,8 @@ async fn an_unreachable_server_fails_after_bounded_retries() {
 }
 
 /// ClickHouse into PostgreSQL through the real pipeline: Tasks come out, a rerun is a no-op.
-#[tokio::test]
-async fn pipeline_from_clickhouse_into_postgres() {
-    let db = fresh_db().await;
+async fn pipeline_from_clickhouse_into_postgres(server: Server) {
+    let db = server.fresh_db().await;
     let base = std::env::var("SEGCLUST_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     // Three tight groups of 6 segments from distinct users, plus spread noise.
@@ -295,13 +408,13 @@ async fn pipeline_from_clickhouse_into_postgres() {
             rows.push(row(
                 9,
                 &format!("g{g}-{k}"),
-                1_700_000_000 + (g * 6 + k) as u32,
+                T0_MS + (g * 6 + k) as i64 * server.tick_ms(),
                 e,
             ));
         }
     }
-    insert(&db, &rows).await;
-    let schema = format!("segclust_ch_{}", std::process::id());
+    server.insert(&db, &rows).await;
+    let schema = format!("segclust_ch_{}_{server:?}", std::process::id()).to_lowercase();
     let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
         .await
         .expect("PostgreSQL at SEGCLUST_TEST_PG");
@@ -318,7 +431,7 @@ async fn pipeline_from_clickhouse_into_postgres() {
     let store = Store::connect(&format!("{base}{sep}options[search_path]={schema}"))
         .await
         .unwrap();
-    let source = Arc::new(Source::clickhouse(config(&db)).unwrap());
+    let source = Arc::new(Source::clickhouse(server.config(&db)).unwrap());
     let device = Arc::new(Device::cpu());
     let cfg = PipelineConfig {
         dim: Some(16),
@@ -349,4 +462,100 @@ async fn pipeline_from_clickhouse_into_postgres() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// On production's table a team's reads touch only that team's granules: the team condition
+/// segclust writes (`toInt64(team_id) = ?`) is one the primary key can serve. The SQL checked
+/// is exactly what the source sent, taken from the engine's statement log, and the engine that
+/// answers is the one production runs (EXPLAIN indexes = 1 does not exist in 18.16).
+#[tokio::test]
+async fn team_reads_use_the_primary_key_on_a_current_server() {
+    let server = Server::Current;
+    let db = server.fresh_db().await;
+    let rows: Vec<ChRow> = (0..300)
+        .map(|i| {
+            row(
+                1 + (i % 3) as i64,
+                &format!("p{i:03}"),
+                T0_MS + i as i64,
+                emb(i),
+            )
+        })
+        .collect();
+    server.insert(&db, &rows).await;
+    let src = Source::clickhouse(server.config(&db)).unwrap();
+    let page = src.read_after(2, None, None, 40).await.unwrap();
+    assert_eq!(page.rows.len(), 40);
+    let after = page.last.clone().unwrap();
+    assert_eq!(src.count(2, Some(&after), None).await.unwrap(), 60);
+    let ids: Vec<String> = page.rows[..5]
+        .iter()
+        .map(|r| r.document_id.clone())
+        .collect();
+    assert_eq!(src.read_by_ids(2, &ids).await.unwrap().rows.len(), 5);
+
+    let log = std::env::var("SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG")
+        .expect("SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG (tools/clickhouse.sh start-current)");
+    let sent: Vec<String> = std::fs::read_to_string(&log)
+        .expect("the current engine's statement log")
+        .lines()
+        .filter(|l| l.starts_with("SELECT") && l.contains(&format!("`{db}`.")))
+        .map(str::to_string)
+        .collect();
+    for kind in ["LIMIT", "count()", " IN ("] {
+        let sql = sent
+            .iter()
+            .find(|l| l.contains(kind) && !l.contains("DISTINCT"))
+            .unwrap_or_else(|| panic!("no {kind} read of {db} in the log: {sent:#?}"));
+        let plan: Vec<String> = server
+            .client()
+            .query(&format!("EXPLAIN indexes = 1 {sql}"))
+            .fetch_all()
+            .await
+            .unwrap();
+        let (keys, granules) = primary_key_use(&plan);
+        assert_eq!(
+            keys.first().map(String::as_str),
+            Some("team_id"),
+            "the primary key must serve the team condition: {sql}\n{}",
+            plan.join("\n")
+        );
+        let (read, total) = granules;
+        assert!(
+            total >= 30 && read * 2 < total,
+            "a team's read should skip the other teams' granules: {read}/{total}\n{sql}\n{}",
+            plan.join("\n")
+        );
+    }
+}
+
+/// The primary key's keys and granules (read, total) from an `EXPLAIN indexes = 1` plan.
+fn primary_key_use(plan: &[String]) -> (Vec<String>, (usize, usize)) {
+    // Lines are indented with the plan tree's box-drawing characters.
+    let clean = |l: &str| {
+        l.trim_start_matches(|c: char| c.is_whitespace() || "│├└─".contains(c))
+            .trim_end()
+            .to_string()
+    };
+    let plan: Vec<String> = plan.iter().map(|l| clean(l)).collect();
+    let at = plan
+        .iter()
+        .position(|l| l == "PrimaryKey")
+        .unwrap_or_else(|| panic!("no PrimaryKey in the plan:\n{}", plan.join("\n")));
+    let mut keys = Vec::new();
+    let mut in_keys = false;
+    for l in &plan[at + 1..] {
+        if let Some(g) = l.strip_prefix("Granules:") {
+            let (read, total) = g.trim().split_once('/').expect("Granules: a/b");
+            return (keys, (read.parse().unwrap(), total.parse().unwrap()));
+        }
+        if l == "Keys:" {
+            in_keys = true;
+        } else if l.contains(':') {
+            in_keys = false;
+        } else if in_keys {
+            keys.push(l.to_string());
+        }
+    }
+    panic!("no Granules line after PrimaryKey:\n{}", plan.join("\n"))
 }

@@ -7,6 +7,11 @@
 #   eval "$(bash tools/clickhouse.sh start)"
 #   ...
 #   bash tools/clickhouse.sh stop "$SEGCLUST_CLICKHOUSE_DIR"
+#
+# `start-current` does the same for a current ClickHouse engine: chDB (pinned below, installed
+# from PyPI into .tools/chdb) behind tools/clickhouse_current.py's HTTP interface. It prints
+# SEGCLUST_TEST_CLICKHOUSE_CURRENT, SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG (every statement it ran)
+# and SEGCLUST_CLICKHOUSE_CURRENT_DIR; `stop` takes that directory too.
 set -euo pipefail
 
 log() { echo "tools/clickhouse.sh: $*" >&2; }
@@ -80,6 +85,42 @@ EOF
   exit 1
 }
 
+# The current engine's version: ClickHouse 26.9 (chdb-core's version is ClickHouse's).
+CHDB_VERSION=26.9.0
+
+start_current() {
+  local root venv dir
+  root="$(cd "$(dirname "$0")/.." && pwd)"
+  venv="$root/.tools/chdb"
+  if ! "$venv/bin/python" -c "import chdb, sys; sys.exit(chdb.__version__ != '$CHDB_VERSION')" 2>/dev/null; then
+    log "installing chdb-core==$CHDB_VERSION (a current ClickHouse engine) into $venv"
+    python3 -m venv "$venv" >&2 &&
+      "$venv/bin/pip" install -q --disable-pip-version-check "chdb-core==$CHDB_VERSION" >&2 ||
+      { log "FAIL: cannot install chdb-core==$CHDB_VERSION from PyPI"; exit 1; }
+  fi
+  dir="$(mktemp -d /tmp/segclust-clickhouse.XXXXXX)"
+  (cd "$dir" || exit 1
+   nohup "$venv/bin/python" -u "$root/tools/clickhouse_current.py" --port 0 --data "$dir/data" \
+     --log "$dir/queries.log" </dev/null >"$dir/stdout.log" 2>&1 &
+   echo $! >"$dir/pid")
+  local port=""
+  for _ in $(seq 300); do
+    port="$(sed -n 's/^listening on \([0-9]*\).*/\1/p' "$dir/stdout.log" 2>/dev/null)"
+    [ -n "$port" ] && break
+    kill -0 "$(cat "$dir/pid")" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -z "$port" ] || ! curl -sf "http://127.0.0.1:$port/ping" >/dev/null 2>&1; then
+    log "FAIL: the current ClickHouse engine did not start within 30 s; its output:"
+    tail -n 30 "$dir/stdout.log" >&2 || true
+    exit 1
+  fi
+  log "$(head -n1 "$dir/stdout.log") (files in $dir)"
+  echo "export SEGCLUST_TEST_CLICKHOUSE_CURRENT=http://127.0.0.1:$port"
+  echo "export SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG=$dir/queries.log"
+  echo "export SEGCLUST_CLICKHOUSE_CURRENT_DIR=$dir"
+}
+
 stop() {
   local dir="${1:?usage: tools/clickhouse.sh stop DIR}"
   case "$dir" in /tmp/segclust-clickhouse.*) ;; *) log "refusing to stop/remove $dir"; exit 1 ;; esac
@@ -95,6 +136,7 @@ stop() {
 
 case "${1:-start}" in
   start) start ;;
+  start-current) start_current ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: tools/clickhouse.sh start|stop DIR" >&2; exit 2 ;;
+  *) echo "usage: tools/clickhouse.sh start|start-current|stop DIR" >&2; exit 2 ;;
 esac

@@ -1,59 +1,88 @@
 #!/usr/bin/env bash
-# Runs segclust's GPU checks on a GPU machine that has no Rust toolchain.
+# Runs segclust's GPU checks on a GPU machine that has no Rust toolchain, in the order that
+# gets the most out of a short lease: the parity suite, the 20x bar (GPU vs CPU at 200k in one
+# run), the 10 s bar (1M x 3072), the PCA against scikit-learn at 100k, then the big parity
+# cases. Each step has its own time limit, so a slow step costs its limit and the rest still run.
 #
-# Usage: tools/gpu_check.sh DIR
-#   DIR holds prebuilt executables, made on the build machine with
-#     cargo test --no-run --test gpu_parity      # prints the path target/debug/deps/gpu_parity-<hash>
-#     cargo build                                 # target/debug/segclust
-#   and copied as DIR/gpu_parity (any name starting with gpu_parity works) and DIR/segclust.
-# Env: SEGCLUST_GPU_BIG=1 adds the 50k and 200k row MST parity cases (default on here; set 0 to
-#      skip); BENCH_SIZES (default 100000,1000000), BENCH_DIM (default 3072); SEGCLUST_FIXTURES
-#      (default: this checkout's tests/fixtures/hdbscan); COMPARE_SIZES (default 200000: GPU
-#      vs CPU in the same run, `segclust bench --compare-cpu`).
-# Needs the NVIDIA driver (libcuda) and the CUDA 13 runtime libraries libnvrtc and libcublas
-# on the loader path; /usr/local/cuda/lib64 and .../targets/x86_64-linux/lib are added if present.
-# Exit status: non-zero when the parity suite fails, or when it skipped (no usable GPU).
+# Usage: tools/gpu_check.sh DIR [STEP ...]
+#   DIR holds prebuilt executables: `bash tools/gpu_bundle.sh` makes .gpu-bundle/ (release
+#   builds of segclust and the gpu_parity test, stripped; small enough to carry to the host).
+#   STEPs (default: all, in this order): parity compare big pca big-parity
+# Env: OUT (a folder; default /tmp/segclust-gpu-check): logs and the benches' JSON go there.
+#      BENCH_DIM (default 3072), COMPARE_SIZES (default 200000), BIG_SIZES (default 1000000),
+#      PCA_SIZES (default 100000), SEGCLUST_FIXTURES (default: this checkout's fixtures),
+#      STEP_LIMIT_S (default 240: the most one step may take).
+# Needs the NVIDIA driver (libcuda) and the CUDA 13 libraries libnvrtc and libcublas on the
+# loader path; /usr/local/cuda/lib64, .../targets/x86_64-linux/lib and the nvidia-* Python
+# wheels' lib folders are added if present.
+# Exit status: non-zero when a step failed, or when the parity suite skipped (no usable GPU).
 set -uo pipefail
-DIR=${1:?usage: tools/gpu_check.sh DIR-with-prebuilt-executables}
+DIR=${1:?usage: tools/gpu_check.sh DIR-with-prebuilt-executables [STEP ...]}
+shift
+STEPS=${*:-parity compare big pca big-parity}
+OUT=${OUT:-/tmp/segclust-gpu-check}
+mkdir -p "$OUT"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
-export SEGCLUST_GPU_BIG=${SEGCLUST_GPU_BIG:-1}
+# The image's PyTorch brings libnvrtc and libcublas as wheels; use them when the toolkit's
+# own are not on the loader path.
+for d in $(python3 -c 'import nvidia, os; [print(os.path.join(p, q, "lib")) for p in nvidia.__path__ for q in ("cu13", "cuda_nvrtc", "cublas")]' 2>/dev/null); do
+    [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+done
 # The parity suite reads the scikit-learn fixtures; the executables were built elsewhere.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export SEGCLUST_FIXTURES=${SEGCLUST_FIXTURES:-$ROOT/tests/fixtures/hdbscan}
-export RUST_LOG=${RUST_LOG:-info}
 # The GPU module's debug lines time each stage (leaf tables, kNN, Boruvka, PCA's memory plan).
 export SEGCLUST_LOG=${SEGCLUST_LOG:-info,segclust::gpu=debug}
+LIMIT=${STEP_LIMIT_S:-240}
+DIM=${BENCH_DIM:-3072}
+BIN="$DIR/segclust"
+PARITY=$(ls "$DIR"/gpu_parity* 2>/dev/null | grep -v '\.d$' | head -n1)
+status=0
+summary=()
+
+# step NAME COMMAND...: runs it under the step limit, logs to $OUT/NAME.log, records the result.
+step() {
+    local name=$1; shift
+    echo "== $name: $*"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$LIMIT" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" -eq 0 ] && grep -q "GPU parity suite SKIPPED" "$OUT/$name.log"; then
+        echo "!! $name SKIPPED: the GPU was not usable (see the reason above)" >&2
+        rc=3
+    fi
+    local verdict=PASS
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && verdict="TIMEOUT after ${LIMIT}s"
+    [ "$rc" -ne 0 ] && [ "$verdict" = PASS ] && verdict="FAIL (status $rc)"
+    [ "$rc" -ne 0 ] && status=1
+    summary+=("$(printf '%-11s %-22s %5ss' "$name" "$verdict" $((SECONDS - t0)))")
+}
 
 echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv || echo "(nvidia-smi not available)"
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+[ -x "$BIN" ] || { echo "no executable $BIN (run tools/gpu_bundle.sh on the build machine)" >&2; exit 2; }
+[ -n "$PARITY" ] && [ -x "$PARITY" ] || { echo "no executable $DIR/gpu_parity* found" >&2; exit 2; }
 
-parity=$(ls "$DIR"/gpu_parity* 2>/dev/null | grep -v '\.d$' | head -n1)
-[ -n "$parity" ] && [ -x "$parity" ] || { echo "no executable $DIR/gpu_parity* found" >&2; exit 2; }
-echo "== parity suite: $parity"
-log=$(mktemp)
-"$parity" --test-threads=1 --nocapture 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-if grep -q "GPU parity suite SKIPPED" "$log"; then
-    echo "!! the parity suite SKIPPED: the GPU was not usable (see the reason above)" >&2
-    status=3
-fi
-[ "$status" -eq 0 ] && echo "== parity: PASS" || echo "== parity: FAIL (status $status)"
+for s in $STEPS; do
+    case "$s" in
+        parity) SEGCLUST_GPU_BIG=0 step parity "$PARITY" --test-threads=1 --nocapture ;;
+        big-parity) SEGCLUST_GPU_BIG=1 step big-parity "$PARITY" --test-threads=1 --nocapture gpu_matches_cpu ;;
+        # The 20x bar: GPU and CPU on the same input in the same run, and whether labels agree.
+        compare) step compare "$BIN" bench --device gpu --compare-cpu --no-sklearn \
+                     --sizes "${COMPARE_SIZES:-200000}" --dim "$DIM" --json "$OUT/compare.json" ;;
+        # The 10 s bar: 1,000,000 x 3072 -> labels.
+        big) step big "$BIN" bench --device gpu --no-sklearn \
+                 --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" --json "$OUT/big.json" ;;
+        # The GPU PCA against scikit-learn's on the same input (its HDBSCAN is too slow here).
+        pca) step pca "$BIN" bench --device gpu --python python3 --sklearn-hdbscan-max-n 0 \
+                 --sizes "${PCA_SIZES:-100000}" --dim "$DIM" --json "$OUT/pca.json" ;;
+        *) echo "unknown step $s (parity compare big pca big-parity)" >&2; status=2 ;;
+    esac
+done
 
-bin="$DIR/segclust"
-if [ -x "$bin" ] && "$bin" bench --help >/dev/null 2>&1; then
-    sizes=${BENCH_SIZES:-100000,1000000}
-    dim=${BENCH_DIM:-3072}
-    echo "== segclust bench --device gpu --sizes $sizes --dim $dim"
-    "$bin" bench --device gpu --sizes "$sizes" --dim "$dim" || echo "!! bench failed (status $?)" >&2
-    # The 20x bar: GPU and CPU on the same input in the same run, and whether the labels agree.
-    cmp=${COMPARE_SIZES:-200000}
-    echo "== segclust bench --device gpu --compare-cpu --sizes $cmp --dim $dim --no-sklearn"
-    "$bin" bench --device gpu --compare-cpu --sizes "$cmp" --dim "$dim" --no-sklearn \
-        || echo "!! bench --compare-cpu failed (status $?)" >&2
-else
-    echo "== bench skipped: $bin missing or has no 'bench' subcommand"
-fi
-rm -f "$log"
+echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1))"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 exit "$status"

@@ -19,14 +19,28 @@ fi
 
 # ClickHouse: a throw-away server on loopback for this run (installed from Debian if missing),
 # unless the caller points at one already.
+# The servers this script starts are stopped when it exits, however it exits.
+started=()
+trap 'for d in "${started[@]}"; do bash tools/clickhouse.sh stop "$d"; done' EXIT
 if [ -z "${SEGCLUST_TEST_CLICKHOUSE:-}" ]; then
   eval "$(bash tools/clickhouse.sh start)" ||
     { echo "tools/test.sh: FAIL: could not start ClickHouse for the source tests" >&2; exit 1; }
-  trap 'bash tools/clickhouse.sh stop "$SEGCLUST_CLICKHOUSE_DIR"' EXIT
+  started+=("$SEGCLUST_CLICKHOUSE_DIR")
 fi
 curl -sf "$SEGCLUST_TEST_CLICKHOUSE/ping" >/dev/null ||
   { echo "tools/test.sh: FAIL: ClickHouse is not answering at $SEGCLUST_TEST_CLICKHOUSE" >&2; exit 1; }
 export SEGCLUST_TEST_CLICKHOUSE
+
+# A current ClickHouse engine (chdb-core from PyPI behind ClickHouse's HTTP interface), so the
+# source's SQL is also checked on production's release and its exact table.
+if [ -z "${SEGCLUST_TEST_CLICKHOUSE_CURRENT:-}" ]; then
+  eval "$(bash tools/clickhouse.sh start-current)" ||
+    { echo "tools/test.sh: FAIL: could not start the current ClickHouse engine for the source tests" >&2; exit 1; }
+  started+=("$SEGCLUST_CLICKHOUSE_CURRENT_DIR")
+fi
+curl -sf "$SEGCLUST_TEST_CLICKHOUSE_CURRENT/ping" >/dev/null ||
+  { echo "tools/test.sh: FAIL: the current ClickHouse engine is not answering at $SEGCLUST_TEST_CLICKHOUSE_CURRENT" >&2; exit 1; }
+export SEGCLUST_TEST_CLICKHOUSE_CURRENT SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG
 
 # The report's browser test (tests/report_browser.rs) needs headless Chromium.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then

@@ -579,7 +579,7 @@ where
             insert_run(&mut tx, team, now, run, &summary, started).await?;
         }
 
-        crate::failpoint::hit("in_commit");
+        crate::failpoint::hit("in_commit").await;
         tx.commit().await.context("committing the transaction")?;
         Ok(summary)
     }
