@@ -1,14 +1,39 @@
 //! The one numeric interface: PCA and HDBSCAN on whichever device is present.
 //!
 //! Callers hold a `Device` and never branch on what it is. A GPU failure mid-batch (out of
-//! memory, launch failure, lost device) is logged, counted, and the batch is redone on the CPU.
+//! memory, launch failure, lost device, or a panic in the GPU code) is logged, counted, and
+//! the batch is redone on the CPU.
 
-use crate::cluster::{self, Clustering, HdbscanParams};
+use crate::cluster::{self, Clustering, HdbscanParams, MstEdge};
 use crate::gpu::Gpu;
 use crate::matrix::Matrix;
 use crate::reduce::{self, Pca, PcaParams};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The GPU's side of the numeric interface: what a `Device` hands to an accelerator before
+/// falling back to the CPU. CUDA ([`Gpu`]) is the production implementation; tests plug in
+/// others (the CUDA kernels emulated on the CPU, a device that fails) to run the pipeline and
+/// the fallback through this seam on machines without a GPU.
+pub trait Accelerator: Send + Sync {
+    fn name(&self) -> String;
+    fn pca(&self, x: &Matrix, params: &PcaParams) -> Result<Pca>;
+    /// The exact minimum spanning tree of the mutual-reachability graph.
+    fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>>;
+}
+
+impl Accelerator for Gpu {
+    fn name(&self) -> String {
+        Gpu::name(self).to_string()
+    }
+    fn pca(&self, x: &Matrix, params: &PcaParams) -> Result<Pca> {
+        Gpu::pca(self, x, params)
+    }
+    fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+        Gpu::mst(self, x, min_samples)
+    }
+}
 
 /// What the user asked for with `--device`.
 #[derive(
@@ -33,7 +58,7 @@ pub enum DeviceChoice {
 }
 
 pub struct Device {
-    gpu: Option<Gpu>,
+    gpu: Option<Box<dyn Accelerator>>,
     gpu_fallbacks: AtomicU64,
     /// One numeric core at a time: teams processed concurrently overlap their I/O, but each
     /// PCA + HDBSCAN gets the whole GPU (or all CPU cores) to itself.
@@ -67,10 +92,21 @@ impl Device {
             }
         }
         Ok(Self {
-            gpu,
+            gpu: gpu.map(|g| Box::new(g) as Box<dyn Accelerator>),
             gpu_fallbacks: AtomicU64::new(0),
             turn: std::sync::Mutex::new(()),
         })
+    }
+
+    /// A device whose GPU side is `accelerator` (tests; production opens CUDA with [`open`]).
+    ///
+    /// [`open`]: Device::open
+    pub fn with_accelerator(accelerator: Box<dyn Accelerator>) -> Self {
+        Self {
+            gpu: Some(accelerator),
+            gpu_fallbacks: AtomicU64::new(0),
+            turn: std::sync::Mutex::new(()),
+        }
     }
 
     pub fn cpu() -> Self {
@@ -101,7 +137,7 @@ impl Device {
 
     pub fn pca(&self, x: &Matrix, params: &PcaParams) -> Result<Pca> {
         if let Some(gpu) = &self.gpu {
-            match gpu.pca(x, params) {
+            match guarded(|| gpu.pca(x, params)) {
                 Ok(p) => return Ok(p),
                 Err(e) => self.fell_back("PCA", &e),
             }
@@ -121,7 +157,7 @@ impl Device {
             .as_ref()
             .filter(|_| x.rows() > cluster::PRIM_MAX_ROWS)
         {
-            match gpu.mst(x, params.min_samples) {
+            match guarded(|| gpu.mst(x, params.min_samples)) {
                 Ok(mst) => return Ok(cluster::labels_from_mst(x.rows(), mst, params)),
                 Err(e) => self.fell_back("HDBSCAN", &e),
             }
@@ -132,5 +168,88 @@ impl Device {
     fn fell_back(&self, stage: &str, e: &anyhow::Error) {
         self.gpu_fallbacks.fetch_add(1, Ordering::Relaxed);
         tracing::warn!("GPU {stage} failed ({e:#}); redoing this batch on the CPU");
+    }
+}
+
+/// A panic in GPU code (a driver binding's, or ours) is one more GPU failure: the batch goes
+/// to the CPU instead of taking its team down. Nothing the CPU path reads is shared with it:
+/// the input is borrowed read-only, and the GPU's own state is behind its mutex, which the
+/// panic poisons, so later batches skip the GPU (`Gpu::lock`).
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        Err(anyhow!("panicked: {what}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Selection;
+
+    /// An accelerator that fails the way a GPU can: an error for the PCA (out of memory), a
+    /// panic in the MST; or, with `healthy`, the CPU's own answers.
+    struct Faulty {
+        healthy: bool,
+    }
+
+    impl Accelerator for Faulty {
+        fn name(&self) -> String {
+            "faulty test device".into()
+        }
+        fn pca(&self, x: &Matrix, params: &PcaParams) -> Result<Pca> {
+            if self.healthy {
+                return reduce::pca_cpu(x, params);
+            }
+            bail!("CUDA_ERROR_OUT_OF_MEMORY")
+        }
+        fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>> {
+            if self.healthy {
+                return cluster::mst_cpu(x, min_samples);
+            }
+            panic!("an illegal memory access was encountered")
+        }
+    }
+
+    fn data() -> Matrix {
+        let (x, _) = crate::bench::synthetic_embeddings(cluster::PRIM_MAX_ROWS + 200, 24, 7);
+        x
+    }
+
+    #[test]
+    fn gpu_errors_and_panics_fall_back_to_the_cpu_and_are_counted() {
+        let x = data();
+        let pp = PcaParams {
+            components: 8,
+            ..PcaParams::default()
+        };
+        let hp = HdbscanParams {
+            selection: Selection::Leaf,
+            ..HdbscanParams::default()
+        };
+        let cpu = Device::cpu();
+        let want_pca = cpu.pca(&x, &pp).unwrap();
+        let want = cpu.hdbscan(&want_pca.projected, &hp).unwrap();
+
+        let dev = Device::with_accelerator(Box::new(Faulty { healthy: false }));
+        assert_eq!(dev.name(), "gpu (faulty test device)");
+        let pca = dev.pca(&x, &pp).unwrap();
+        assert_eq!(pca.projected.as_slice(), want_pca.projected.as_slice());
+        assert_eq!(dev.gpu_fallbacks(), 1);
+        let got = dev.hdbscan(&pca.projected, &hp).unwrap();
+        assert_eq!(got.labels, want.labels);
+        assert_eq!(dev.gpu_fallbacks(), 2, "the panic counts as a fallback");
+        // Up to PRIM_MAX_ROWS rows the batch never goes to the accelerator.
+        let small = Matrix::new(50, 8, pca.projected.as_slice()[..400].to_vec()).unwrap();
+        dev.hdbscan(&small, &hp).unwrap();
+        assert_eq!(dev.gpu_fallbacks(), 2);
+
+        let ok = Device::with_accelerator(Box::new(Faulty { healthy: true }));
+        assert_eq!(ok.hdbscan(&pca.projected, &hp).unwrap().labels, want.labels);
+        assert_eq!(ok.gpu_fallbacks(), 0);
     }
 }

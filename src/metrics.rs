@@ -290,6 +290,7 @@ mod tests {
         });
         m.team_succeeded(7);
         m.team_failed(8);
+        m.set_gpu_fallbacks(2);
         m.write().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -299,6 +300,10 @@ mod tests {
         assert!(text.contains("segclust_segments_quarantined_total{team=\"7\"} 3"));
         assert!(text.contains("segclust_tasks_created_total{team=\"7\"} 4"));
         assert!(text.contains("segclust_team_runs_failed_total{team=\"8\"} 1"));
+        assert!(
+            text.contains("\nsegclust_gpu_fallbacks_total 2\n"),
+            "{text}"
+        );
         assert!(text.contains("segclust_stage_seconds_total{team=\"7\",stage=\"numeric\"} 1.5"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -14,13 +14,22 @@ mod fixtures;
 
 use fixtures::{ari, assert_fixture_runs, assert_spanning_tree, fixtures, same_mst_weights};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
+use segclust::demo::{DemoParams, generate};
+use segclust::device::{Accelerator, Device};
 use segclust::gpu::leaves::{Components, MAX_LEAF};
 use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
+use segclust::labeling::FallbackLabeler;
 use segclust::matrix::Matrix;
-use std::collections::HashMap;
+use segclust::pipeline::{PipelineConfig, run_team};
+use segclust::reduce::{self, Pca, PcaParams};
+use segclust::source::{Source, write_segments};
+use segclust::store::Store;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 type NearestFn = unsafe extern "C" fn(
     u32,
@@ -888,5 +897,108 @@ fn leaf_kernel_folds_a_skipped_leaf_into_its_bound() {
         checked,
         2 * 16 * 32,
         "every row of the other two leaves is left out"
+    );
+}
+
+/// The emulated GPU behind the numeric interface (`device::Accelerator`): the MST through the
+/// GPU's host code and the CUDA kernels compiled for the CPU. (The GPU PCA's algorithm is
+/// tested over its host BLAS in src/gpu/pca; this one projects with the CPU's.)
+struct EmulatedGpu {
+    msts: Arc<AtomicUsize>,
+}
+
+impl Accelerator for EmulatedGpu {
+    fn name(&self) -> String {
+        "CUDA kernels emulated on the CPU".into()
+    }
+    fn pca(&self, x: &Matrix, params: &PcaParams) -> anyhow::Result<Pca> {
+        reduce::pca_cpu(x, params)
+    }
+    fn mst(&self, x: &Matrix, min_samples: usize) -> anyhow::Result<Vec<MstEdge>> {
+        self.msts.fetch_add(1, AtomicOrdering::SeqCst);
+        mst_with(
+            &mut Emu::default(),
+            x,
+            min_samples,
+            &GpuMstParams::default(),
+        )
+    }
+}
+
+/// The whole pipeline on a device whose MST is the GPU's: the same Tasks, links and priorities
+/// as on the CPU, and no fallback. Nothing above `Device` branches on what it runs on.
+#[tokio::test]
+async fn the_pipeline_on_the_emulated_gpu_makes_the_cpus_tasks() {
+    const NOW: i64 = 1_764_000_000_000;
+    let dim = 64;
+    let rows = generate(
+        &DemoParams {
+            seed: 11,
+            segments: cluster::PRIM_MAX_ROWS + 600,
+            dim,
+            users: 200,
+            ..DemoParams::default()
+        },
+        NOW,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("segments.parquet");
+    write_segments(&file, &rows).unwrap();
+    let cfg = PipelineConfig {
+        dim: Some(dim),
+        ..PipelineConfig::default()
+    };
+    let msts = Arc::new(AtomicUsize::new(0));
+    let devices = [
+        ("cpu", Device::cpu()),
+        (
+            "emulated-gpu",
+            Device::with_accelerator(Box::new(EmulatedGpu { msts: msts.clone() })),
+        ),
+    ];
+    let mut results = Vec::new();
+    for (name, device) in devices {
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{name}.db")).display()
+        );
+        let store = Store::connect(&url).await.unwrap();
+        let source = Arc::new(Source::open_file(&file, 1).unwrap());
+        let device = Arc::new(device);
+        let reports = run_team(&source, &store, &device, &FallbackLabeler, 1, &cfg, NOW)
+            .await
+            .unwrap();
+        assert_eq!(reports.len(), 1, "one batch of {} rows", rows.len());
+        assert_eq!(device.gpu_fallbacks(), 0, "{name}");
+        let mut tasks = BTreeSet::new();
+        for t in store.tasks(1).await.unwrap() {
+            let mut docs: Vec<String> = store
+                .links(1, t.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.document_id)
+                .collect();
+            docs.sort();
+            tasks.insert((
+                docs,
+                t.title,
+                t.segment_count,
+                t.distinct_user_count,
+                format!("{:.9}", t.priority_score),
+            ));
+        }
+        store.close().await;
+        results.push(tasks);
+    }
+    assert_eq!(
+        msts.load(AtomicOrdering::SeqCst),
+        1,
+        "the batch's MST ran on the emulated GPU"
+    );
+    assert!(results[0].len() >= 10, "the demo data makes Tasks");
+    assert!(
+        results[0] == results[1],
+        "the emulated GPU's Tasks differ from the CPU's"
     );
 }
