@@ -174,7 +174,7 @@ impl Device {
 /// A panic in GPU code (a driver binding's, or ours) is one more GPU failure: the batch goes
 /// to the CPU instead of taking its team down. Nothing the CPU path reads is shared with it:
 /// the input is borrowed read-only, and the GPU's own state is behind its mutex, which the
-/// panic poisons, so later batches skip the GPU (`Gpu::lock`).
+/// panic poisons, so later batches go straight to the CPU (`Gpu::lock`).
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
         let what = payload

@@ -10,7 +10,7 @@
 //!
 //! The wait is a future that never completes, not a parked thread: the rest of the process
 //! goes on, so a SIGTERM there takes the real shutdown path (the grace period runs out and the
-//! coordinator drops the batch in hand, with its open transaction) and tests/faults.rs can
+//! coordinator drops the batch in hand, with its open transaction) and tests/crash.rs can
 //! check what that leaves behind.
 //!
 //! Points: `after_fetch`, `after_cluster`, `after_label` (pipeline), `in_commit` (inside the
