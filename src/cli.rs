@@ -297,7 +297,7 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Run(a) => block_on(cmd::run_cmd(a, m)),
         Command::Schedule(a) => block_on(cmd::schedule_cmd(a, m)),
         Command::Backfill(a) => block_on(cmd::backfill_cmd(a, m)),
-        Command::Config(c) => cmd::config_cmd(c),
+        Command::Config(c) => block_on(cmd::config_cmd(c)),
         Command::Tasks(a) => block_on(crate::tasks_cmd::tasks_cmd(a)).map(|()| ExitCode::SUCCESS),
         Command::Report(a) => block_on(crate::report::report_cmd(a)).map(|()| ExitCode::SUCCESS),
         Command::Completions(a) => {

@@ -258,3 +258,60 @@ fn schedule_stops_on_sigterm_between_rounds() {
     let s = rt.block_on(Store::connect(&store)).unwrap();
     assert!(rt.block_on(s.watermark(1)).unwrap().is_some());
 }
+
+/// `config check --connect` tries every part even when one fails, says which failed and why,
+/// and exits 1: here the file source is fine and PostgreSQL does not answer.
+#[test]
+fn config_check_connect_names_the_part_that_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.parquet");
+    write_teams(&file, &[4, 5]);
+    let cfg = dir.path().join("segclust.toml");
+    let pg = format!("postgres://segclust:hunter2@127.0.0.1:{}/x", closed_port());
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nkind = \"file\"\npath = \"{}\"\n[store]\nurl = \"{pg}\"\n\
+             [clustering]\ndevice = \"cpu\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let out = segclust(&[
+        "config",
+        "check",
+        "--connect",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("600 segments of 2 team(s)"), "{t}");
+    assert!(t.contains("FAIL store:"), "{t}");
+    assert!(t.contains("device: cpu"), "{t}");
+    assert!(
+        !t.contains("hunter2"),
+        "the password is never printed:\n{t}"
+    );
+
+    // The same file with a SQLite store passes.
+    let ok_cfg = dir.path().join("ok.toml");
+    std::fs::write(
+        &ok_cfg,
+        format!(
+            "[source]\nkind = \"file\"\npath = \"{}\"\n[store]\nurl = \"sqlite://{}\"\n\
+             [clustering]\ndevice = \"cpu\"\n",
+            file.display(),
+            dir.path().join("s.db").display()
+        ),
+    )
+    .unwrap();
+    let out = segclust(&[
+        "config",
+        "check",
+        "--connect",
+        "--config",
+        ok_cfg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}

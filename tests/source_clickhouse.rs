@@ -14,7 +14,7 @@ use segclust::labeling::FallbackLabeler;
 use segclust::pipeline::{PipelineConfig, run_team};
 use segclust::retry::RetryPolicy;
 use segclust::segment::Watermark;
-use segclust::source::{ClickHouseConfig, Source};
+use segclust::source::{ClickHouseConfig, Source, primary_key_use};
 use segclust::store::Store;
 use serde::Serialize;
 
@@ -156,6 +156,7 @@ on_both_servers!(
     by_ids_across_chunks_and_windows,
     wrong_table_or_column_names_what_is_missing,
     pipeline_from_clickhouse_into_postgres,
+    config_check_connects_and_says_what_it_found,
 );
 
 /// A row of the test table, in its column order (RowBinary is positional), with times as
@@ -513,14 +514,14 @@ async fn team_reads_use_the_primary_key_on_a_current_server() {
             .fetch_all()
             .await
             .unwrap();
-        let (keys, granules) = primary_key_use(&plan);
+        let (keys, read, total) = primary_key_use(&plan)
+            .unwrap_or_else(|| panic!("no primary key use in the plan:\n{}", plan.join("\n")));
         assert_eq!(
             keys.first().map(String::as_str),
             Some("team_id"),
             "the primary key must serve the team condition: {sql}\n{}",
             plan.join("\n")
         );
-        let (read, total) = granules;
         assert!(
             total >= 30 && read * 2 < total,
             "a team's read should skip the other teams' granules: {read}/{total}\n{sql}\n{}",
@@ -529,33 +530,114 @@ async fn team_reads_use_the_primary_key_on_a_current_server() {
     }
 }
 
-/// The primary key's keys and granules (read, total) from an `EXPLAIN indexes = 1` plan.
-fn primary_key_use(plan: &[String]) -> (Vec<String>, (usize, usize)) {
-    // Lines are indented with the plan tree's box-drawing characters.
-    let clean = |l: &str| {
-        l.trim_start_matches(|c: char| c.is_whitespace() || "│├└─".contains(c))
-            .trim_end()
-            .to_string()
-    };
-    let plan: Vec<String> = plan.iter().map(|l| clean(l)).collect();
-    let at = plan
-        .iter()
-        .position(|l| l == "PrimaryKey")
-        .unwrap_or_else(|| panic!("no PrimaryKey in the plan:\n{}", plan.join("\n")));
-    let mut keys = Vec::new();
-    let mut in_keys = false;
-    for l in &plan[at + 1..] {
-        if let Some(g) = l.strip_prefix("Granules:") {
-            let (read, total) = g.trim().split_once('/').expect("Granules: a/b");
-            return (keys, (read.parse().unwrap(), total.parse().unwrap()));
-        }
-        if l == "Keys:" {
-            in_keys = true;
-        } else if l.contains(':') {
-            in_keys = false;
-        } else if in_keys {
-            keys.push(l.to_string());
-        }
+/// `segclust config check --config F --connect` with the real binary: a config that points at
+/// the server's table, a SQLite store in a temporary directory, the CPU.
+fn config_check(server: Server, db: &str, table: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("segclust.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nkind = \"clickhouse\"\n[source.clickhouse]\nurl = \"{}\"\n\
+             database = \"{db}\"\ntable = \"{table}\"\n[source.clickhouse.retry]\n\
+             attempts = 1\n[store]\nurl = \"sqlite://{}\"\n[clustering]\ndevice = \"cpu\"\n",
+            server.url(),
+            dir.path().join("s.db").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_segclust"))
+        .args(["config", "check", "--connect", "--config"])
+        .arg(&cfg)
+        .env_remove("SEGCLUST_CONFIG")
+        .output()
+        .expect("run segclust");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn config_check_connects_and_says_what_it_found(server: Server) {
+    let db = server.fresh_db().await;
+    let rows: Vec<ChRow> = (0..60)
+        .map(|i| {
+            row(
+                1 + (i % 3) as i64,
+                &format!("c{i}"),
+                T0_MS + i as i64 * server.tick_ms(),
+                emb(i),
+            )
+        })
+        .collect();
+    server.insert(&db, &rows).await;
+    let (ok, out) = config_check(server, &db, "document_embeddings");
+    assert!(ok, "{out}");
+    assert!(out.contains("answers: ClickHouse"), "{out}");
+    assert!(out.contains("3 team(s) have rows where"), "{out}");
+    assert!(
+        out.contains("device: cpu") && out.contains("connected, tables up to date"),
+        "{out}"
+    );
+    match server {
+        Server::Debian => assert!(out.contains("index use not checked"), "{out}"),
+        Server::Current => assert!(
+            out.contains("team 1's reads are served by the primary key (team_id"),
+            "{out}"
+        ),
     }
-    panic!("no Granules line after PrimaryKey:\n{}", plan.join("\n"))
+    assert!(!out.contains("WARNING"), "{out}");
+
+    let (ok, out) = config_check(server, &db, "no_such_table");
+    assert!(!ok, "a missing table fails the check:\n{out}");
+    assert!(
+        out.contains("FAIL source:") && out.contains("no table"),
+        "{out}"
+    );
+    assert!(
+        out.contains("device: cpu"),
+        "later parts are still checked:\n{out}"
+    );
+}
+
+/// A table not ordered by team first makes every run scan it whole: the check says so.
+#[tokio::test]
+async fn config_check_warns_when_the_primary_key_does_not_serve_team_reads() {
+    let server = Server::Current;
+    let db = server.fresh_db().await;
+    server
+        .client()
+        .query(&format!(
+            "CREATE TABLE {db}.by_time AS {db}.document_embeddings \
+             ENGINE = MergeTree ORDER BY (inserted_at, document_id) SETTINGS index_granularity = 8"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let rows: Vec<ChRow> = (0..60)
+        .map(|i| {
+            row(
+                1 + (i % 3) as i64,
+                &format!("w{i}"),
+                T0_MS + i as i64,
+                emb(i),
+            )
+        })
+        .collect();
+    let c = server.client().with_database(&db);
+    let mut ins = c.insert::<ChRow>("by_time").await.unwrap();
+    for r in &rows {
+        ins.write(r).await.unwrap();
+    }
+    ins.end().await.unwrap();
+    let (ok, out) = config_check(server, &db, "by_time");
+    assert!(ok, "a warning does not fail the check:\n{out}");
+    assert!(
+        out.contains("WARNING: team 1's reads are not served by the table's primary key"),
+        "{out}"
+    );
 }

@@ -503,10 +503,30 @@ fn fmt_ms(ms: i64) -> String {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Validate a configuration file and say what is wrong, with the key and its line.
+    /// With --connect, also try what a run needs, as a run would: read the source's schema
+    /// and teams (on ClickHouse: how each column is read, and whether a team's reads are
+    /// served by the table's primary key), connect to the store (creating or migrating its
+    /// tables), and open the device. Exit status 1 when anything fails; WARNING lines do not
+    /// fail it. The LLM endpoint is named, not contacted (a request costs tokens).
+    #[command(
+        after_help = "Example:\n  SEGCLUST_CLICKHOUSE_PASSWORD=... segclust config check --config segclust.toml --connect"
+    )]
     Check {
         /// The file to check.
         #[arg(long, env = "SEGCLUST_CONFIG")]
         config: PathBuf,
+        /// Also connect to the source, the store and the device.
+        #[arg(long)]
+        connect: bool,
+        /// With --connect: this segments file instead of the config's, as `run --source` reads.
+        #[arg(long, env = "SEGCLUST_SOURCE")]
+        source: Option<PathBuf>,
+        /// With --connect: ClickHouse at this HTTP URL instead, as `run --clickhouse` reads.
+        #[arg(long, env = "SEGCLUST_CLICKHOUSE_URL", conflicts_with = "source")]
+        clickhouse: Option<String>,
+        /// With --connect: this store instead of the config's, as `run --store` writes.
+        #[arg(long, env = "SEGCLUST_STORE")]
+        store: Option<String>,
     },
     /// Print the merged configuration (file + SEGCLUST__* overrides) as the job would use it.
     Show {
@@ -515,12 +535,34 @@ pub enum ConfigCommand {
     },
 }
 
-pub fn config_cmd(c: ConfigCommand) -> Result<ExitCode> {
+pub async fn config_cmd(c: ConfigCommand) -> Result<ExitCode> {
     match c {
-        ConfigCommand::Check { config } => match Config::load(Some(&config)) {
-            Ok(_) => {
+        ConfigCommand::Check {
+            config,
+            connect,
+            source,
+            clickhouse,
+            store,
+        } => match Config::load(Some(&config)) {
+            Ok(mut cfg) => {
                 println!("{}: OK", config.display());
-                Ok(ExitCode::SUCCESS)
+                // What `run` would use: its flags and their environment variables win.
+                if let Some(p) = source {
+                    cfg.source.kind = SourceKind::File;
+                    cfg.source.path = p;
+                }
+                if let Some(u) = clickhouse {
+                    cfg.source.kind = SourceKind::Clickhouse;
+                    cfg.source.clickhouse.url = u;
+                }
+                if let Some(u) = store {
+                    cfg.store.url = u;
+                }
+                if connect {
+                    Ok(preflight(&cfg).await)
+                } else {
+                    Ok(ExitCode::SUCCESS)
+                }
             }
             Err(e) => {
                 println!("{e:#}");
@@ -534,6 +576,51 @@ pub fn config_cmd(c: ConfigCommand) -> Result<ExitCode> {
             println!("{cfg:#?}");
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `config check --connect`: everything a run opens, opened once, each failure said with what
+/// to do. Each part is tried even when an earlier one failed, so one pass shows every problem.
+async fn preflight(cfg: &Config) -> ExitCode {
+    let mut failed = false;
+    let mut fail = |what: &str, e: anyhow::Error| {
+        failed = true;
+        println!("FAIL {what}: {e:#}");
+    };
+    let source = match cfg.source.kind {
+        SourceKind::File => Source::open_file(&cfg.source.path, 1),
+        SourceKind::Clickhouse => Source::clickhouse(cfg.source.clickhouse.clone()),
+    };
+    match source {
+        Ok(source) => match source.check().await {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => fail("source", e),
+        },
+        Err(e) => fail("source", e),
+    }
+    let store_url = crate::store::redact_url(&cfg.store.url);
+    match Store::connect(&cfg.store.url).await {
+        Ok(store) => {
+            println!("store {store_url}: connected, tables up to date");
+            store.close().await;
+        }
+        Err(e) => fail("store", e),
+    }
+    match Device::open(cfg.clustering.device, cfg.clustering.gpu_memory_mib) {
+        Ok(d) => println!("device: {}", d.name()),
+        Err(e) => fail("device", e),
+    }
+    match &cfg.llm.base_url {
+        Some(url) => println!(
+            "labels: {url}, model {} (not contacted; a request costs tokens)",
+            cfg.llm.model
+        ),
+        None => println!("labels: no LLM endpoint; new Tasks get the offline fallback label"),
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -264,14 +264,7 @@ impl ClickHouseSource {
         limit: usize,
     ) -> Result<SourcePage> {
         let s = self.shape().await?;
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT ?",
-            s.select,
-            s.from,
-            s.window(after.is_some(), until_ms.is_some()),
-            s.inserted_ms,
-            s.document_id
-        );
+        let sql = s.page(after.is_some(), until_ms.is_some());
         let what = format!(
             "reading team {team}'s new segments from {}",
             self.describe()
@@ -356,6 +349,77 @@ impl ClickHouseSource {
                 Ok(q.fetch_all::<i64>().await?)
             })
             .await
+    }
+
+    /// What `segclust config check --connect` says of this source: the server's version, how
+    /// each column is read, the teams the filters select, and, where the server can EXPLAIN
+    /// (not 18.16), whether a team's page read is served by the table's primary key. Lines
+    /// starting with `WARNING:` need the operator's attention; an error means the job cannot
+    /// read at all.
+    pub async fn check(&self) -> Result<Vec<String>> {
+        let version: String = self
+            .client
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .with_context(|| format!("connecting to {}", self.describe()))?;
+        let mut lines = vec![format!("{} answers: ClickHouse {version}", self.describe())];
+        let types = self.column_types().await?;
+        let s = Shape::new(&self.cfg, &types)?;
+        let c = &self.cfg.columns;
+        for (role, col) in [
+            ("team id", &c.team_id),
+            ("document id", &c.document_id),
+            ("timestamp", &c.timestamp),
+            ("inserted at", &c.inserted_at),
+            ("embedding", &c.embedding),
+        ] {
+            let ty = types.get(col.as_str()).map_or("?", String::as_str);
+            lines.push(format!("  {role}: `{col}` {ty}"));
+        }
+        let filters: Vec<String> = self
+            .cfg
+            .filters
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}"))
+            .collect();
+        let teams = self.teams().await?;
+        lines.push(format!(
+            "  {} team(s) have rows where {}",
+            teams.len(),
+            if filters.is_empty() {
+                "(no filters)".to_string()
+            } else {
+                filters.join(" AND ")
+            }
+        ));
+        let Some(&team) = teams.first() else {
+            lines.push(
+                "WARNING: no rows match the filters: check source.clickhouse.filters and the table"
+                    .into(),
+            );
+            return Ok(lines);
+        };
+        let explain = format!("EXPLAIN indexes = 1 {}", s.page(false, false));
+        let plan = self
+            .bind_window(&explain, team, None, None)
+            .bind(1u64)
+            .fetch_all::<String>()
+            .await;
+        lines.push(match plan.as_deref().map(primary_key_use) {
+            Ok(Some((keys, read, total))) if keys.first() == Some(&c.team_id) => format!(
+                "  team {team}'s reads are served by the primary key ({}): {read} of {total} granules",
+                keys.join(", ")
+            ),
+            Ok(_) => format!(
+                "WARNING: team {team}'s reads are not served by the table's primary key, so every \
+                 run scans the whole table: order the table by `{}` first",
+                c.team_id
+            ),
+            // 18.16 and other servers before EXPLAIN indexes: nothing to say either way.
+            Err(_) => "  index use not checked: this server has no EXPLAIN indexes".to_string(),
+        });
+        Ok(lines)
     }
 
     /// How many rows of `team` lie after `after` and before `until_ms` (for progress bars).
@@ -469,6 +533,19 @@ impl Shape {
 }
 
 impl Shape {
+    /// A page of a team's rows in watermark order (`read_after`); bind with `bind_window`,
+    /// then the row limit.
+    fn page(&self, after: bool, until: bool) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT ?",
+            self.select,
+            self.from,
+            self.window(after, until),
+            self.inserted_ms,
+            self.document_id
+        )
+    }
+
     /// The condition of a team's rows strictly after a watermark and before `until`:
     /// `team = ? AND <filters> [AND after (inserted, id)] [AND inserted < ?]`. Page reads and
     /// counts share it so they can never disagree about a window; `bind_window` binds it.
@@ -486,6 +563,36 @@ impl Shape {
         }
         w
     }
+}
+
+/// The primary key's columns and the granules it leaves to read, (keys, read, total), from
+/// the lines of an `EXPLAIN indexes = 1` plan; None when the plan shows no primary key use.
+pub fn primary_key_use(plan: &[String]) -> Option<(Vec<String>, usize, usize)> {
+    // Lines are indented with the plan tree's box-drawing characters.
+    let plan: Vec<&str> = plan
+        .iter()
+        .map(|l| {
+            l.trim_start_matches(|c: char| c.is_whitespace() || "│├└─".contains(c))
+                .trim_end()
+        })
+        .collect();
+    let at = plan.iter().position(|l| *l == "PrimaryKey")?;
+    let mut keys = Vec::new();
+    let mut in_keys = false;
+    for l in &plan[at + 1..] {
+        if let Some(g) = l.strip_prefix("Granules:") {
+            let (read, total) = g.trim().split_once('/')?;
+            return Some((keys, read.parse().ok()?, total.parse().ok()?));
+        }
+        if *l == "Keys:" {
+            in_keys = true;
+        } else if l.contains(':') {
+            in_keys = false;
+        } else if in_keys {
+            keys.push(l.to_string());
+        }
+    }
+    None
 }
 
 /// `LowCardinality(...)`/`Nullable(...)` do not change how a value converts.
@@ -599,6 +706,30 @@ mod tests {
         t = production_types();
         t.insert("embedding".into(), "String".into());
         assert!(Shape::new(&ClickHouseConfig::default(), &t).is_err());
+    }
+
+    #[test]
+    fn reads_primary_key_use_from_an_explain_plan() {
+        // As ClickHouse 26.9 prints it (abridged).
+        let plan: Vec<String> = [
+            "    │     └──ReadFromMergeTree (db.document_embeddings)",
+            "    │           Indexes:",
+            "    │             PrimaryKey",
+            "    │               Keys:",
+            "    │                 team_id",
+            "    │                 product",
+            "    │               Condition: (toInt64(team_id) in [2, 2])",
+            "    │               Parts: 1/1",
+            "    │               Granules: 13/38",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            primary_key_use(&plan),
+            Some((vec!["team_id".into(), "product".into()], 13, 38))
+        );
+        assert_eq!(primary_key_use(&plan[..3]), None);
     }
 
     #[test]

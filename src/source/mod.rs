@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
-pub use clickhouse::{ClickHouseColumns, ClickHouseConfig, ClickHouseSource};
+pub use clickhouse::{ClickHouseColumns, ClickHouseConfig, ClickHouseSource, primary_key_use};
 pub use file::{FileSource, write_segments};
 
 use crate::segment::{Quarantine, RawSegment, Watermark};
@@ -118,6 +118,29 @@ impl Source {
                 blocking(move || f.count(team, after.as_ref(), until_ms)).await
             }
             Source::ClickHouse(c) => c.count(team, after, until_ms).await,
+        }
+    }
+}
+
+impl Source {
+    /// What `segclust config check --connect` says of the source (see
+    /// [`ClickHouseSource::check`]); an error means the job could not read it.
+    pub async fn check(&self) -> Result<Vec<String>> {
+        match self {
+            Source::File(_) => {
+                let teams = self.teams().await?;
+                let mut lines = vec![format!("{} opens", self.describe())];
+                let mut total = 0;
+                for &t in &teams {
+                    total += self.count(t, None, None).await?;
+                }
+                lines.push(format!("  {total} segments of {} team(s)", teams.len()));
+                if teams.is_empty() {
+                    lines.push("WARNING: the file holds no segments".into());
+                }
+                Ok(lines)
+            }
+            Source::ClickHouse(c) => c.check().await,
         }
     }
 }
