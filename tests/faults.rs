@@ -266,26 +266,30 @@ fn config_check_connect_names_the_part_that_fails() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.parquet");
     write_teams(&file, &[4, 5]);
-    let cfg = dir.path().join("segclust.toml");
+    // `config check --connect` on the segments file and `store`; its output and success.
+    let check = |name: &str, store: &str| {
+        let cfg = dir.path().join(name);
+        std::fs::write(
+            &cfg,
+            format!(
+                "[source]\nkind = \"file\"\npath = \"{}\"\n[store]\nurl = \"{store}\"\n\
+                 [clustering]\ndevice = \"cpu\"\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let out = segclust(&[
+            "config",
+            "check",
+            "--connect",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        (out.status.success(), text(&out))
+    };
     let pg = format!("postgres://segclust:hunter2@127.0.0.1:{}/x", closed_port());
-    std::fs::write(
-        &cfg,
-        format!(
-            "[source]\nkind = \"file\"\npath = \"{}\"\n[store]\nurl = \"{pg}\"\n\
-             [clustering]\ndevice = \"cpu\"\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    let out = segclust(&[
-        "config",
-        "check",
-        "--connect",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let t = text(&out);
-    assert!(!out.status.success(), "{t}");
+    let (ok, t) = check("pg.toml", &pg);
+    assert!(!ok, "{t}");
     assert!(t.contains("600 segments of 2 team(s)"), "{t}");
     assert!(t.contains("FAIL store:"), "{t}");
     assert!(t.contains("device: cpu"), "{t}");
@@ -295,23 +299,7 @@ fn config_check_connect_names_the_part_that_fails() {
     );
 
     // The same file with a SQLite store passes.
-    let ok_cfg = dir.path().join("ok.toml");
-    std::fs::write(
-        &ok_cfg,
-        format!(
-            "[source]\nkind = \"file\"\npath = \"{}\"\n[store]\nurl = \"sqlite://{}\"\n\
-             [clustering]\ndevice = \"cpu\"\n",
-            file.display(),
-            dir.path().join("s.db").display()
-        ),
-    )
-    .unwrap();
-    let out = segclust(&[
-        "config",
-        "check",
-        "--connect",
-        "--config",
-        ok_cfg.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
+    let (ok, t) = check("sqlite.toml", &sqlite);
+    assert!(ok, "{t}");
 }
