@@ -12,7 +12,9 @@
 //! | metadata has no distinct_id     | quarantined: "metadata has no distinct_id" (users uncountable)   |
 //! | metadata has no session_id      | taken from a document_id shaped `{session_id}:{start}:{end}`;    |
 //! |                                 | quarantined when the document_id is not shaped so                |
-//! | document_id already accepted    | quarantined: "duplicate document_id in batch" (first copy kept)  |
+//! | document_id already accepted    | quarantined: "duplicate document_id in batch: ..." (first copy   |
+//! |                                 | kept), saying whether it is an identical copy (a redelivery, as  |
+//! |                                 | at-least-once ingestion makes) or another version of the row     |
 //!
 //! The expected dimension is the caller's (the model's, or the dimension of existing Task
 //! centroids) or, when none is given, the most common dimension in the batch, so one stray row
@@ -30,7 +32,7 @@
 //! memory can still show the page twice: the allocator keeps the freed row buffers for reuse by
 //! the next page instead of returning them to the OS.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -52,10 +54,20 @@ pub fn validate(rows: Vec<RawSegment>, expected_dim: Option<usize>) -> Validated
     let mut data: Vec<f32> = Vec::with_capacity(rows.len().saturating_mul(dim));
     let mut segments = Vec::new();
     let mut quarantined = Vec::new();
-    let mut accepted_ids: HashSet<String> = HashSet::new();
+    // document_id -> its row in `segments` (and in `data`).
+    let mut accepted_ids: HashMap<String, usize> = HashMap::new();
 
     for row in rows {
-        match check(&row, dim, &accepted_ids) {
+        let checked = check(&row, dim).and_then(|ok| match accepted_ids.get(&row.document_id) {
+            Some(&i) => Err(duplicate_reason(
+                &row,
+                &ok.2,
+                &segments[i],
+                &data[i * dim..][..dim],
+            )),
+            None => Ok(ok),
+        });
+        match checked {
             Ok((session_id, distinct_id, metadata)) => {
                 data.extend_from_slice(&row.embedding);
                 let RawSegment {
@@ -66,7 +78,7 @@ pub fn validate(rows: Vec<RawSegment>, expected_dim: Option<usize>) -> Validated
                     inserted_at_ms,
                     ..
                 } = row; // the embedding is dropped here
-                accepted_ids.insert(document_id.clone());
+                accepted_ids.insert(document_id.clone(), segments.len());
                 segments.push(Segment {
                     team_id,
                     document_id,
@@ -110,12 +122,38 @@ fn most_common_dim(rows: &[RawSegment]) -> usize {
         .map_or(0, |(dim, _)| dim)
 }
 
-/// Applies the rules to one row; on success returns (session_id, distinct_id, parsed metadata).
-fn check(
+/// Why a second row with an accepted document_id is set aside. An identical copy is what an
+/// at-least-once ingestion path (Kafka into a ReplacingMergeTree, before its merge) delivers;
+/// a different one is another version of the document. Operators read the two differently.
+fn duplicate_reason(
     row: &RawSegment,
-    dim: usize,
-    accepted: &HashSet<String>,
-) -> Result<(String, String, Value), String> {
+    metadata: &Value,
+    kept: &Segment,
+    kept_emb: &[f32],
+) -> String {
+    let same_embedding = row.embedding.len() == kept_emb.len()
+        && row
+            .embedding
+            .iter()
+            .zip(kept_emb)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    let identical = same_embedding
+        && row.content == kept.content
+        && *metadata == kept.metadata
+        && row.timestamp_ms == kept.timestamp_ms
+        && row.inserted_at_ms == kept.inserted_at_ms;
+    if identical {
+        "duplicate document_id in batch: an identical copy (a redelivery; the first copy was kept)"
+            .into()
+    } else {
+        "duplicate document_id in batch: another version of the row (the first copy was kept)"
+            .into()
+    }
+}
+
+/// Applies the rules to one row; on success returns (session_id, distinct_id, parsed metadata).
+/// Duplicates are the caller's to find (they need the rows accepted so far).
+fn check(row: &RawSegment, dim: usize) -> Result<(String, String, Value), String> {
     if row.document_id.is_empty() {
         return Err("document_id is empty".into());
     }
@@ -157,9 +195,6 @@ fn check(
             )
         })?,
     };
-    if accepted.contains(&row.document_id) {
-        return Err("duplicate document_id in batch (the first copy was kept)".into());
-    }
     Ok((session_id, distinct_id, metadata))
 }
 
@@ -265,5 +300,33 @@ mod tests {
         assert_eq!(v.embeddings.row(0), &[1.0, 1.0]);
         assert_eq!(v.quarantined[0].reason, "embedding value at index 0 is NaN");
         assert!(v.quarantined[1].reason.starts_with("duplicate document_id"));
+        assert!(v.quarantined[1].reason.contains("another version"));
+    }
+
+    #[test]
+    fn a_redelivered_copy_is_told_from_another_version() {
+        let first = raw("a:0:1", META, vec![1.0, 2.0]);
+        let mut content = first.clone();
+        content.content.push('!');
+        let mut inserted = first.clone();
+        inserted.inserted_at_ms += 1;
+        let rows = vec![
+            first.clone(),
+            first.clone(),
+            raw("a:0:1", META, vec![1.0, 2.5]),
+            content,
+            inserted,
+        ];
+        let v = validate(rows, Some(2));
+        assert_eq!(v.segments.len(), 1);
+        assert_eq!(v.embeddings.row(0), &[1.0, 2.0]);
+        let reasons: Vec<&str> = v.quarantined.iter().map(|q| q.reason.as_str()).collect();
+        assert!(
+            reasons[0].contains("an identical copy (a redelivery"),
+            "{reasons:?}"
+        );
+        for r in &reasons[1..] {
+            assert!(r.contains("another version of the row"), "{r}");
+        }
     }
 }

@@ -641,3 +641,74 @@ async fn config_check_warns_when_the_primary_key_does_not_serve_team_reads() {
         "{out}"
     );
 }
+
+/// At-least-once ingestion (Kafka into production's ReplacingMergeTree) can leave an identical
+/// copy of a row until the table merges: the run links the document once and quarantines the
+/// copy as a redelivery, while a changed row with the same id is quarantined as another version.
+#[tokio::test]
+async fn a_redelivered_row_is_linked_once_and_named_as_such() {
+    let server = Server::Current;
+    let db = server.fresh_db().await;
+    let mut rows: Vec<ChRow> = (0..12)
+        .map(|i| {
+            let mut e = vec![0.0f64; 16];
+            e[i % 3] = 1.0;
+            e[8 + i % 8] = 0.02 * (i as f64 + 1.0);
+            row(4, &format!("r{i:02}"), T0_MS + i as i64 * 250, e)
+        })
+        .collect();
+    let mut changed = rows[5].clone();
+    changed.content = "a regenerated description".into();
+    rows.extend([rows[3].clone(), changed]);
+    // Separate inserts make separate parts, as separate Kafka deliveries do; merges are
+    // stopped so that the copies are still there when the run reads, as before a real merge.
+    server
+        .client()
+        .query(&format!("SYSTEM STOP MERGES {db}.document_embeddings"))
+        .execute()
+        .await
+        .unwrap();
+    server.insert(&db, &rows[..12]).await;
+    server.insert(&db, &rows[12..]).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
+        .await
+        .unwrap();
+    let source = Arc::new(Source::clickhouse(server.config(&db)).unwrap());
+    let cfg = PipelineConfig {
+        dim: Some(16),
+        pca: None,
+        ..PipelineConfig::default()
+    };
+    let device = Arc::new(Device::cpu());
+    let now = T0_MS + 100_000;
+    let reports = run_team(&source, &store, &device, &FallbackLabeler, 4, &cfg, now)
+        .await
+        .unwrap();
+    assert_eq!(reports.iter().map(|r| r.segments_read).sum::<usize>(), 14);
+    let mut q: Vec<(String, String)> = store
+        .quarantined(4)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| (q.document_id, q.reason))
+        .collect();
+    q.sort();
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert_eq!(q[0].0, "r03");
+    assert!(q[0].1.contains("an identical copy (a redelivery"), "{q:?}");
+    assert_eq!(q[1].0, "r05");
+    assert!(q[1].1.contains("another version of the row"), "{q:?}");
+    let mut linked = HashSet::new();
+    for t in store.tasks(4).await.unwrap() {
+        for l in store.links(4, t.id).await.unwrap() {
+            assert!(linked.insert(l.document_id), "a document linked twice");
+        }
+    }
+    assert!(
+        linked.contains("r03") && linked.contains("r05"),
+        "{linked:?}"
+    );
+    store.close().await;
+}
