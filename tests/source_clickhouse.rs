@@ -70,11 +70,7 @@ impl Server {
             std::process::id(),
             N.fetch_add(1, Ordering::SeqCst)
         );
-        let c = self.client();
-        c.query(&format!("CREATE DATABASE {db}"))
-            .execute()
-            .await
-            .expect("create database");
+        self.exec(&format!("CREATE DATABASE {db}")).await;
         let ddl = match self {
             Server::Debian => format!(
                 "CREATE TABLE {db}.document_embeddings (team_id Int64, product String, \
@@ -95,22 +91,35 @@ impl Server {
                  rendering, cityHash64(document_id)) SETTINGS index_granularity = 8"
             ),
         };
-        c.query(&ddl).execute().await.expect("create table");
+        self.exec(&ddl).await;
         db
     }
 
+    /// Runs a statement that returns nothing (DDL, SYSTEM); any error fails the test.
+    async fn exec(self, sql: &str) {
+        self.client()
+            .query(sql)
+            .execute()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     async fn insert(self, db: &str, rows: &[ChRow]) {
+        self.insert_into(db, "document_embeddings", rows).await
+    }
+
+    async fn insert_into(self, db: &str, table: &str, rows: &[ChRow]) {
         let c = self.client().with_database(db);
         match self {
             Server::Debian => {
-                let mut ins = c.insert::<RowSeconds>("document_embeddings").await.unwrap();
+                let mut ins = c.insert::<RowSeconds>(table).await.unwrap();
                 for r in rows {
                     ins.write(&RowSeconds::from(r)).await.expect("write row");
                 }
                 ins.end().await.expect("end insert");
             }
             Server::Current => {
-                let mut ins = c.insert::<ChRow>("document_embeddings").await.unwrap();
+                let mut ins = c.insert::<ChRow>(table).await.unwrap();
                 for r in rows {
                     ins.write(r).await.expect("write row");
                 }
@@ -230,6 +239,16 @@ fn row(team: i64, id: &str, inserted_ms: i64, emb: Vec<f64>) -> ChRow {
         metadata: format!(r#"{{"session_id":"s-{id}","distinct_id":"u-{id}"}}"#),
         embedding: emb,
     }
+}
+
+/// `n` rows spread over teams 1, 2 and 3 in turn, `tick_ms` apart, ids `{prefix}000`, ...
+fn three_teams(n: usize, prefix: &str, tick_ms: i64) -> Vec<ChRow> {
+    (0..n)
+        .map(|i| {
+            let t = T0_MS + i as i64 * tick_ms;
+            row(1 + (i % 3) as i64, &format!("{prefix}{i:03}"), t, emb(i))
+        })
+        .collect()
 }
 
 fn emb(i: usize) -> Vec<f64> {
@@ -473,16 +492,7 @@ async fn pipeline_from_clickhouse_into_postgres(server: Server) {
 async fn team_reads_use_the_primary_key_on_a_current_server() {
     let server = Server::Current;
     let db = server.fresh_db().await;
-    let rows: Vec<ChRow> = (0..300)
-        .map(|i| {
-            row(
-                1 + (i % 3) as i64,
-                &format!("p{i:03}"),
-                T0_MS + i as i64,
-                emb(i),
-            )
-        })
-        .collect();
+    let rows = three_teams(300, "p", 1);
     server.insert(&db, &rows).await;
     let src = Source::clickhouse(server.config(&db)).unwrap();
     let page = src.read_after(2, None, None, 40).await.unwrap();
@@ -564,16 +574,7 @@ fn config_check(server: Server, db: &str, table: &str) -> (bool, String) {
 
 async fn config_check_connects_and_says_what_it_found(server: Server) {
     let db = server.fresh_db().await;
-    let rows: Vec<ChRow> = (0..60)
-        .map(|i| {
-            row(
-                1 + (i % 3) as i64,
-                &format!("c{i}"),
-                T0_MS + i as i64 * server.tick_ms(),
-                emb(i),
-            )
-        })
-        .collect();
+    let rows = three_teams(60, "c", server.tick_ms());
     server.insert(&db, &rows).await;
     let (ok, out) = config_check(server, &db, "document_embeddings");
     assert!(ok, "{out}");
@@ -610,30 +611,13 @@ async fn config_check_warns_when_the_primary_key_does_not_serve_team_reads() {
     let server = Server::Current;
     let db = server.fresh_db().await;
     server
-        .client()
-        .query(&format!(
+        .exec(&format!(
             "CREATE TABLE {db}.by_time AS {db}.document_embeddings \
              ENGINE = MergeTree ORDER BY (inserted_at, document_id) SETTINGS index_granularity = 8"
         ))
-        .execute()
-        .await
-        .unwrap();
-    let rows: Vec<ChRow> = (0..60)
-        .map(|i| {
-            row(
-                1 + (i % 3) as i64,
-                &format!("w{i}"),
-                T0_MS + i as i64,
-                emb(i),
-            )
-        })
-        .collect();
-    let c = server.client().with_database(&db);
-    let mut ins = c.insert::<ChRow>("by_time").await.unwrap();
-    for r in &rows {
-        ins.write(r).await.unwrap();
-    }
-    ins.end().await.unwrap();
+        .await;
+    let rows = three_teams(60, "w", 1);
+    server.insert_into(&db, "by_time", &rows).await;
     let (ok, out) = config_check(server, &db, "by_time");
     assert!(ok, "a warning does not fail the check:\n{out}");
     assert!(
@@ -663,11 +647,8 @@ async fn a_redelivered_row_is_linked_once_and_named_as_such() {
     // Separate inserts make separate parts, as separate Kafka deliveries do; merges are
     // stopped so that the copies are still there when the run reads, as before a real merge.
     server
-        .client()
-        .query(&format!("SYSTEM STOP MERGES {db}.document_embeddings"))
-        .execute()
-        .await
-        .unwrap();
+        .exec(&format!("SYSTEM STOP MERGES {db}.document_embeddings"))
+        .await;
     server.insert(&db, &rows[..12]).await;
     server.insert(&db, &rows[12..]).await;
 

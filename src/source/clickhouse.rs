@@ -365,7 +365,11 @@ impl ClickHouseSource {
             .with_context(|| format!("connecting to {}", self.describe()))?;
         let mut lines = vec![format!("{} answers: ClickHouse {version}", self.describe())];
         let types = self.column_types().await?;
-        let s = Shape::new(&self.cfg, &types)?;
+        // The reads below (`teams`) use the shape; build it once from these types.
+        let s = self
+            .shape
+            .get_or_try_init(|| async { Shape::new(&self.cfg, &types) })
+            .await?;
         let c = &self.cfg.columns;
         for (role, col) in [
             ("team id", &c.team_id),
