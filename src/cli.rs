@@ -82,6 +82,60 @@ pub enum Command {
     /// Print a shell completion script for bash, zsh, fish, elvish or PowerShell.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
+    /// Compile the CUDA kernels with NVRTC into a kernel cache, ahead of time (needs libnvrtc,
+    /// not a GPU): an image that ships the cache needs no compiler when it runs.
+    #[command(after_help = KERNELS_EXAMPLES)]
+    Kernels(KernelsArgs),
+}
+
+const KERNELS_EXAMPLES: &str = "Examples:
+  segclust kernels --kernel-cache /opt/segclust/kernels                  # H100 (compute 9.0)
+  segclust kernels --kernel-cache /opt/segclust/kernels --arch 8.0 --arch 9.0
+  segclust run --all-teams --kernel-cache /opt/segclust/kernels          # then loads them from there";
+
+#[derive(Args, Debug)]
+pub struct KernelsArgs {
+    /// The cache to fill: a directory, or empty for $XDG_CACHE_HOME/segclust/kernels (else
+    /// ~/.cache/segclust/kernels).
+    #[arg(long, default_value = "", env = "SEGCLUST_KERNEL_CACHE")]
+    pub kernel_cache: String,
+    /// Compute capabilities to compile for, as MAJOR.MINOR (repeatable); a GPU runs the file
+    /// of its own capability, and compiles one itself when it is missing.
+    #[arg(long = "arch", value_parser = parse_arch, default_values_t = [Arch(9, 0)])]
+    pub arch: Vec<Arch>,
+}
+
+/// A compute capability, e.g. 9.0 for the H100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arch(pub i32, pub i32);
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+fn parse_arch(s: &str) -> std::result::Result<Arch, String> {
+    let bad = || format!("{s:?} is not a compute capability such as 9.0 or 8.6");
+    let (major, minor) = s.split_once('.').ok_or_else(bad)?;
+    let major: i32 = major.parse().map_err(|_| bad())?;
+    let minor: i32 = minor.parse().map_err(|_| bad())?;
+    if !(3..=20).contains(&major) || !(0..=9).contains(&minor) {
+        return Err(bad());
+    }
+    Ok(Arch(major, minor))
+}
+
+fn kernels_cmd(a: KernelsArgs) -> Result<()> {
+    let cache = crate::gpu::KernelCache::from_setting(&a.kernel_cache);
+    if a.kernel_cache.trim() == "off" {
+        anyhow::bail!("--kernel-cache off keeps nothing: give the directory to fill");
+    }
+    for arch in &a.arch {
+        let path = crate::gpu::kernel_cache::fill(&cache, (arch.0, arch.1))?;
+        outln!("compute {arch}: {}", path.display())?;
+    }
+    Ok(())
 }
 
 const CLUSTER_EXAMPLES: &str = "Examples:
@@ -169,9 +223,20 @@ pub struct NumericArgs {
     /// shared with other jobs. Embeddings that do not fit are streamed to the GPU in blocks.
     #[arg(long, default_value_t = 0, env = "SEGCLUST_GPU_MEMORY_MIB")]
     pub gpu_memory_mib: u64,
+    /// Where compiled CUDA kernels are kept between runs: a directory, `off`, or empty for
+    /// $XDG_CACHE_HOME/segclust/kernels (else ~/.cache/segclust/kernels).
+    #[arg(long, default_value = "", env = "SEGCLUST_KERNEL_CACHE")]
+    pub kernel_cache: String,
 }
 
 impl NumericArgs {
+    pub fn gpu_options(&self) -> crate::device::GpuOptions {
+        crate::device::GpuOptions {
+            memory_mib: self.gpu_memory_mib,
+            kernel_cache: crate::gpu::KernelCache::from_setting(&self.kernel_cache),
+        }
+    }
+
     pub fn pca(&self) -> PcaParams {
         PcaParams {
             components: self.pca_components,
@@ -294,6 +359,7 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
     match command {
         Command::Cluster(a) => cluster(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench_cmd(a).map(|()| ExitCode::SUCCESS),
+        Command::Kernels(a) => kernels_cmd(a).map(|()| ExitCode::SUCCESS),
         Command::Run(a) => block_on(cmd::run_cmd(a, m)),
         Command::Schedule(a) => block_on(cmd::schedule_cmd(a, m)),
         Command::Backfill(a) => block_on(cmd::backfill_cmd(a, m)),
@@ -358,7 +424,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
     let t = Instant::now();
     let x = load_input(&a)?;
     let load_s = t.elapsed().as_secs_f64();
-    let device = Device::open(a.numeric.device, a.numeric.gpu_memory_mib)?;
+    let device = Device::open(a.numeric.device, &a.numeric.gpu_options())?;
     let t = Instant::now();
     let reduced = if a.numeric.no_reduce {
         None
@@ -395,7 +461,7 @@ fn cluster(a: ClusterArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: BenchArgs) -> Result<()> {
-    let device = Device::open(a.numeric.device, a.numeric.gpu_memory_mib)?;
+    let device = Device::open(a.numeric.device, &a.numeric.gpu_options())?;
     let opts = BenchOptions {
         sizes: a.sizes,
         dim: a.dim,

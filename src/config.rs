@@ -147,6 +147,18 @@ pub struct ClusteringConfig {
     pub device: DeviceChoice,
     /// Most GPU memory, in MiB, one batch may plan with; 0: all that is free.
     pub gpu_memory_mib: u64,
+    /// Where compiled CUDA kernels are kept: "" for the user's cache directory, "off", or a
+    /// directory (an image can ship one filled by `segclust kernels`).
+    pub kernel_cache: String,
+}
+
+impl ClusteringConfig {
+    pub fn gpu_options(&self) -> crate::device::GpuOptions {
+        crate::device::GpuOptions {
+            memory_mib: self.gpu_memory_mib,
+            kernel_cache: crate::gpu::KernelCache::from_setting(&self.kernel_cache),
+        }
+    }
 }
 
 impl Default for ClusteringConfig {
@@ -162,6 +174,7 @@ impl Default for ClusteringConfig {
             epsilon: 0.0,
             device: DeviceChoice::Auto,
             gpu_memory_mib: 0,
+            kernel_cache: String::new(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub struct TeamFigures {
     pub batches: u64,
     pub segments_read: u64,
     pub quarantined: u64,
+    pub redelivered: u64,
     pub clusters: u64,
     pub noise: u64,
     pub tasks_created: u64,
@@ -35,10 +36,20 @@ pub struct TeamFigures {
     pub skipped_locked: u64,
 }
 
+/// The device's figures (`crate::device::Device`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuFigures {
+    pub fallbacks: u64,
+    pub skips: u64,
+    /// Whether the next batch goes to the GPU; `None` when no GPU was opened (no gauge then,
+    /// so a CPU-only deployment does not look like a GPU that is down).
+    pub up: Option<bool>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     teams: BTreeMap<i64, TeamFigures>,
-    gpu_fallbacks: u64,
+    gpu: GpuFigures,
     runs: u64,
     last_run_end_s: f64,
     last_run_duration_s: f64,
@@ -70,6 +81,7 @@ impl Metrics {
         t.batches += 1;
         t.segments_read += r.segments_read as u64;
         t.quarantined += r.quarantined as u64;
+        t.redelivered += r.redelivered as u64;
         t.clusters += r.clusters as u64;
         t.noise += r.noise as u64;
         t.tasks_created += r.tasks_created as u64;
@@ -93,8 +105,8 @@ impl Metrics {
         self.state().teams.entry(team).or_default().skipped_locked += 1;
     }
 
-    pub fn set_gpu_fallbacks(&self, n: u64) {
-        self.state().gpu_fallbacks = n;
+    pub fn set_gpu(&self, figures: GpuFigures) {
+        self.state().gpu = figures;
     }
 
     /// A counter from another part (e.g. the LLM labeler): name, help, value.
@@ -120,7 +132,7 @@ impl Metrics {
         let s = self.state();
         let mut out = String::new();
         type Field = fn(&TeamFigures) -> f64;
-        let per_team: [(&str, &str, &str, Field); 11] = [
+        let per_team: [(&str, &str, &str, Field); 12] = [
             (
                 "segclust_batches_total",
                 "counter",
@@ -136,8 +148,16 @@ impl Metrics {
             (
                 "segclust_segments_quarantined_total",
                 "counter",
-                "Segments set aside with a reason.",
-                |t| t.quarantined as f64,
+                "Segments set aside with a reason (bad data, or another version of a row), \
+                 not counting identical redelivered copies.",
+                |t| t.quarantined.saturating_sub(t.redelivered) as f64,
+            ),
+            (
+                "segclust_segments_redelivered_total",
+                "counter",
+                "Identical copies of rows already read (at-least-once delivery; kept out of \
+                 the clustering, recorded in the quarantine table).",
+                |t| t.redelivered as f64,
             ),
             (
                 "segclust_clusters_total",
@@ -213,8 +233,15 @@ impl Metrics {
             (
                 "segclust_gpu_fallbacks_total",
                 "counter",
-                "Batches whose numeric core fell back from the GPU to the CPU.",
-                s.gpu_fallbacks as f64,
+                "GPU stages (PCA or MST) that failed and were redone on the CPU.",
+                s.gpu.fallbacks as f64,
+            ),
+            (
+                "segclust_gpu_skips_total",
+                "counter",
+                "Stages run on the CPU without trying the GPU, because it was resting after \
+                 failures or lost.",
+                s.gpu.skips as f64,
             ),
             (
                 "segclust_runs_total",
@@ -238,6 +265,15 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        if let Some(up) = s.gpu.up {
+            let name = "segclust_gpu_up";
+            let _ = writeln!(
+                out,
+                "# HELP {name} 1 when the next batch goes to the GPU, 0 while it rests after \
+                 failures or is lost for this process.\n# TYPE {name} gauge\n{name} {}",
+                u8::from(up)
             );
         }
         for (name, (help, v)) in &s.extra {
@@ -281,7 +317,8 @@ mod tests {
         m.batch(&BatchReport {
             team_id: 7,
             segments_read: 120,
-            quarantined: 3,
+            quarantined: 5,
+            redelivered: 2,
             clusters: 9,
             tasks_created: 4,
             links: 100,
@@ -290,14 +327,27 @@ mod tests {
         });
         m.team_succeeded(7);
         m.team_failed(8);
-        m.set_gpu_fallbacks(2);
+        m.set_gpu(GpuFigures {
+            fallbacks: 2,
+            skips: 5,
+            up: None,
+        });
+        assert!(!m.render().contains("segclust_gpu_up"), "no GPU, no gauge");
+        m.set_gpu(GpuFigures {
+            fallbacks: 2,
+            skips: 5,
+            up: Some(false),
+        });
         m.write().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\nsegclust_gpu_skips_total 5\n"), "{text}");
+        assert!(text.contains("# TYPE segclust_gpu_up gauge\nsegclust_gpu_up 0\n"));
         assert!(
             text.contains("segclust_segments_read_total{team=\"7\"} 120"),
             "{text}"
         );
         assert!(text.contains("segclust_segments_quarantined_total{team=\"7\"} 3"));
+        assert!(text.contains("segclust_segments_redelivered_total{team=\"7\"} 2"));
         assert!(text.contains("segclust_tasks_created_total{team=\"7\"} 4"));
         assert!(text.contains("segclust_team_runs_failed_total{team=\"8\"} 1"));
         assert!(

@@ -71,6 +71,8 @@ pub struct BatchReport {
     pub already_linked: usize,
     pub carried_over: usize,
     pub quarantined: usize,
+    /// Of `quarantined`, identical copies of rows already accepted (at-least-once delivery).
+    pub redelivered: usize,
     pub clustered: usize,
     pub clusters: usize,
     pub noise: usize,
@@ -221,6 +223,11 @@ pub async fn run_batch(
         })
         .await
         .context("numeric thread failed")??;
+    report.redelivered = validated
+        .quarantined
+        .iter()
+        .filter(|q| crate::validate::is_redelivery(q))
+        .count();
     quarantined.extend(validated.quarantined);
     report.quarantined = quarantined.len();
     report.clustered = validated.segments.len();
@@ -394,6 +401,7 @@ pub async fn run_batch(
     tracing::info!(
         read = report.segments_read,
         quarantined = report.quarantined,
+        redelivered = report.redelivered,
         clusters = report.clusters,
         created = report.tasks_created,
         updated = report.tasks_updated,
@@ -614,6 +622,9 @@ impl PipelineArgs {
         }
         if given("gpu_memory_mib") {
             c.gpu_memory_mib = n.gpu_memory_mib;
+        }
+        if given("kernel_cache") {
+            c.kernel_cache = n.kernel_cache.clone();
         }
         if given("task_match_threshold") {
             mt.task_match_threshold = self.task_match_threshold;

@@ -122,6 +122,16 @@ fn most_common_dim(rows: &[RawSegment]) -> usize {
         .map_or(0, |(dim, _)| dim)
 }
 
+/// The reason given to an identical copy of an accepted row. Such copies are normal under
+/// at-least-once delivery, so the metrics count them apart from bad rows (`is_redelivery`).
+pub const REDELIVERED: &str =
+    "duplicate document_id in batch: an identical copy (a redelivery; the first copy was kept)";
+
+/// Whether a quarantine record is only a redelivered copy (nothing was wrong with the data).
+pub fn is_redelivery(q: &Quarantine) -> bool {
+    q.reason == REDELIVERED
+}
+
 /// Why a second row with an accepted document_id is set aside. An identical copy is what an
 /// at-least-once ingestion path (Kafka into a ReplacingMergeTree, before its merge) delivers;
 /// a different one is another version of the document. Operators read the two differently.
@@ -143,8 +153,7 @@ fn duplicate_reason(
         && row.timestamp_ms == kept.timestamp_ms
         && row.inserted_at_ms == kept.inserted_at_ms;
     if identical {
-        "duplicate document_id in batch: an identical copy (a redelivery; the first copy was kept)"
-            .into()
+        REDELIVERED.into()
     } else {
         "duplicate document_id in batch: another version of the row (the first copy was kept)"
             .into()

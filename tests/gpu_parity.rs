@@ -14,7 +14,8 @@ use fixtures::{
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
-use segclust::gpu::{Gpu, compile_kernels};
+use segclust::gpu::kernel_cache::Origin;
+use segclust::gpu::{Gpu, KernelCache, compile_kernels};
 use segclust::matrix::Matrix;
 use segclust::reduce::{self, PcaParams};
 use std::time::Instant;
@@ -41,6 +42,57 @@ fn kernels_compile_with_nvrtc() {
             "PTX for the wrong target"
         );
     }
+    kernel_cache_is_filled_ahead_of_time_and_read_back();
+}
+
+/// `segclust kernels` fills a cache with NVRTC's PTX; a process then takes the kernels from
+/// there without compiling, and a damaged file is compiled again and repaired.
+fn kernel_cache_is_filled_ahead_of_time_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_segclust"))
+        .args([
+            "kernels",
+            "--arch",
+            "9.0",
+            "--arch",
+            "8.0",
+            "--kernel-cache",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cache = KernelCache::at(dir.path());
+    for cc in [(9, 0), (8, 0)] {
+        let file = cache.file(cc).unwrap();
+        assert!(stdout.contains(&file.display().to_string()), "{stdout}");
+        let (ptx, origin) = cache.kernels(cc).unwrap();
+        assert_eq!(origin, Origin::Cache);
+        assert_eq!(ptx.to_src(), compile_kernels(Some(cc)).unwrap().to_src());
+    }
+    let file = cache.file((9, 0)).unwrap();
+    let whole = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &whole[..whole.len() / 2]).unwrap();
+    assert_eq!(cache.kernels((9, 0)).unwrap().1, Origin::Compiled);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        whole,
+        "the damaged file is rewritten"
+    );
+    assert_eq!(cache.kernels((9, 0)).unwrap().1, Origin::Cache);
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_segclust"))
+        .args(["kernels", "--arch", "nine", "--kernel-cache"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a compute capability"));
 }
 
 /// `n` points around `clusters` well-separated Gaussian centres in `d` dimensions.
@@ -124,13 +176,25 @@ fn prim_weight(x: &Matrix, min_samples: usize) -> f64 {
 
 #[test]
 fn gpu_matches_cpu() {
-    let gpu = match Gpu::open() {
+    let kernels = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(kernels.path());
+    let gpu = match Gpu::open(&cache) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("\n========\nGPU parity suite SKIPPED: no usable GPU ({e:#})\n========\n");
             return;
         }
     };
+    assert_eq!(gpu.kernels_from(), Origin::Compiled);
+    // A second process (here a second handle) loads the kept kernels without NVRTC.
+    let started = Instant::now();
+    let again = Gpu::open(&cache).expect("second handle on the GPU, kernels from the cache");
+    assert_eq!(again.kernels_from(), Origin::Cache);
+    eprintln!(
+        "opened the GPU with cached kernels in {:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(again);
     eprintln!("GPU parity suite on {}", gpu.name());
     mst_against_oracle(&gpu);
     fixtures_parity(&gpu);
@@ -274,7 +338,7 @@ fn pca_streamed(gpu: &Gpu) {
     };
     let resident = gpu.pca(&x, &params).expect("GPU PCA, resident");
     // What the PCA needs besides X, plus a third of X: X cannot be resident.
-    let mut small = Gpu::open().expect("second handle on the GPU");
+    let mut small = Gpu::open(&KernelCache::off()).expect("second handle on the GPU");
     small.limit_memory(segclust::gpu::pca_bytes_besides_rows(n, d, &params) + n * d * 4 / 3);
     let t = Instant::now();
     let streamed = small.pca(&x, &params).expect("GPU PCA, streamed");
@@ -419,7 +483,7 @@ fn gpu_timing() {
     if std::env::var("SEGCLUST_GPU_TIMING").map_or(true, |v| v != "1") {
         return;
     }
-    let gpu = match Gpu::open() {
+    let gpu = match Gpu::open(&KernelCache::off()) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("GPU timing SKIPPED: no usable GPU ({e:#})");

@@ -668,6 +668,16 @@ async fn a_redelivered_row_is_linked_once_and_named_as_such() {
         .await
         .unwrap();
     assert_eq!(reports.iter().map(|r| r.segments_read).sum::<usize>(), 14);
+    // The metrics count the copy apart from bad rows: only the changed row is "quarantined".
+    let metrics = segclust::metrics::Metrics::new(None);
+    for r in &reports {
+        metrics.batch(r);
+    }
+    let figures = metrics.team(4);
+    assert_eq!((figures.quarantined, figures.redelivered), (2, 1));
+    let text = metrics.render();
+    assert!(text.contains("segclust_segments_quarantined_total{team=\"4\"} 1\n"));
+    assert!(text.contains("segclust_segments_redelivered_total{team=\"4\"} 1\n"));
     let mut q: Vec<(String, String)> = store
         .quarantined(4)
         .await

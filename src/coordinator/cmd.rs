@@ -145,7 +145,7 @@ pub async fn coordinator(
         .with_retry(cfg.store.retry.clone());
     let device = Arc::new(Device::open(
         cfg.clustering.device,
-        cfg.clustering.gpu_memory_mib,
+        &cfg.clustering.gpu_options(),
     )?);
     tracing::info!(
         source = %source.describe(),
@@ -606,7 +606,7 @@ async fn preflight(cfg: &Config) -> ExitCode {
         }
         Err(e) => fail("store", e),
     }
-    match Device::open(cfg.clustering.device, cfg.clustering.gpu_memory_mib) {
+    match Device::open(cfg.clustering.device, &cfg.clustering.gpu_options()) {
         Ok(d) => println!("device: {}", d.name()),
         Err(e) => fail("device", e),
     }

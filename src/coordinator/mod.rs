@@ -149,7 +149,7 @@ impl Coordinator {
             }
         }
         results.sort_by_key(|r| r.0);
-        self.metrics.set_gpu_fallbacks(self.device.gpu_fallbacks());
+        self.metrics.set_gpu(self.device.figures());
         if let Some(s) = self.labeler.stats() {
             for (name, help, v) in [
                 (

@@ -20,11 +20,13 @@
 //!   re-orthonormalization fallbacks are tested without a GPU.
 
 mod blas;
+pub mod kernel_cache;
 mod launch;
 pub mod leaves;
 pub mod mst;
 mod pca;
 
+pub use kernel_cache::KernelCache;
 pub use leaves::{LeafParams, LeafTables};
 pub use mst::{GpuMstParams, LeafFound, NearestKernels, mst_with};
 pub use pca::bytes_besides_rows as pca_bytes_besides_rows;
@@ -77,6 +79,7 @@ pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
 /// An opened GPU: context, stream, cuBLAS handle and the compiled kernels.
 pub struct Gpu {
     name: String,
+    kernels_from: kernel_cache::Origin,
     /// One batch at a time: the stream and the cuBLAS handle are not for concurrent use, and a
     /// batch sizes its allocations against the free memory it sees.
     inner: Mutex<Inner>,
@@ -94,7 +97,8 @@ pub(crate) struct Inner {
 }
 
 impl Gpu {
-    pub fn open() -> Result<Self> {
+    /// Opens device 0, with the kernels from `cache` or compiled by NVRTC (and kept there).
+    pub fn open(cache: &KernelCache) -> Result<Self> {
         // SAFETY: these only try to dlopen the libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             bail!("the CUDA driver library (libcuda.so) was not found: no NVIDIA driver installed");
@@ -108,10 +112,7 @@ impl Gpu {
         let cc = ctx
             .compute_capability()
             .map_err(|e| anyhow!("querying the compute capability of {name}: {e:?}"))?;
-        let ptx = compile_kernels(Some(cc))?;
-        let module = ctx.load_module(ptx).map_err(|e| {
-            anyhow!("loading the compiled kernels on {name} (driver too old for this PTX?): {e:?}")
-        })?;
+        let (module, kernels_from) = load_kernels(&ctx, cache, cc, &name)?;
         let nearest = module
             .load_function("nearest_candidates")
             .map_err(|e| anyhow!("kernel nearest_candidates missing from the module: {e:?}"))?;
@@ -137,6 +138,7 @@ impl Gpu {
         let name = format!("{name} (sm_{}{})", cc.0, cc.1);
         Ok(Self {
             name,
+            kernels_from,
             inner: Mutex::new(Inner {
                 ctx,
                 stream,
@@ -150,6 +152,11 @@ impl Gpu {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the kernels came from the cache or from NVRTC.
+    pub fn kernels_from(&self) -> kernel_cache::Origin {
+        self.kernels_from
     }
 
     /// Caps the device memory a batch plans with (PCA and MST), below what the driver reports
@@ -188,11 +195,78 @@ impl Gpu {
         mst_with(&mut dev, x, min_samples, &GpuMstParams::default()).context("GPU MST")
     }
 
+    /// Whether the context can still run work. CUDA's sticky errors (an illegal address, a
+    /// launch failure, an uncorrectable ECC error, a lost device) are returned by every later
+    /// call in the context, so a synchronize and a memory query after a failure tell a broken
+    /// device from a batch that was merely too large (a one-off error is not repeated, so it
+    /// does not retire the device).
+    pub fn health(&self) -> Result<()> {
+        let inner = self.lock()?;
+        // cudarc keeps the last error of a call that could not return one (a free in a drop)
+        // and returns it from the next call; that one was the failed batch's, so it goes.
+        if let Err(e) = inner.ctx.check_err() {
+            tracing::debug!("an earlier CUDA call during the failed batch: {e:?}");
+        }
+        inner
+            .stream
+            .synchronize()
+            .map_err(|e| anyhow!("synchronizing the CUDA stream: {e:?}"))?;
+        inner
+            .ctx
+            .synchronize()
+            .map_err(|e| anyhow!("synchronizing the CUDA context: {e:?}"))?;
+        inner
+            .ctx
+            .mem_get_info()
+            .map_err(|e| anyhow!("querying GPU memory: {e:?}"))?;
+        Ok(())
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
         self.inner
             .lock()
             .map_err(|_| anyhow!("an earlier GPU batch panicked; GPU disabled for this run"))
     }
+}
+
+/// Loads the kernels for `cc`: the cached PTX when there is a sound copy and the driver takes
+/// it; otherwise compiled by NVRTC now (and kept).
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    cache: &KernelCache,
+    cc: (i32, i32),
+    name: &str,
+) -> Result<(Arc<cudarc::driver::CudaModule>, kernel_cache::Origin)> {
+    let started = std::time::Instant::now();
+    let (ptx, origin) = cache.kernels(cc)?;
+    let (module, origin) = match ctx.load_module(ptx) {
+        Ok(m) => (m, origin),
+        Err(e) if origin == kernel_cache::Origin::Cache => {
+            tracing::warn!("{name} rejected the cached kernels ({e:?}); compiling them again");
+            let (ptx, origin) = cache.compile(cc)?;
+            let m = ctx.load_module(ptx).map_err(|e| {
+                anyhow!(
+                    "loading the compiled kernels on {name} (driver too old for this PTX?): {e:?}"
+                )
+            })?;
+            (m, origin)
+        }
+        Err(e) => {
+            bail!("loading the compiled kernels on {name} (driver too old for this PTX?): {e:?}")
+        }
+    };
+    let file = cache.file(cc);
+    let kept = file
+        .as_deref()
+        .map_or("not kept".to_string(), |p| p.display().to_string());
+    tracing::info!(
+        from = ?origin,
+        seconds = started.elapsed().as_secs_f64(),
+        "kernels for compute_{}{} ready ({kept})",
+        cc.0,
+        cc.1
+    );
+    Ok((module, origin))
 }
 
 impl Inner {
@@ -205,7 +279,7 @@ impl Inner {
         let free = self.memory_limit.map_or(free, |limit| free.min(limit));
         let need = bytes.saturating_add(256 << 20);
         if need > free {
-            bail!(
+            crate::unsuited!(
                 "{what} needs about {} MiB of GPU memory, {} MiB of {} MiB free",
                 need >> 20,
                 free >> 20,
@@ -235,12 +309,12 @@ pub(crate) fn check_finite(x: &Matrix) -> Result<()> {
         })
         .reduce(|| (0.0, false), |a, b| (a.0.max(b.0), a.1 | b.1));
     if bad {
-        bail!("input has NaN or infinite values");
+        crate::unsuited!("input has NaN or infinite values");
     }
     // Squared distances reach 4 * d * max_abs^2; keep them far below f32::MAX.
     let limit = (1e36 / (4.0 * x.cols().max(1) as f64)).sqrt();
     if f64::from(max_abs) > limit {
-        bail!("input values up to {max_abs} are too large for f32 distances on the GPU");
+        crate::unsuited!("input values up to {max_abs} are too large for f32 distances on the GPU");
     }
     Ok(())
 }
@@ -262,7 +336,7 @@ mod tests {
     #[test]
     fn open_fails_cleanly_or_names_the_device() {
         // On a machine without a GPU this must be an Err, never a panic.
-        match Gpu::open() {
+        match Gpu::open(&KernelCache::off()) {
             Ok(g) => assert!(!g.name().is_empty()),
             Err(e) => assert!(!format!("{e:#}").is_empty()),
         }

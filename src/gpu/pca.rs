@@ -316,7 +316,7 @@ fn block_rows(n: usize, d: usize, l: usize, k: usize, free: usize) -> Result<usi
     let fixed = fixed_bytes(n, d, l, k);
     let mib = |b: usize| b >> 20;
     let Some(left) = free.checked_sub(fixed) else {
-        bail!(
+        crate::unsuited!(
             "PCA of {n} x {d} needs about {} MiB of GPU memory for its sketches alone, {} MiB \
              free",
             mib(fixed),
@@ -329,7 +329,7 @@ fn block_rows(n: usize, d: usize, l: usize, k: usize, free: usize) -> Result<usi
     }
     let rows = left / row_bytes;
     if rows < MIN_BLOCK_ROWS {
-        bail!(
+        crate::unsuited!(
             "PCA of {n} x {d} needs about {} MiB of GPU memory to stream its rows, {} MiB free",
             mib(fixed + MIN_BLOCK_ROWS * row_bytes),
             mib(free)
@@ -349,7 +349,7 @@ pub(crate) fn randomized_pca<L: Linalg>(
     let (n, d) = (x.rows(), x.cols());
     let k = effective_components(n, d, p.components);
     if k == 0 {
-        bail!(
+        crate::unsuited!(
             "nothing to reduce ({n} x {d} to {} components)",
             p.components
         );
