@@ -420,6 +420,9 @@ impl Config {
                     format!("{:?} must start with http:// or https://", ch.url),
                 );
             }
+            if let Some(Err(e)) = ch.max_ingestion_lag.as_deref().map(parse_duration) {
+                bad("source.clickhouse.max_ingestion_lag", format!("{e:#}"));
+            }
         }
         p
     }

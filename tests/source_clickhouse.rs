@@ -161,6 +161,7 @@ macro_rules! on_both_servers {
 }
 
 on_both_servers!(
+    an_ingestion_lag_bounds_reads_by_timestamp_and_the_check_counts_what_it_would_skip,
     pages_follow_the_watermark_without_skips_or_repeats,
     by_ids_across_chunks_and_windows,
     wrong_table_or_column_names_what_is_missing,
@@ -543,13 +544,18 @@ async fn team_reads_use_the_primary_key_on_a_current_server() {
 /// `segclust config check --config F --connect` with the real binary: a config that points at
 /// the server's table, a SQLite store in a temporary directory, the CPU.
 fn config_check(server: Server, db: &str, table: &str) -> (bool, String) {
+    config_check_with(server, db, table, "")
+}
+
+/// `config_check` with more `[source.clickhouse]` lines.
+fn config_check_with(server: Server, db: &str, table: &str, more: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("segclust.toml");
     std::fs::write(
         &cfg,
         format!(
             "[source]\nkind = \"clickhouse\"\n[source.clickhouse]\nurl = \"{}\"\n\
-             database = \"{db}\"\ntable = \"{table}\"\n[source.clickhouse.retry]\n\
+             database = \"{db}\"\ntable = \"{table}\"\n{more}\n[source.clickhouse.retry]\n\
              attempts = 1\n[store]\nurl = \"sqlite://{}\"\n[clustering]\ndevice = \"cpu\"\n",
             server.url(),
             dir.path().join("s.db").display()
@@ -603,6 +609,127 @@ async fn config_check_connects_and_says_what_it_found(server: Server) {
         out.contains("device: cpu"),
         "later parts are still checked:\n{out}"
     );
+}
+
+/// `max_ingestion_lag` lets a page read skip rows whose timestamp lies more than the lag before
+/// the watermark: rows that keep the promise are all read, as without it; a row that breaks it
+/// and arrives after the watermark is not read (the documented price), and `config check`
+/// counts it. On production's table (ordered by `toDate(timestamp)` after the team) the
+/// bound prunes the old days' granules: checked on the exact SQL sent.
+async fn an_ingestion_lag_bounds_reads_by_timestamp_and_the_check_counts_what_it_would_skip(
+    server: Server,
+) {
+    const DAY_MS: i64 = 86_400_000;
+    let db = server.fresh_db().await;
+    // 240 rows of team 1 over the 30 days before T0, each inserted 5 s after its timestamp.
+    let history: Vec<ChRow> = (0..240)
+        .map(|i| {
+            row(
+                1,
+                &format!("h{i:03}"),
+                T0_MS - (240 - i) * DAY_MS / 8,
+                emb(i as usize),
+            )
+        })
+        .collect();
+    server.insert(&db, &history).await;
+    let with_lag = ClickHouseConfig {
+        max_ingestion_lag: Some("2d".into()),
+        ..server.config(&db)
+    };
+    let lagged = Source::clickhouse(with_lag).unwrap();
+    let plain = Source::clickhouse(server.config(&db)).unwrap();
+    // Without a watermark the lag plays no part: the whole history is read.
+    let first = lagged.read_after(1, None, None, 1000).await.unwrap();
+    assert_eq!(first.rows.len(), 240);
+    let wm = first.last.clone().unwrap();
+
+    // After the watermark: 10 rows that keep the promise, and one inserted 10 days late.
+    let tick = server.tick_ms();
+    let mut fresh: Vec<ChRow> = (0..10)
+        .map(|i| {
+            row(
+                1,
+                &format!("f{i:02}"),
+                T0_MS + (i + 1) * tick,
+                emb(100 + i as usize),
+            )
+        })
+        .collect();
+    let mut late = row(1, "late", T0_MS + 20 * tick, emb(200));
+    late.timestamp = late.inserted_at - 10 * DAY_MS;
+    fresh.push(late);
+    server.insert(&db, &fresh).await;
+
+    let ids = |p: &segclust::source::SourcePage| -> Vec<String> {
+        p.rows.iter().map(|r| r.document_id.clone()).collect()
+    };
+    let got = lagged.read_after(1, Some(&wm), None, 1000).await.unwrap();
+    let all = plain.read_after(1, Some(&wm), None, 1000).await.unwrap();
+    assert_eq!(ids(&all).len(), 11);
+    assert_eq!(ids(&got), ids(&all)[..10].to_vec(), "all but the late row");
+    assert_eq!(lagged.count(1, Some(&wm), None).await.unwrap(), 10);
+    assert_eq!(plain.count(1, Some(&wm), None).await.unwrap(), 11);
+
+    let (ok, out) = config_check_with(
+        server,
+        &db,
+        "document_embeddings",
+        "max_ingestion_lag = \"2d\"",
+    );
+    assert!(ok, "a warning does not fail the check:\n{out}");
+    assert!(
+        out.contains("WARNING: 1 row(s) were inserted more than max_ingestion_lag (2d)"),
+        "{out}"
+    );
+    let (ok, out) = config_check_with(
+        server,
+        &db,
+        "document_embeddings",
+        "max_ingestion_lag = \"2 days\"",
+    );
+    assert!(
+        !ok && out.contains("source.clickhouse.max_ingestion_lag"),
+        "{out}"
+    );
+
+    if let Server::Current = server {
+        // The same page read, sent with and without the bound: the bound reads fewer granules.
+        let log = std::env::var("SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG")
+            .expect("SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG (tools/clickhouse.sh start-current)");
+        let sent = std::fs::read_to_string(&log).expect("the current engine's statement log");
+        let page_read = |bounded: bool| -> String {
+            sent.lines()
+                .rev()
+                .find(|l| {
+                    l.starts_with("SELECT")
+                        && l.contains(&format!("`{db}`."))
+                        && l.contains("LIMIT")
+                        && l.contains(" OR (")
+                        && l.contains("fromUnixTimestamp64Milli") == bounded
+                })
+                .unwrap_or_else(|| panic!("no page read (bounded: {bounded}) of {db} in the log"))
+                .to_string()
+        };
+        let mut granules = Vec::new();
+        for bounded in [false, true] {
+            let sql = page_read(bounded);
+            let plan: Vec<String> = server
+                .client()
+                .query(&format!("EXPLAIN indexes = 1 {sql}"))
+                .fetch_all()
+                .await
+                .unwrap();
+            let (_, read, total) = primary_key_use(&plan)
+                .unwrap_or_else(|| panic!("no primary key use:\n{}", plan.join("\n")));
+            granules.push((read, total));
+        }
+        let ((plain_read, total), (bounded_read, _)) = (granules[0], granules[1]);
+        assert!(
+            bounded_read * 3 <= plain_read && plain_read <= total,
+            "the bound should skip the old days: {bounded_read} vs {plain_read} of {total} granules"
+        );
+    }
 }
 
 /// A table not ordered by team first makes every run scan it whole: the check says so.

@@ -40,6 +40,12 @@ pub struct ClickHouseConfig {
     pub columns: ClickHouseColumns,
     /// Row ids per query when carried-over segments are re-read by id.
     pub ids_per_query: usize,
+    /// Off by default. A promise that no row is inserted more than this long after its
+    /// `timestamp` (e.g. "2d"), which lets page reads skip the days before
+    /// `watermark - lag` on a table ordered or partitioned by time, instead of scanning the
+    /// team's whole history each run. A row that breaks the promise and arrives after the
+    /// watermark is never read; `segclust config check --connect` counts such rows.
+    pub max_ingestion_lag: Option<String>,
     pub retry: RetryPolicy,
 }
 
@@ -59,6 +65,7 @@ impl Default for ClickHouseConfig {
             ]),
             columns: ClickHouseColumns::default(),
             ids_per_query: 2_000,
+            max_ingestion_lag: None,
             retry: RetryPolicy::default(),
         }
     }
@@ -129,11 +136,17 @@ struct Shape {
     team_id: String,
     /// `AND col = ? ...` for the configured filters (values bound per query).
     filters: String,
+    /// The timestamp column in epoch ms, and `<column> >= <? epoch ms>` written on the raw
+    /// column so that a key or partition on a function of it (`toDate(timestamp)`) can prune.
+    timestamp_ms: String,
+    timestamp_at_least: String,
 }
 
 pub struct ClickHouseSource {
     client: Client,
     cfg: ClickHouseConfig,
+    /// `max_ingestion_lag` in ms.
+    lag_ms: Option<i64>,
     shape: OnceCell<Shape>,
 }
 
@@ -167,6 +180,14 @@ impl ClickHouseSource {
                 cfg.url
             );
         }
+        let lag_ms = match &cfg.max_ingestion_lag {
+            None => None,
+            Some(lag) => {
+                let d = crate::config::parse_duration(lag)
+                    .context("source.clickhouse.max_ingestion_lag")?;
+                Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            }
+        };
         let mut client = Client::default()
             .with_url(&cfg.url)
             .with_user(&cfg.user)
@@ -185,6 +206,7 @@ impl ClickHouseSource {
         Ok(Self {
             client,
             cfg,
+            lag_ms,
             shape: OnceCell::new(),
         })
     }
@@ -226,6 +248,15 @@ impl ClickHouseSource {
         Ok(rows.into_iter().collect())
     }
 
+    /// Which parts a window's condition has (see [`Shape::window`]).
+    fn window(&self, after: bool, until: bool) -> Window {
+        Window {
+            after,
+            lag: after && self.lag_ms.is_some(),
+            until,
+        }
+    }
+
     fn filter_values(&self) -> impl Iterator<Item = &String> {
         self.cfg.filters.values()
     }
@@ -247,6 +278,9 @@ impl ClickHouseSource {
                 .bind(w.inserted_at_ms)
                 .bind(w.inserted_at_ms)
                 .bind(&w.document_id);
+            if let Some(lag) = self.lag_ms {
+                q = q.bind(w.inserted_at_ms.saturating_sub(lag));
+            }
         }
         if let Some(u) = until_ms {
             q = q.bind(u);
@@ -264,7 +298,7 @@ impl ClickHouseSource {
         limit: usize,
     ) -> Result<SourcePage> {
         let s = self.shape().await?;
-        let sql = s.page(after.is_some(), until_ms.is_some());
+        let sql = s.page(self.window(after.is_some(), until_ms.is_some()));
         let what = format!(
             "reading team {team}'s new segments from {}",
             self.describe()
@@ -404,7 +438,7 @@ impl ClickHouseSource {
             );
             return Ok(lines);
         };
-        let explain = format!("EXPLAIN indexes = 1 {}", s.page(false, false));
+        let explain = format!("EXPLAIN indexes = 1 {}", s.page(self.window(false, false)));
         let plan = self
             .bind_window(&explain, team, None, None)
             .bind(1u64)
@@ -423,6 +457,33 @@ impl ClickHouseSource {
             // 18.16 and other servers before EXPLAIN indexes: nothing to say either way.
             Err(_) => "  index use not checked: this server has no EXPLAIN indexes".to_string(),
         });
+        if let (Some(lag_ms), Some(lag)) = (self.lag_ms, &self.cfg.max_ingestion_lag) {
+            let sql = format!(
+                "SELECT toUInt64(count()) FROM {} WHERE 1 = 1{} AND {} < {} - toInt64(?)",
+                s.from, s.filters, s.timestamp_ms, s.inserted_ms
+            );
+            let mut q = self.client.query(&sql);
+            for v in self.filter_values() {
+                q = q.bind(v);
+            }
+            let late: u64 = q
+                .bind(lag_ms)
+                .fetch_one()
+                .await
+                .context("counting rows inserted later than max_ingestion_lag")?;
+            lines.push(if late == 0 {
+                format!(
+                    "  every row was inserted within max_ingestion_lag ({lag}) of its timestamp, \
+                     so page reads skip the days before the watermark less {lag}"
+                )
+            } else {
+                format!(
+                    "WARNING: {late} row(s) were inserted more than max_ingestion_lag ({lag}) \
+                     after their timestamp; a run skips such rows when they arrive after its \
+                     watermark: raise source.clickhouse.max_ingestion_lag or remove it"
+                )
+            });
+        }
         Ok(lines)
     }
 
@@ -437,7 +498,7 @@ impl ClickHouseSource {
         let sql = format!(
             "SELECT toUInt64(count()) FROM {} WHERE {}",
             s.from,
-            s.window(after.is_some(), until_ms.is_some())
+            s.window(self.window(after.is_some(), until_ms.is_some()))
         );
         let what = format!("counting team {team}'s segments in {}", self.describe());
         self.cfg
@@ -499,6 +560,7 @@ impl Shape {
         let document_id = format!("toString({})", q(&c.document_id));
         let text = |col: &str| format!("ifNull(toString({}), '')", q(col));
         let timestamp = millis(&c.timestamp, ty(&c.timestamp)?)?;
+        let timestamp_at_least = at_least_millis(&c.timestamp, ty(&c.timestamp)?)?;
         let inserted_ms = millis(&c.inserted_at, ty(&c.inserted_at)?)?;
         let embedding = match strip_wrappers(ty(&c.embedding)?) {
             "Array(Float32)" => q(&c.embedding),
@@ -515,7 +577,7 @@ impl Shape {
             document_id.clone(),
             text(&c.content),
             text(&c.metadata),
-            timestamp,
+            timestamp.clone(),
             inserted_ms.clone(),
             embedding,
         ]
@@ -532,6 +594,8 @@ impl Shape {
             document_id,
             team_id,
             filters,
+            timestamp_ms: timestamp,
+            timestamp_at_least,
         })
     }
 }
@@ -539,34 +603,47 @@ impl Shape {
 impl Shape {
     /// A page of a team's rows in watermark order (`read_after`); bind with `bind_window`,
     /// then the row limit.
-    fn page(&self, after: bool, until: bool) -> String {
+    fn page(&self, window: Window) -> String {
         format!(
             "SELECT {} FROM {} WHERE {} ORDER BY {}, {} LIMIT ?",
             self.select,
             self.from,
-            self.window(after, until),
+            self.window(window),
             self.inserted_ms,
             self.document_id
         )
     }
 
     /// The condition of a team's rows strictly after a watermark and before `until`:
-    /// `team = ? AND <filters> [AND after (inserted, id)] [AND inserted < ?]`. Page reads and
-    /// counts share it so they can never disagree about a window; `bind_window` binds it.
-    fn window(&self, after: bool, until: bool) -> String {
-        let mut w = format!("{} = ?{}", self.team_id, self.filters);
-        if after {
-            w += &format!(
+    /// `team = ? AND <filters> [AND after (inserted, id) [AND timestamp >= ?]]
+    /// [AND inserted < ?]`. Page reads and counts share it so they can never disagree about a
+    /// window; `bind_window` binds it.
+    fn window(&self, w: Window) -> String {
+        let mut sql = format!("{} = ?{}", self.team_id, self.filters);
+        if w.after {
+            sql += &format!(
                 " AND ({ms} > ? OR ({ms} = ? AND {id} > ?))",
                 ms = self.inserted_ms,
                 id = self.document_id
             );
+            if w.lag {
+                sql += &format!(" AND {}", self.timestamp_at_least);
+            }
         }
-        if until {
-            w += &format!(" AND {} < ?", self.inserted_ms);
+        if w.until {
+            sql += &format!(" AND {} < ?", self.inserted_ms);
         }
-        w
+        sql
     }
+}
+
+/// The parts of a window's condition: after a watermark, with the ingestion-lag bound (only
+/// after a watermark), before an insertion time.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    after: bool,
+    lag: bool,
+    until: bool,
 }
 
 /// The primary key's columns and the granules it leaves to read, (keys, read, total), from
@@ -621,6 +698,28 @@ fn millis(col: &str, ty: &str) -> Result<String> {
     } else if t.starts_with("Int") || t.starts_with("UInt") {
         // Integer columns are taken to hold epoch milliseconds already.
         format!("toInt64({c})")
+    } else {
+        bail!(
+            "time column {col:?} is {ty}; segclust reads DateTime, DateTime64 or integer epoch milliseconds"
+        )
+    })
+}
+
+/// `<col> >= <a bound epoch-ms value>` on the raw column (never a conversion of it), so that
+/// the server can prune granules and partitions by a key on a monotonic function of the column.
+/// Rounded down where the column is coarser than ms, so that no row at the bound is left out.
+fn at_least_millis(col: &str, ty: &str) -> Result<String> {
+    let c = quote(col);
+    let t = strip_wrappers(ty);
+    Ok(if t.starts_with("DateTime64") {
+        format!("{c} >= fromUnixTimestamp64Milli(toInt64(?))")
+    } else if t.starts_with("DateTime") {
+        format!("{c} >= toDateTime(intDiv(toInt64(?), 1000))")
+    } else if t == "Date" {
+        // A day boundary depends on the server's time zone; one day more loses nothing.
+        format!("{c} >= toDate(toDateTime(intDiv(toInt64(?), 1000))) - 1")
+    } else if t.starts_with("Int") || t.starts_with("UInt") {
+        format!("{c} >= toInt64(?)")
     } else {
         bail!(
             "time column {col:?} is {ty}; segclust reads DateTime, DateTime64 or integer epoch milliseconds"
