@@ -82,6 +82,9 @@ pub struct BenchRow {
     pub sklearn_hdbscan_s: Option<f64>,
     /// With `--compare-cpu`: the CPU path on the same input, timed in the same run.
     pub cpu: Option<CpuComparison>,
+    /// Stages the device handed to the CPU (a GPU failure, or a GPU resting after failures):
+    /// their seconds are the CPU's, not the device's.
+    pub on_cpu_instead: Vec<String>,
 }
 
 /// The CPU path beside the device's, for the GPU bars (speed-up at one size, same labels).
@@ -115,12 +118,22 @@ pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<B
         let span = tracing::info_span!("bench", n, dim = opts.dim);
         let _g = span.enter();
         let (x, _) = synthetic_embeddings(n, opts.dim, 42);
+        let handed_over = || device.gpu_fallbacks() + device.gpu_skips();
+        let mut on_cpu_instead = Vec::new();
+        let before = handed_over();
         let t = Instant::now();
         let pca = device.pca(&x, &opts.pca)?;
         let pca_s = t.elapsed().as_secs_f64();
+        if handed_over() > before {
+            on_cpu_instead.push("PCA".to_string());
+        }
+        let before = handed_over();
         let t = Instant::now();
         let clustering = device.hdbscan(&pca.projected, &opts.hdbscan)?;
         let hdbscan_s = t.elapsed().as_secs_f64();
+        if handed_over() > before {
+            on_cpu_instead.push("HDBSCAN".to_string());
+        }
         if let Some(dir) = &opts.save_inputs {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("could not create {}", dir.display()))?;
@@ -144,6 +157,7 @@ pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<B
             sklearn_pca_s: None,
             sklearn_hdbscan_s: None,
             cpu: None,
+            on_cpu_instead,
         };
         if opts.compare_cpu {
             row.cpu = Some(compare_cpu(&x, &pca.projected, &clustering, opts)?);
@@ -247,6 +261,13 @@ pub fn table(rows: &[BenchRow]) -> String {
     let mut s = String::from(
         "| N | D | device | PCA s | HDBSCAN s | total s | clusters | sklearn PCA s | sklearn HDBSCAN s | PCA speed-up | HDBSCAN speed-up | total speed-up |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
+    let device = |r: &BenchRow| {
+        if r.on_cpu_instead.is_empty() {
+            r.device.clone()
+        } else {
+            format!("{} (on the CPU: {})", r.device, r.on_cpu_instead.join(", "))
+        }
+    };
     for r in rows {
         let total = r.pca_s + r.hdbscan_s;
         let sk_total = r.sklearn_pca_s.zip(r.sklearn_hdbscan_s).map(|(a, b)| a + b);
@@ -254,7 +275,7 @@ pub fn table(rows: &[BenchRow]) -> String {
             "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
             r.n,
             r.dim,
-            r.device,
+            device(r),
             r.pca_s,
             r.hdbscan_s,
             total,
@@ -276,7 +297,7 @@ pub fn table(rows: &[BenchRow]) -> String {
             s.push_str(&format!(
                 "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1}x | {} |\n",
                 r.n,
-                r.device,
+                device(r),
                 total,
                 c.pca_s,
                 c.hdbscan_s,
@@ -370,5 +391,50 @@ mod tests {
         let mut rows = rows;
         rows[0].cpu = None;
         assert!(!table(&rows).contains("same labels"));
+    }
+
+    /// A GPU that fails every stage.
+    struct Broken;
+
+    impl crate::device::Accelerator for Broken {
+        fn name(&self) -> String {
+            "broken test device".into()
+        }
+        fn pca(&self, _: &Matrix, _: &PcaParams) -> Result<crate::reduce::Pca> {
+            anyhow::bail!("CUDA_ERROR_LAUNCH_FAILED")
+        }
+        fn mst(&self, _: &Matrix, _: usize) -> Result<Vec<crate::cluster::MstEdge>> {
+            anyhow::bail!("CUDA_ERROR_LAUNCH_FAILED")
+        }
+    }
+
+    /// Seconds timed on the CPU after a GPU failure must not pass for the GPU's.
+    #[test]
+    fn stages_the_gpu_handed_to_the_cpu_are_marked() {
+        let opts = BenchOptions {
+            sizes: vec![crate::cluster::PRIM_MAX_ROWS + 100],
+            dim: 32,
+            pca: PcaParams {
+                components: 8,
+                ..PcaParams::default()
+            },
+            hdbscan: HdbscanParams::default(),
+            python: None,
+            sklearn_hdbscan_max_n: 0,
+            save_inputs: None,
+            compare_cpu: false,
+        };
+        let dir = std::env::temp_dir();
+        let device = Device::with_accelerator(Box::new(Broken));
+        let rows = run(&device, &opts, &dir).expect("bench");
+        assert_eq!(rows[0].on_cpu_instead, ["PCA", "HDBSCAN"]);
+        let t = table(&rows);
+        assert!(
+            t.contains("| gpu (broken test device) (on the CPU: PCA, HDBSCAN) |"),
+            "{t}"
+        );
+        let rows = run(&Device::cpu(), &opts, &dir).expect("bench");
+        assert!(rows[0].on_cpu_instead.is_empty());
+        assert!(!table(&rows).contains("on the CPU"));
     }
 }

@@ -479,6 +479,18 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     print!("{}", bench::table(&rows));
+    let handed_over: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.on_cpu_instead.is_empty())
+        .map(|r| format!("{} at N = {}", r.on_cpu_instead.join(" and "), r.n))
+        .collect();
+    if a.numeric.device == DeviceChoice::Gpu && !handed_over.is_empty() {
+        anyhow::bail!(
+            "--device gpu, but the GPU handed {} to the CPU (the log says why): those rows \
+             time the CPU, not the GPU",
+            handed_over.join("; ")
+        );
+    }
     Ok(())
 }
 
