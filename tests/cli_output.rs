@@ -1,5 +1,6 @@
-//! Command output as a shell user consumes it: `segclust tasks | head` must end quietly when the
-//! reader goes away, the way Unix tools do, not with a panic message and a failure status.
+//! Command output as a shell user or a scraper consumes it: `segclust tasks | head` must end
+//! quietly when the reader goes away, the way Unix tools do, not with a panic message and a
+//! failure status; `--metrics-file` must say what the run did, in Prometheus' text format.
 
 mod common;
 use common::segclust;
@@ -54,4 +55,97 @@ fn tasks_ends_quietly_when_its_reader_closes_the_pipe() {
             out.status
         );
     }
+}
+
+/// The value of one sample line `name value` of a Prometheus text file.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn run_writes_what_it_did_to_the_metrics_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = dir.path().join("segments.parquet");
+    let p = DemoParams {
+        seed: 5,
+        segments: 300,
+        dim: 64,
+        users: 60,
+        problems: 6,
+        ..DemoParams::default()
+    };
+    let rows = generate(&p, NOW);
+    write_segments(&source, &rows).expect("write segments");
+    let store = format!("sqlite://{}", dir.path().join("store.db").display());
+    let prom = dir.path().join("segclust.prom");
+    let (src, now, prom_s) = (
+        source.display().to_string(),
+        NOW.to_string(),
+        prom.display().to_string(),
+    );
+    let run = || {
+        segclust(&[
+            "run",
+            "--source",
+            &src,
+            "--store",
+            &store,
+            "--team",
+            "1",
+            "--dim",
+            "64",
+            "--now-ms",
+            &now,
+            "--device",
+            "cpu",
+            "--metrics-file",
+            &prom_s,
+        ]);
+        std::fs::read_to_string(&prom).expect("the metrics file")
+    };
+    let text = run();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (_, v) = line.rsplit_once(' ').expect("name value");
+        assert!(v.parse::<f64>().is_ok(), "not a sample line: {line}");
+    }
+    let team = |name: &str| sample(&text, &format!("{name}{{team=\"1\"}}"));
+    assert_eq!(
+        team("segclust_segments_read_total"),
+        Some(rows.len() as f64)
+    );
+    assert_eq!(team("segclust_team_runs_succeeded_total"), Some(1.0));
+    assert!(
+        team("segclust_batches_total").is_some_and(|b| b >= 1.0),
+        "{text}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&segclust(&[
+        "tasks",
+        "--store",
+        &store,
+        "--team",
+        "1",
+        "--now-ms",
+        &now,
+        "--json",
+        "--include-routine",
+    ]))
+    .expect("tasks --json");
+    let tasks = listed.as_array().map_or(0, Vec::len);
+    assert!(tasks > 0);
+    assert_eq!(team("segclust_tasks_created_total"), Some(tasks as f64));
+    assert_eq!(sample(&text, "segclust_runs_total"), Some(1.0));
+    assert_eq!(sample(&text, "segclust_gpu_fallbacks_total"), Some(0.0));
+    assert!(
+        !text.contains("segclust_gpu_up"),
+        "no GPU was opened, so no gauge that could read as a GPU down:\n{text}"
+    );
+
+    // A rerun is a new process: its counters start again, and it found nothing new.
+    let text = run();
+    let team = |name: &str| sample(&text, &format!("{name}{{team=\"1\"}}"));
+    assert_eq!(team("segclust_segments_read_total"), Some(0.0));
+    assert_eq!(team("segclust_tasks_created_total"), Some(0.0));
+    assert_eq!(team("segclust_team_runs_succeeded_total"), Some(1.0));
 }

@@ -231,6 +231,9 @@ impl Coordinator {
                 }
                 _ => {}
             }
+            // A long backfill or a big team can take a while: the GPU's state goes out with
+            // every team's figures, not only at the end of the round.
+            self.metrics.set_gpu(self.device.figures());
             if let Err(e) = self.metrics.write() {
                 tracing::warn!("{e:#}");
             }
