@@ -590,6 +590,7 @@ async fn config_check_connects_and_says_what_it_found(server: Server) {
         out.contains("device: cpu") && out.contains("connected, tables up to date"),
         "{out}"
     );
+    assert!(out.contains("\n  kernel cache: "), "{out}");
     match server {
         Server::Debian => assert!(out.contains("index use not checked"), "{out}"),
         Server::Current => assert!(

@@ -606,9 +606,14 @@ async fn preflight(cfg: &Config) -> ExitCode {
         }
         Err(e) => fail("store", e),
     }
-    match Device::open(cfg.clustering.device, &cfg.clustering.gpu_options()) {
+    let gpu = cfg.clustering.gpu_options();
+    match Device::open(cfg.clustering.device, &gpu) {
         Ok(d) => println!("device: {}", d.name()),
         Err(e) => fail("device", e),
+    }
+    match gpu.kernel_cache.dir() {
+        Some(dir) => println!("  kernel cache: {}", dir.display()),
+        None => println!("  kernel cache: off (a GPU compiles its kernels at every start)"),
     }
     match &cfg.llm.base_url {
         Some(url) => println!(
