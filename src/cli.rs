@@ -91,7 +91,7 @@ pub enum Command {
 const KERNELS_EXAMPLES: &str = "Examples:
   segclust kernels --kernel-cache /opt/segclust/kernels                  # H100 (compute 9.0)
   segclust kernels --kernel-cache /opt/segclust/kernels --arch 8.0 --arch 9.0
-  segclust run --all-teams --kernel-cache /opt/segclust/kernels          # then loads them from there";
+  segclust run --all-teams --kernel-cache /opt/segclust/kernels          # loads them from there";
 
 #[derive(Args, Debug)]
 pub struct KernelsArgs {
