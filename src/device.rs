@@ -230,7 +230,10 @@ impl Device {
     pub fn name(&self) -> String {
         match &self.gpu {
             Some(g) => format!("gpu ({})", g.name()),
-            None => "cpu".to_string(),
+            None => format!(
+                "cpu ({} kernels)",
+                crate::cluster::knn::Kernels::panel_name()
+            ),
         }
     }
 

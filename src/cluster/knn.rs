@@ -56,6 +56,48 @@ pub(crate) const GROUP: usize = 6;
 /// Rows per panel (two AVX vectors, one AVX-512 vector).
 pub(crate) const LANES: usize = 16;
 
+/// The widest SIMD the CPU kernels may use: `SEGCLUST_SIMD=portable|avx2|avx512` caps what
+/// run-time detection would pick. For benchmarks (timing the AVX2 kernels on an AVX-512 host
+/// stands in for an AVX2-only one) and for hosts where AVX-512 lowers the clock more than it
+/// gains. Every level gives the same answers: the screens are rigorous for all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+fn simd_level(panel_name: &str) -> SimdLevel {
+    match panel_name {
+        "avx512" => SimdLevel::Avx512,
+        "avx2" => SimdLevel::Avx2,
+        _ => SimdLevel::Portable,
+    }
+}
+
+/// The fastest of `variants` (slowest first) within `cap`.
+fn pick_panel<T>(
+    variants: Vec<(&'static str, T, usize)>,
+    cap: SimdLevel,
+) -> Option<(&'static str, T, usize)> {
+    variants.into_iter().rfind(|v| simd_level(v.0) <= cap)
+}
+
+/// `SEGCLUST_SIMD`, read once; unset or unknown means no cap (an unknown value is logged).
+pub fn simd_cap() -> SimdLevel {
+    static CAP: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var("SEGCLUST_SIMD").as_deref() {
+        Err(_) | Ok("") => SimdLevel::Avx512,
+        Ok("portable") => SimdLevel::Portable,
+        Ok("avx2") => SimdLevel::Avx2,
+        Ok("avx512") => SimdLevel::Avx512,
+        Ok(other) => {
+            tracing::warn!("SEGCLUST_SIMD={other:?} is not portable, avx2 or avx512; ignored");
+            SimdLevel::Avx512
+        }
+    })
+}
+
 /// The SIMD kernels, chosen once for the running CPU.
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
@@ -94,13 +136,15 @@ impl Kernels {
         // by it a value exceeds the exact square only by its last rounding, which `screen`'s
         // margin covers.
         let norm_shrink = 2.0 * rel;
-        // The fastest panel kernel this CPU runs (`panel_variants` lists them all).
-        let (panel, panels_per_call) = Self::panel_variants()
-            .last()
+        let cap = simd_cap();
+        // The fastest panel kernel this CPU runs (`panel_variants` lists them all) within the
+        // cap.
+        let (panel, panels_per_call) = pick_panel(Self::panel_variants(), cap)
             .map_or((panel_generic::<false> as PanelFn, 1), |v| (v.1, v.2));
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
+            if cap >= SimdLevel::Avx2
+                && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 return Self {
@@ -123,6 +167,11 @@ impl Kernels {
             rel,
             norm_shrink,
         }
+    }
+
+    /// The name of the panel kernel `new` picks on this CPU (for logs and benchmarks).
+    pub(crate) fn panel_name() -> &'static str {
+        pick_panel(Self::panel_variants(), simd_cap()).map_or("portable", |v| v.0)
     }
 
     /// Every panel kernel this CPU can run, slowest first, as (name, kernel, panels per call):
@@ -1497,6 +1546,21 @@ pub fn core_distances(x: &Matrix, min_samples: usize) -> Result<Vec<f64>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_simd_cap_picks_the_fastest_variant_within_it() {
+        let all = || vec![("portable", 0, 1), ("avx2", 1, 1), ("avx512", 2, 2)];
+        let name = |cap| pick_panel(all(), cap).map(|v| v.0);
+        assert_eq!(name(SimdLevel::Avx512), Some("avx512"));
+        assert_eq!(name(SimdLevel::Avx2), Some("avx2"));
+        assert_eq!(name(SimdLevel::Portable), Some("portable"));
+        // A CPU without AVX-512 under no cap: its best.
+        let no512 = vec![("portable", 0, 1), ("avx2", 1, 1)];
+        assert_eq!(
+            pick_panel(no512, SimdLevel::Avx512).map(|v| v.0),
+            Some("avx2")
+        );
+    }
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
