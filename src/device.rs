@@ -9,7 +9,7 @@
 //! days. After each failure the device is asked whether it still works; a CUDA context that
 //! hit a sticky error (illegal address, launch failure, uncorrectable ECC, a lost device)
 //! fails every later call, so it is retired for the rest of the process. A device that still
-//! answers but fails `BreakerParams::failures` batches in a row rests for
+//! answers but fails `BreakerParams::failures` stages (PCA or MST) in a row rests for
 //! `BreakerParams::cooldown`, then gets one trial batch. Both are logged once and exported as
 //! the `segclust_gpu_up` gauge.
 
@@ -102,7 +102,7 @@ pub enum GpuState {
     /// No GPU was opened (CPU by choice or by absence).
     Absent,
     Up,
-    /// Failed `BreakerParams::failures` batches in a row; tried again after `until`.
+    /// Failed `BreakerParams::failures` stages in a row; tried again after `until`.
     Resting {
         until: Instant,
     },
@@ -243,7 +243,8 @@ impl Device {
         self.turn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many batches fell back from the GPU to the CPU.
+    /// How many GPU stages (PCA or MST) ran on the CPU instead: the GPU failed them, or could
+    /// not take the batch (`Unsuited`).
     pub fn gpu_fallbacks(&self) -> u64 {
         self.gpu_fallbacks.load(Ordering::Relaxed)
     }
@@ -356,7 +357,7 @@ impl Device {
         if b.in_a_row >= self.breaker_params.failures {
             let rest = self.breaker_params.cooldown;
             tracing::error!(
-                "the GPU failed {} batches in a row; batches go to the CPU for the next {}s, \
+                "the GPU failed {} stages in a row; batches go to the CPU for the next {}s, \
                  then one is tried on the GPU again",
                 b.in_a_row,
                 rest.as_secs()

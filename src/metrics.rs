@@ -233,7 +233,7 @@ impl Metrics {
             (
                 "segclust_gpu_fallbacks_total",
                 "counter",
-                "GPU stages (PCA or MST) that failed and were redone on the CPU.",
+                "GPU stages (PCA or MST) the GPU failed or could not take, redone on the CPU.",
                 s.gpu.fallbacks as f64,
             ),
             (
