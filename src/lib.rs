@@ -22,6 +22,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod device;
 pub mod failpoint;
+mod fnv;
 pub mod gpu;
 pub mod impact;
 pub mod labeling;

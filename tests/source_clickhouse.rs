@@ -485,6 +485,20 @@ async fn pipeline_from_clickhouse_into_postgres(server: Server) {
         .unwrap();
 }
 
+/// `EXPLAIN indexes = 1` of `sql` on `server`, and what it says of the primary key's use
+/// (keys, granules read, granules in all); no primary key use fails the test.
+async fn primary_key_plan(server: Server, sql: &str) -> (Vec<String>, (Vec<String>, usize, usize)) {
+    let plan: Vec<String> = server
+        .client()
+        .query(&format!("EXPLAIN indexes = 1 {sql}"))
+        .fetch_all()
+        .await
+        .unwrap();
+    let used = primary_key_use(&plan)
+        .unwrap_or_else(|| panic!("no primary key use in the plan:\n{}", plan.join("\n")));
+    (plan, used)
+}
+
 /// On production's table a team's reads touch only that team's granules: the team condition
 /// segclust writes (`toInt64(team_id) = ?`) is one the primary key can serve. The SQL checked
 /// is exactly what the source sent, taken from the engine's statement log, and the engine that
@@ -519,14 +533,7 @@ async fn team_reads_use_the_primary_key_on_a_current_server() {
             .iter()
             .find(|l| l.contains(kind) && !l.contains("DISTINCT"))
             .unwrap_or_else(|| panic!("no {kind} read of {db} in the log: {sent:#?}"));
-        let plan: Vec<String> = server
-            .client()
-            .query(&format!("EXPLAIN indexes = 1 {sql}"))
-            .fetch_all()
-            .await
-            .unwrap();
-        let (keys, read, total) = primary_key_use(&plan)
-            .unwrap_or_else(|| panic!("no primary key use in the plan:\n{}", plan.join("\n")));
+        let (plan, (keys, read, total)) = primary_key_plan(server, sql).await;
         assert_eq!(
             keys.first().map(String::as_str),
             Some("team_id"),
@@ -715,14 +722,7 @@ async fn an_ingestion_lag_bounds_reads_by_timestamp_and_the_check_counts_what_it
         let mut granules = Vec::new();
         for bounded in [false, true] {
             let sql = page_read(bounded);
-            let plan: Vec<String> = server
-                .client()
-                .query(&format!("EXPLAIN indexes = 1 {sql}"))
-                .fetch_all()
-                .await
-                .unwrap();
-            let (_, read, total) = primary_key_use(&plan)
-                .unwrap_or_else(|| panic!("no primary key use:\n{}", plan.join("\n")));
+            let (_, (_, read, total)) = primary_key_plan(server, &sql).await;
             granules.push((read, total));
         }
         let ((plain_read, total), (bounded_read, _)) = (granules[0], granules[1]);

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use cudarc::nvrtc::Ptx;
 
 use super::{KERNEL_SOURCE, compile_kernels};
+use crate::fnv::fnv1a;
 
 /// Where the kernels came from (logged, and checked by the tests).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,14 +181,6 @@ fn unwrap_checked(text: &str) -> std::result::Result<&str, String> {
         return Err("a NUL byte in the PTX".into());
     }
     Ok(rest)
-}
-
-/// FNV-1a: stable across Rust releases and platforms (std's hasher is not), which a name on
-/// disk needs.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::fnv::fnv1a;
 use crate::matrix::Matrix;
 use crate::segment::Quarantine;
 use crate::store::{MapPoint, TaskRef};
@@ -98,13 +99,6 @@ pub fn reason_kind(reason: &str) -> String {
         out.push(c);
     }
     out.chars().take(160).collect()
-}
-
-/// 64-bit FNV-1a: a fixed hash (std's is randomly seeded per process).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]
