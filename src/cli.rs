@@ -231,10 +231,7 @@ pub struct NumericArgs {
 
 impl NumericArgs {
     pub fn gpu_options(&self) -> crate::device::GpuOptions {
-        crate::device::GpuOptions {
-            memory_mib: self.gpu_memory_mib,
-            kernel_cache: crate::gpu::KernelCache::from_setting(&self.kernel_cache),
-        }
+        crate::device::GpuOptions::new(self.gpu_memory_mib, &self.kernel_cache)
     }
 
     pub fn pca(&self) -> PcaParams {

@@ -149,12 +149,20 @@ pub struct GpuOptions {
     pub kernel_cache: KernelCache,
 }
 
+impl GpuOptions {
+    /// From the settings as the config file and the flags spell them (`kernel_cache`: see
+    /// [`KernelCache::from_setting`]).
+    pub fn new(memory_mib: u64, kernel_cache: &str) -> Self {
+        Self {
+            memory_mib,
+            kernel_cache: KernelCache::from_setting(kernel_cache),
+        }
+    }
+}
+
 impl Default for GpuOptions {
     fn default() -> Self {
-        Self {
-            memory_mib: 0,
-            kernel_cache: KernelCache::from_setting(""),
-        }
+        Self::new(0, "")
     }
 }
 

@@ -11,21 +11,43 @@ use segclust::source::write_segments;
 
 const NOW: i64 = 1_764_000_000_000;
 
+/// A demo segments file (64 dimensions, team 1) and a SQLite store beside it, in a temporary
+/// directory.
+struct Demo {
+    dir: tempfile::TempDir,
+    source: String,
+    store: String,
+    rows: usize,
+}
+
+impl Demo {
+    fn new(seed: u64, segments: usize, users: usize, problems: usize) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("segments.parquet");
+        let p = DemoParams {
+            seed,
+            segments,
+            dim: 64,
+            users,
+            problems,
+            ..DemoParams::default()
+        };
+        let rows = generate(&p, NOW);
+        write_segments(&source, &rows).expect("write segments");
+        let store = format!("sqlite://{}", dir.path().join("store.db").display());
+        Self {
+            source: source.display().to_string(),
+            store,
+            rows: rows.len(),
+            dir,
+        }
+    }
+}
+
 #[test]
 fn tasks_ends_quietly_when_its_reader_closes_the_pipe() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let source = dir.path().join("segments.parquet");
-    let p = DemoParams {
-        seed: 3,
-        segments: 400,
-        dim: 64,
-        users: 80,
-        problems: 8,
-        ..DemoParams::default()
-    };
-    write_segments(&source, &generate(&p, NOW)).expect("write segments");
-    let store = format!("sqlite://{}", dir.path().join("store.db").display());
-    let (src, now) = (source.display().to_string(), NOW.to_string());
+    let d = Demo::new(3, 400, 80, 8);
+    let (src, store, now) = (d.source.clone(), d.store.clone(), NOW.to_string());
     segclust(&[
         "run", "--source", &src, "--store", &store, "--team", "1", "--dim", "64", "--now-ms", &now,
         "--device", "cpu",
@@ -66,25 +88,10 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn run_writes_what_it_did_to_the_metrics_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let source = dir.path().join("segments.parquet");
-    let p = DemoParams {
-        seed: 5,
-        segments: 300,
-        dim: 64,
-        users: 60,
-        problems: 6,
-        ..DemoParams::default()
-    };
-    let rows = generate(&p, NOW);
-    write_segments(&source, &rows).expect("write segments");
-    let store = format!("sqlite://{}", dir.path().join("store.db").display());
-    let prom = dir.path().join("segclust.prom");
-    let (src, now, prom_s) = (
-        source.display().to_string(),
-        NOW.to_string(),
-        prom.display().to_string(),
-    );
+    let d = Demo::new(5, 300, 60, 6);
+    let (src, store, now) = (d.source.clone(), d.store.clone(), NOW.to_string());
+    let prom = d.dir.path().join("segclust.prom");
+    let prom_s = prom.display().to_string();
     let run = || {
         segclust(&[
             "run",
@@ -111,10 +118,7 @@ fn run_writes_what_it_did_to_the_metrics_file() {
         assert!(v.parse::<f64>().is_ok(), "not a sample line: {line}");
     }
     let team = |name: &str| sample(&text, &format!("{name}{{team=\"1\"}}"));
-    assert_eq!(
-        team("segclust_segments_read_total"),
-        Some(rows.len() as f64)
-    );
+    assert_eq!(team("segclust_segments_read_total"), Some(d.rows as f64));
     assert_eq!(team("segclust_team_runs_succeeded_total"), Some(1.0));
     assert!(
         team("segclust_batches_total").is_some_and(|b| b >= 1.0),

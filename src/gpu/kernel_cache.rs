@@ -90,8 +90,7 @@ impl KernelCache {
 
     /// Compiles with NVRTC and keeps the result, whatever the cache holds.
     pub fn compile(&self, cc: (i32, i32)) -> Result<(Ptx, Origin)> {
-        let ptx = compile_kernels(Some(cc))?;
-        let text = ptx_text(&ptx)?;
+        let text = compiled_text(cc)?;
         if let Err(e) = self.write(cc, &text) {
             tracing::warn!("could not keep the compiled kernels: {e:#}");
         }
@@ -141,20 +140,18 @@ impl KernelCache {
 /// Compiles the kernels for `cc` into `cache` whatever it holds (`segclust kernels`); returns
 /// the file written.
 pub fn fill(cache: &KernelCache, cc: (i32, i32)) -> Result<PathBuf> {
-    let Some(path) = cache.file(cc) else {
+    if cache.dir().is_none() {
         bail!("no kernel cache directory: give one with --kernel-cache DIR")
-    };
-    cache.compile(cc)?;
-    if !path.exists() {
-        bail!(
-            "the kernels compiled, but {} could not be written",
-            path.display()
-        );
     }
-    Ok(path)
+    // The write's own error, not a look for the file afterwards: an older file proves nothing.
+    cache
+        .write(cc, &compiled_text(cc)?)?
+        .context("no kernel cache directory")
 }
 
-fn ptx_text(ptx: &Ptx) -> Result<String> {
+/// The kernels for `cc` compiled by NVRTC, as PTX text.
+fn compiled_text(cc: (i32, i32)) -> Result<String> {
+    let ptx = compile_kernels(Some(cc))?;
     let bytes = ptx
         .as_bytes()
         .context("NVRTC returned no PTX image")?

@@ -559,9 +559,10 @@ impl Shape {
         let team_id = format!("toInt64({})", q(&c.team_id));
         let document_id = format!("toString({})", q(&c.document_id));
         let text = |col: &str| format!("ifNull(toString({}), '')", q(col));
-        let timestamp = millis(&c.timestamp, ty(&c.timestamp)?)?;
-        let timestamp_at_least = at_least_millis(&c.timestamp, ty(&c.timestamp)?)?;
-        let inserted_ms = millis(&c.inserted_at, ty(&c.inserted_at)?)?;
+        let timestamp_kind = TimeKind::of(&c.timestamp, ty(&c.timestamp)?)?;
+        let timestamp = timestamp_kind.millis(&c.timestamp);
+        let timestamp_at_least = timestamp_kind.at_least_millis(&c.timestamp);
+        let inserted_ms = TimeKind::of(&c.inserted_at, ty(&c.inserted_at)?)?.millis(&c.inserted_at);
         let embedding = match strip_wrappers(ty(&c.embedding)?) {
             "Array(Float32)" => q(&c.embedding),
             "Array(Float64)" => format!("arrayMap(x -> toFloat32(x), {})", q(&c.embedding)),
@@ -687,44 +688,58 @@ fn strip_wrappers(ty: &str) -> &str {
     t
 }
 
-/// A time column as epoch milliseconds, in SQL both old and new servers accept.
-fn millis(col: &str, ty: &str) -> Result<String> {
-    let c = quote(col);
-    let t = strip_wrappers(ty);
-    Ok(if t.starts_with("DateTime64") {
-        format!("toInt64(toUnixTimestamp64Milli({c}))")
-    } else if t.starts_with("DateTime") || t == "Date" {
-        format!("toInt64(toUnixTimestamp({c})) * 1000")
-    } else if t.starts_with("Int") || t.starts_with("UInt") {
-        // Integer columns are taken to hold epoch milliseconds already.
-        format!("toInt64({c})")
-    } else {
-        bail!(
-            "time column {col:?} is {ty}; segclust reads DateTime, DateTime64 or integer epoch milliseconds"
-        )
-    })
+/// How a time column holds its instant; decides the SQL that reads it and bounds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimeKind {
+    DateTime64,
+    DateTime,
+    Date,
+    /// Integer columns are taken to hold epoch milliseconds already.
+    EpochMillis,
 }
 
-/// `<col> >= <a bound epoch-ms value>` on the raw column (never a conversion of it), so that
-/// the server can prune granules and partitions by a key on a monotonic function of the column.
-/// Rounded down where the column is coarser than ms, so that no row at the bound is left out.
-fn at_least_millis(col: &str, ty: &str) -> Result<String> {
-    let c = quote(col);
-    let t = strip_wrappers(ty);
-    Ok(if t.starts_with("DateTime64") {
-        format!("{c} >= fromUnixTimestamp64Milli(toInt64(?))")
-    } else if t.starts_with("DateTime") {
-        format!("{c} >= toDateTime(intDiv(toInt64(?), 1000))")
-    } else if t == "Date" {
-        // A day boundary depends on the server's time zone; one day more loses nothing.
-        format!("{c} >= toDate(toDateTime(intDiv(toInt64(?), 1000))) - 1")
-    } else if t.starts_with("Int") || t.starts_with("UInt") {
-        format!("{c} >= toInt64(?)")
-    } else {
-        bail!(
-            "time column {col:?} is {ty}; segclust reads DateTime, DateTime64 or integer epoch milliseconds"
-        )
-    })
+impl TimeKind {
+    fn of(col: &str, ty: &str) -> Result<Self> {
+        let t = strip_wrappers(ty);
+        Ok(if t.starts_with("DateTime64") {
+            Self::DateTime64
+        } else if t.starts_with("DateTime") {
+            Self::DateTime
+        } else if t == "Date" {
+            Self::Date
+        } else if t.starts_with("Int") || t.starts_with("UInt") {
+            Self::EpochMillis
+        } else {
+            bail!(
+                "time column {col:?} is {ty}; segclust reads DateTime, DateTime64 or integer epoch milliseconds"
+            )
+        })
+    }
+
+    /// The column as epoch milliseconds, in SQL both old and new servers accept.
+    fn millis(self, col: &str) -> String {
+        let c = quote(col);
+        match self {
+            Self::DateTime64 => format!("toInt64(toUnixTimestamp64Milli({c}))"),
+            Self::DateTime | Self::Date => format!("toInt64(toUnixTimestamp({c})) * 1000"),
+            Self::EpochMillis => format!("toInt64({c})"),
+        }
+    }
+
+    /// `<col> >= <a bound epoch-ms value>` on the raw column (never a conversion of it), so
+    /// that the server can prune granules and partitions by a key on a monotonic function of
+    /// the column. Rounded down where the column is coarser than ms, so that no row at the
+    /// bound is left out.
+    fn at_least_millis(self, col: &str) -> String {
+        let c = quote(col);
+        match self {
+            Self::DateTime64 => format!("{c} >= fromUnixTimestamp64Milli(toInt64(?))"),
+            Self::DateTime => format!("{c} >= toDateTime(intDiv(toInt64(?), 1000))"),
+            // A day boundary depends on the server's time zone; one day more loses nothing.
+            Self::Date => format!("{c} >= toDate(toDateTime(intDiv(toInt64(?), 1000))) - 1"),
+            Self::EpochMillis => format!("{c} >= toInt64(?)"),
+        }
+    }
 }
 
 fn quote(identifier: &str) -> String {
