@@ -390,6 +390,14 @@ impl Config {
                 bad(key, format!("{e:#}"));
             }
         }
+        for (key, retry) in [
+            ("store.retry", &self.store.retry),
+            ("source.clickhouse.retry", &self.source.clickhouse.retry),
+        ] {
+            for (field, why) in retry.problems() {
+                bad(&format!("{key}.{field}"), why);
+            }
+        }
         let url = &self.store.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -565,6 +573,16 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
     None
 }
 
+/// The longest duration any setting takes, in seconds (ten years). Longer ones are mistakes,
+/// and would overflow the clock arithmetic they feed (`Instant + Duration`, epoch milliseconds).
+pub const LONGEST_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+
+/// `secs` as a duration, when it is a finite number of seconds from 0 to [`LONGEST_SECS`].
+pub fn seconds(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && (0.0..=LONGEST_SECS).contains(&secs))
+        .then(|| Duration::from_secs_f64(secs))
+}
+
 /// "30m", "1h", "90s", "2d", "500ms" or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
@@ -586,7 +604,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     if !(secs.is_finite() && secs > 0.0) {
         bail!("{s:?} is not a positive duration");
     }
-    Ok(Duration::from_secs_f64(secs))
+    seconds(secs).with_context(|| format!("{s:?} is longer than ten years; write e.g. 30m or 7d"))
 }
 
 #[cfg(test)]
@@ -647,6 +665,21 @@ mod tests {
     }
 
     #[test]
+    fn retry_policies_out_of_range_are_refused() {
+        // TOML spells infinity and NaN; either used to panic at the first retry.
+        let text = "[store.retry]\ntimeout_s = inf\nbackoff_s = nan\n\n[source.clickhouse.retry]\nattempts = 0\nmax_backoff_s = 1e300\n";
+        let err = format!("{:#}", Config::parse(text, "r.toml", &[]).unwrap_err());
+        for key in [
+            "store.retry.timeout_s (line 2)",
+            "store.retry.backoff_s (line 3)",
+            "source.clickhouse.retry.attempts (line 6)",
+            "source.clickhouse.retry.max_backoff_s (line 7)",
+        ] {
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn environment_overrides_win_over_the_file() {
         let text = "[clustering]\nmin_samples = 3\n";
         let env = [
@@ -685,5 +718,12 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("").is_err());
+        // Found by fuzzing (tests/fuzz_inputs.rs): this used to panic in Duration's arithmetic.
+        let err = parse_duration("19223372036854775807d").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("longer than ten years"),
+            "{err:#}"
+        );
+        assert!(parse_duration("3650d").is_ok());
     }
 }

@@ -17,8 +17,7 @@ use crate::cluster::{self, Clustering, HdbscanParams, MstEdge};
 use crate::gpu::{Gpu, KernelCache};
 use crate::matrix::Matrix;
 use crate::reduce::{self, Pca, PcaParams};
-use anyhow::{Result, anyhow, bail};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use anyhow::{Result, bail};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -381,14 +380,7 @@ impl Device {
 /// the input is borrowed read-only, and the GPU's own state is behind its mutex, which the
 /// panic poisons, so later batches go straight to the CPU (`Gpu::lock`).
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".to_string());
-        Err(anyhow!("panicked: {what}"))
-    })
+    crate::guard::catch(f)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod device;
 pub mod failpoint;
 mod fnv;
 pub mod gpu;
+pub mod guard;
 pub mod impact;
 pub mod labeling;
 pub mod matching;

@@ -314,7 +314,9 @@ fn parse_header(text: &str) -> Result<Header> {
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let (order, code) = descr.split_at(descr.len().min(1));
+    // By character, not byte: a damaged header may start the dtype with any character.
+    let first = descr.chars().next().map_or(0, char::len_utf8);
+    let (order, code) = descr.split_at(first);
     let (big_endian, code) = match order {
         "<" | "=" => (cfg!(target_endian = "big") && order == "=", code),
         ">" => (true, code),
@@ -516,6 +518,16 @@ mod tests {
         let bytes = raw_npy(1, "<f4", false, "(100000000000, 100000000000)", &[0; 8]);
         std::fs::write(&path, bytes).unwrap();
         assert!(read_matrix(&path).is_err());
+    }
+
+    #[test]
+    fn a_dtype_starting_with_a_multibyte_character_is_an_error() {
+        // Found by tests/fuzz_inputs.rs: the byte order was split off by byte, inside the 'é'.
+        let dir = tmp();
+        let path = dir.path().join("e.npy");
+        std::fs::write(&path, raw_npy(1, "\u{e9}>f8", false, "(2, 2)", &[0; 32])).unwrap();
+        let err = format!("{:#}", read_matrix(&path).unwrap_err());
+        assert!(err.contains("unsupported dtype"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use serde::Deserialize;
 
+use crate::config::{LONGEST_SECS, seconds};
+
 /// How hard to try an external call.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,14 +40,41 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Every field out of range, as (field, why). A config file is checked with this before a
+    /// run; the methods below still saturate, so a policy built elsewhere cannot panic either.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut p = Vec::new();
+        if self.attempts == 0 {
+            p.push((
+                "attempts",
+                "is 0; use 1 or more (the first attempt counts)".into(),
+            ));
+        }
+        for (field, v, least) in [
+            ("timeout_s", self.timeout_s, f64::MIN_POSITIVE),
+            ("backoff_s", self.backoff_s, 0.0),
+            ("max_backoff_s", self.max_backoff_s, 0.0),
+        ] {
+            if !(v >= least && seconds(v).is_some()) {
+                let least = if least > 0.0 { "above 0" } else { "0 or more" };
+                p.push((
+                    field,
+                    format!("is {v}; use {least} seconds, at most ten years"),
+                ));
+            }
+        }
+        p
+    }
+
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_s.max(0.001))
+        seconds(self.timeout_s.max(0.001)).unwrap_or(Duration::from_secs_f64(LONGEST_SECS))
     }
 
     /// The wait after failed attempt `n` (1-based).
     fn backoff(&self, n: u32) -> Duration {
         let factor = 2f64.powi(n.saturating_sub(1).min(30) as i32);
-        Duration::from_secs_f64((self.backoff_s * factor).clamp(0.0, self.max_backoff_s.max(0.0)))
+        let wait = (self.backoff_s * factor).min(self.max_backoff_s);
+        seconds(wait.max(0.0)).unwrap_or(Duration::ZERO)
     }
 
     /// Runs `call` until it succeeds, each attempt under the deadline, at most `attempts` times.
@@ -149,5 +178,23 @@ mod tests {
         assert_eq!(p.backoff(1), Duration::from_secs(1));
         assert_eq!(p.backoff(2), Duration::from_secs(2));
         assert_eq!(p.backoff(3), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn policies_out_of_range_saturate_instead_of_panicking() {
+        let p = RetryPolicy {
+            attempts: 0,
+            timeout_s: f64::INFINITY,
+            backoff_s: f64::NAN,
+            max_backoff_s: 1e300,
+        };
+        let fields: Vec<&str> = p.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            ["attempts", "timeout_s", "backoff_s", "max_backoff_s"]
+        );
+        assert_eq!(p.timeout(), Duration::from_secs_f64(LONGEST_SECS));
+        assert_eq!(p.backoff(1), Duration::ZERO, "a wait out of range is none");
+        assert!(RetryPolicy::default().problems().is_empty());
     }
 }

@@ -51,12 +51,21 @@ pub struct SetupArgs {
     pub no_lock: bool,
     /// Seconds batches in hand may run on after SIGTERM before they are abandoned (nothing of
     /// an abandoned batch is committed).
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = 60.0, value_parser = grace_seconds)]
     pub grace_s: f64,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub llm: LlmArgs,
+}
+
+/// `--grace-s`: refused at parse time unless it is a usable number of seconds.
+fn grace_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    match crate::config::seconds(v) {
+        Some(_) => Ok(v),
+        None => Err(format!("{v} is not 0 or more seconds, at most ten years")),
+    }
 }
 
 impl SetupArgs {
@@ -185,7 +194,7 @@ pub async fn run_cmd(a: RunArgs, m: &ArgMatches) -> Result<ExitCode> {
     let cfg = a.setup.config(m)?;
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    let grace = Duration::from_secs_f64(a.setup.grace_s.max(0.0));
+    let grace = crate::config::seconds(a.setup.grace_s).unwrap_or_default();
     let c = coordinator(&cfg, a.team, grace, shutdown).await?;
     let teams = if a.all_teams {
         c.enabled_teams(&cfg.teams).await?
@@ -277,7 +286,7 @@ pub async fn schedule_cmd(a: ScheduleArgs, m: &ArgMatches) -> Result<ExitCode> {
     let interval = cfg.interval()?;
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    let grace = Duration::from_secs_f64(a.setup.grace_s.max(0.0));
+    let grace = crate::config::seconds(a.setup.grace_s).unwrap_or_default();
     let c = coordinator(&cfg, 1, grace, shutdown.clone()).await?;
     let mut round = 0u64;
     let mut any_failed = false;
@@ -360,7 +369,7 @@ pub async fn backfill_cmd(a: BackfillArgs, m: &ArgMatches) -> Result<ExitCode> {
     };
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    let grace = Duration::from_secs_f64(a.setup.grace_s.max(0.0));
+    let grace = crate::config::seconds(a.setup.grace_s).unwrap_or_default();
     let c = coordinator(&cfg, a.team, grace, shutdown.clone()).await?;
     let team = a.team;
 

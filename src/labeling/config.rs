@@ -116,7 +116,7 @@ impl LlmConfig {
     }
 
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.timeout_secs)
+        crate::config::seconds(self.timeout_secs).unwrap_or(Duration::from_secs(30))
     }
 
     /// Rejects values that would make the labeler hang or never ask.
@@ -127,9 +127,10 @@ impl LlmConfig {
         if self.max_attempts == 0 {
             bail!("LLM max attempts must be at least 1 (--llm-max-attempts)");
         }
-        if !(self.timeout_secs.is_finite() && self.timeout_secs > 0.0) {
+        if !(self.timeout_secs > 0.0 && crate::config::seconds(self.timeout_secs).is_some()) {
             bail!(
-                "LLM timeout must be a positive number of seconds (--llm-timeout-secs), got {}",
+                "LLM timeout must be a positive number of seconds, at most ten years \
+                 (--llm-timeout-secs), got {}",
                 self.timeout_secs
             );
         }

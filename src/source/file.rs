@@ -34,7 +34,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use arrow_array::builder::{Float32Builder, ListBuilder};
@@ -97,6 +97,15 @@ pub struct FileSource {
     format: Format,
     default_team: i64,
     index: Mutex<Option<Arc<KeyIndex>>>,
+    deadline: Duration,
+}
+
+/// How long one read of a file may take before it is given up (`Source` enforces it): a
+/// minute, plus a second for every 20 MB, at least 15x what parsing needs on a 2-core host.
+/// The parquet crate can spin for many minutes on some damaged files (found by `tools/fuzz.sh`:
+/// a corrupted page header makes it skip billions of levels); this turns that into an error.
+fn read_deadline(file_bytes: u64) -> Duration {
+    Duration::from_secs(60 + file_bytes / 20_000_000)
 }
 
 /// The rows of one team's sorted key list after `after` and before `until_ms`.
@@ -173,17 +182,31 @@ impl FileSource {
         let format = Format::of(&path)?;
         let file = File::open(&path)
             .with_context(|| format!("opening segments file {}", path.display()))?;
+        let size = file.metadata().map_or(0, |m| m.len());
         if format == Format::Parquet {
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
-            ParquetColumns::find(&path, builder.schema())?;
+            parquet_guard(&path, || {
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                    .with_context(|| format!("{}: not a readable Parquet file", path.display()))?;
+                ParquetColumns::find(&path, builder.schema()).map(drop)
+            })?;
         }
         Ok(Self {
             path,
             format,
             default_team,
             index: Mutex::new(None),
+            deadline: read_deadline(size),
         })
+    }
+
+    /// Another deadline for each read (see [`read_deadline`]).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     pub fn path(&self) -> &Path {
@@ -294,7 +317,7 @@ impl FileSource {
             return Ok(Arc::clone(idx));
         }
         let entries = match self.format {
-            Format::Parquet => self.parquet_keys()?,
+            Format::Parquet => parquet_guard(&self.path, || self.parquet_keys())?,
             Format::Jsonl => self.jsonl_keys()?,
         };
         let (mut placed, unplaced): (Vec<_>, Vec<_>) =
@@ -328,7 +351,9 @@ impl FileSource {
         });
         let mut slots: Vec<Option<Result<Body, String>>> = vec![None; chosen.len()];
         match self.format {
-            Format::Parquet => self.parquet_bodies(chosen, &to_read, &mut slots)?,
+            Format::Parquet => parquet_guard(&self.path, || {
+                self.parquet_bodies(chosen, &to_read, &mut slots)
+            })?,
             Format::Jsonl => self.jsonl_bodies(chosen, &to_read, &mut slots)?,
         }
         let mut page = SourcePage::default();
@@ -620,6 +645,23 @@ impl KeyIndex {
         let hi = self.placed.partition_point(|e| e.team <= team);
         &self.placed[lo..hi]
     }
+}
+
+/// The parquet crate still panics on some damaged files (a data page that names a dictionary
+/// the column chunk lacks, found by `tools/fuzz.sh`). A segments file is outside input: it gets
+/// an error that names it, never a crash. What a failed read was filling is dropped with it.
+fn parquet_guard<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::guard::catch(read).map_err(|e| {
+        if e.is::<crate::guard::Panicked>() {
+            anyhow::anyhow!(
+                "{}: the Parquet reader failed on this file ({e}); the file is damaged: \
+                 write it again",
+                path.display()
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// True when `e` comes strictly after watermark `w`.

@@ -14,7 +14,7 @@ mod file;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 pub use clickhouse::{ClickHouseColumns, ClickHouseConfig, ClickHouseSource, primary_key_use};
 pub use file::{FileSource, write_segments};
@@ -76,7 +76,10 @@ impl Source {
         match self {
             Source::File(f) => {
                 let (f, after) = (Arc::clone(f), after.cloned());
-                blocking(move || f.read_after(team, after.as_ref(), until_ms, limit)).await
+                blocking(f, move |f| {
+                    f.read_after(team, after.as_ref(), until_ms, limit)
+                })
+                .await
             }
             Source::ClickHouse(c) => c.read_after(team, after, until_ms, limit).await,
         }
@@ -87,7 +90,7 @@ impl Source {
         match self {
             Source::File(f) => {
                 let (f, ids) = (Arc::clone(f), ids.to_vec());
-                blocking(move || f.read_by_ids(team, &ids)).await
+                blocking(f, move |f| f.read_by_ids(team, &ids)).await
             }
             Source::ClickHouse(c) => c.read_by_ids(team, ids).await,
         }
@@ -98,7 +101,7 @@ impl Source {
         match self {
             Source::File(f) => {
                 let f = Arc::clone(f);
-                blocking(move || f.teams()).await
+                blocking(f, |f| f.teams()).await
             }
             Source::ClickHouse(c) => c.teams().await,
         }
@@ -115,7 +118,7 @@ impl Source {
         match self {
             Source::File(f) => {
                 let (f, after) = (Arc::clone(f), after.cloned());
-                blocking(move || f.count(team, after.as_ref(), until_ms)).await
+                blocking(f, move |f| f.count(team, after.as_ref(), until_ms)).await
             }
             Source::ClickHouse(c) => c.count(team, after, until_ms).await,
         }
@@ -145,8 +148,22 @@ impl Source {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("the source reader thread failed")?
+/// Runs one read of a segments file on the blocking pool, under the file's deadline. A read
+/// past it is given up with an error, and its thread is left to finish on its own: a thread
+/// cannot be stopped, and the CLI's runtime does not wait for it at exit.
+async fn blocking<T: Send + 'static>(
+    file: Arc<FileSource>,
+    read: impl FnOnce(&FileSource) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (deadline, path) = (file.deadline(), file.path().to_path_buf());
+    let reading = tokio::task::spawn_blocking(move || read(&file));
+    match tokio::time::timeout(deadline, reading).await {
+        Ok(done) => done.context("the source reader thread failed")?,
+        Err(_) => bail!(
+            "{}: a read took over {} s and was given up. A damaged Parquet file can make the \
+             reader spin: check the file, or write it again",
+            path.display(),
+            deadline.as_secs()
+        ),
+    }
 }
