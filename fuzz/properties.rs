@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use segclust::config::{Config, parse_duration};
+use segclust::guard::Panicked;
 use segclust::impact::{ImpactWeights, impact};
 use segclust::labeling::prompt::{TITLE_WORDS, check_answer, user_message};
 use segclust::labeling::{LabelRequest, MAX_DESCRIPTION_CHARS, MAX_DESCRIPTIONS, MAX_TITLE_CHARS};
@@ -84,8 +85,9 @@ async fn read_all(bytes: &[u8], ext: &str) -> Result<usize, String> {
         return Ok(0); // a clear error: the file is refused as a whole
     };
     let source = Source::File(Arc::new(source.with_deadline(DEADLINE)));
-    let Ok(teams) = source.teams().await else {
-        return Ok(0);
+    let teams = match source.teams().await {
+        Ok(teams) => teams,
+        Err(e) => return refused(e).map(|()| 0),
     };
     let expected = match ext {
         "jsonl" => Some(
@@ -107,8 +109,10 @@ async fn read_all(bytes: &[u8], ext: &str) -> Result<usize, String> {
             if pages > bytes.len() + 2 {
                 return Err(format!("team {team}: paging does not end"));
             }
-            let Ok(page) = source.read_after(team, after.as_ref(), None, PAGE).await else {
-                return Ok(seen); // a damaged body: an error, and nothing was committed
+            let page = match source.read_after(team, after.as_ref(), None, PAGE).await {
+                Ok(page) => page,
+                // A damaged body: an error, and nothing was committed.
+                Err(e) => return refused(e).map(|()| seen),
             };
             if let Some(r) = page.rows.iter().find(|r| r.team_id != team) {
                 return Err(format!(
@@ -130,7 +134,13 @@ async fn read_all(bytes: &[u8], ext: &str) -> Result<usize, String> {
         }
         let ids: BTreeSet<String> = rows.iter().map(|r| r.document_id.clone()).collect();
         let wanted: Vec<String> = ids.iter().cloned().collect();
-        if let Ok(again) = source.read_by_ids(team, &wanted).await {
+        let again = source.read_by_ids(team, &wanted).await;
+        if let Err(e) = &again
+            && e.downcast_ref::<Panicked>().is_some()
+        {
+            return Err(format!("reading by id panicked: {e:#}"));
+        }
+        if let Ok(again) = again {
             let back: BTreeSet<String> = again.rows.into_iter().map(|r| r.document_id).collect();
             if back != ids {
                 return Err(format!(
@@ -173,6 +183,15 @@ async fn read_all(bytes: &[u8], ext: &str) -> Result<usize, String> {
         ));
     }
     Ok(seen)
+}
+
+/// A read refused with an error is fine, unless the error is a panic on the reader's thread
+/// (which a run survives, but which is a bug all the same).
+fn refused(e: anyhow::Error) -> Result<(), String> {
+    match e.downcast_ref::<Panicked>() {
+        Some(_) => Err(format!("a read panicked: {e:#}")),
+        None => Ok(()),
+    }
 }
 
 /// Rows in a Parquet file by its row groups (what a reader reads), when the footer reads.

@@ -5,6 +5,7 @@
 //! outside input or drives a device, a panic must cost one batch or one file, with a reason,
 //! not the process: the callers here wrap those calls with [`catch`].
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::Result;
@@ -18,14 +19,19 @@ pub struct Panicked(pub String);
 /// cannot leave half-updated for later callers (or whose state is dropped, or poisoned behind
 /// a mutex, with it).
 pub fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(Panicked::from(payload).into()))
+}
+
+impl From<Box<dyn Any + Send>> for Panicked {
+    /// From a panic's payload (`catch_unwind`'s, or a joined thread's).
+    fn from(payload: Box<dyn Any + Send>) -> Self {
         let what = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".to_string());
-        Err(Panicked(what).into())
-    })
+        Panicked(what)
+    }
 }
 
 #[cfg(test)]

@@ -459,6 +459,6 @@ fn a_read_that_spins_is_given_up_at_its_deadline() {
     let err = outcome
         .expect("the read was not given up at its deadline")
         .expect_err("the file reads: it no longer spins, so it tests nothing");
-    assert!(err.contains("took over 1 s and was given up"), "{err}");
+    assert!(err.contains("took over 1s and was given up"), "{err}");
     assert!(err.contains("page-header-spins.parquet"), "{err}");
 }

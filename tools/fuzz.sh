@@ -23,12 +23,13 @@ fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz@0.13.2
 fi
-export RUSTC_BOOTSTRAP=1
 # The Parquet seeds are built by the stable test (as segclust and other writers write them).
+# Before RUSTC_BOOTSTRAP is set: it would make cargo rebuild the test profile from scratch.
 if [ ! -d fuzz/corpus/segments_parquet ]; then
     SEGCLUST_FUZZ_SEEDS_OUT=$PWD/fuzz/corpus/segments_parquet \
         cargo test --quiet --test fuzz_inputs segments_parquet
 fi
+export RUSTC_BOOTSTRAP=1
 status=0
 for t in "${TARGETS[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"

@@ -158,12 +158,58 @@ async fn blocking<T: Send + 'static>(
     let (deadline, path) = (file.deadline(), file.path().to_path_buf());
     let reading = tokio::task::spawn_blocking(move || read(&file));
     match tokio::time::timeout(deadline, reading).await {
-        Ok(done) => done.context("the source reader thread failed")?,
+        Ok(Ok(read)) => read,
+        // A panic stays recognizable as one (`guard::Panicked`): the fuzz properties look for it.
+        Ok(Err(e)) if e.is_panic() => Err(anyhow::Error::new(crate::guard::Panicked::from(
+            e.into_panic(),
+        )))
+        .context("the source reader thread panicked"),
+        Ok(Err(e)) => Err(e).context("the source reader thread failed"),
         Err(_) => bail!(
-            "{}: a read took over {} s and was given up. A damaged Parquet file can make the \
-             reader spin: check the file, or write it again",
+            "{}: a read took over {deadline:?} and was given up. A damaged Parquet file can make \
+             the reader spin: check the file, or write it again",
             path.display(),
-            deadline.as_secs()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn file() -> (tempfile::TempDir, Arc<FileSource>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(&path, "").unwrap();
+        let f = FileSource::open(&path, 1).unwrap();
+        (dir, Arc::new(f.with_deadline(Duration::from_millis(200))))
+    }
+
+    #[tokio::test]
+    async fn a_panic_on_the_reader_thread_stays_a_panic() {
+        let (_dir, f) = file();
+        let err = blocking(f, |_| -> Result<()> { panic!("bad page") })
+            .await
+            .unwrap_err();
+        let p = err.downcast_ref::<crate::guard::Panicked>();
+        assert_eq!(p.map(|p| p.0.as_str()), Some("bad page"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn a_read_past_its_deadline_is_given_up() {
+        let (_dir, f) = file();
+        let started = std::time::Instant::now();
+        let err = blocking(f, |_| -> Result<()> {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(
+            format!("{err:#}").contains("s.jsonl: a read took over 200ms"),
+            "{err:#}"
+        );
     }
 }
