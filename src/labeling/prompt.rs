@@ -272,6 +272,16 @@ fn check_title(title: &str, lenient: bool, problems: &mut Vec<String>) -> String
     if chars > MAX_TITLE_CHARS {
         if lenient {
             title = truncate_words(&title, MAX_TITLE_CHARS);
+            // Long words can leave too few to repair (found by fuzzing, tools/fuzz.sh).
+            let left = title.split(' ').count();
+            if left < 3 {
+                problems.push(format!(
+                    "the title has {chars} characters, and {left} word(s) once cut to \
+                     {MAX_TITLE_CHARS}: write {} to {} short words",
+                    TITLE_WORDS.start(),
+                    TITLE_WORDS.end()
+                ));
+            }
         } else {
             problems.push(format!(
                 "the title has {chars} characters: at most {MAX_TITLE_CHARS}"
@@ -436,6 +446,13 @@ mod tests {
         let a = check_answer(&v.to_string(), true).unwrap();
         assert!(a.description.chars().count() <= MAX_DESCRIPTION_CHARS);
         assert!(a.description.ends_with("word..."));
+
+        // Three words, the first two enormous: cutting to 255 characters leaves two, too few
+        // to repair (found by fuzzing).
+        let title = format!("Fix{} {} now", "x".repeat(200), "y".repeat(200));
+        let v = json!({"title": title, "description": "Users wait.", "actionable": true});
+        let e = check_answer(&v.to_string(), true).unwrap_err();
+        assert!(e.iter().any(|p| p.contains("once cut to 255")), "{e:?}");
     }
 
     #[test]
