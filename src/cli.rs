@@ -316,6 +316,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(&cli.log);
+    crate::guard::install_panic_hook();
     let sub = matches
         .subcommand()
         .map(|(_, m)| m.clone())

@@ -6,9 +6,30 @@
 //! not the process: the callers here wrap those calls with [`catch`].
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::Result;
+
+thread_local! {
+    /// Whether this thread is inside [`catch`], whose caller reports the panic itself.
+    static CATCHING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Keeps the default panic report (message, location, backtrace on stderr) for real bugs, but
+/// turns a panic that [`catch`] handles into a debug log line: the caller already reports it
+/// as an error with a reason, and a backtrace beside it would read as a crash. Called once by
+/// the CLI at start.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if CATCHING.with(Cell::get) {
+            tracing::debug!("caught a panic, reported as an error: {info}");
+        } else {
+            default(info);
+        }
+    }));
+}
 
 /// The error a caught panic becomes, with the panic's message.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +40,10 @@ pub struct Panicked(pub String);
 /// cannot leave half-updated for later callers (or whose state is dropped, or poisoned behind
 /// a mutex, with it).
 pub fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| Err(Panicked::from(payload).into()))
+    let outer = CATCHING.with(|c| c.replace(true));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(outer));
+    outcome.unwrap_or_else(|payload| Err(Panicked::from(payload).into()))
 }
 
 impl From<Box<dyn Any + Send>> for Panicked {

@@ -112,6 +112,39 @@ fn unreachable_postgres_is_a_clear_error_after_retries() {
     assert!(t.contains("failed 2 time(s)"), "{t}");
 }
 
+/// A Parquet file that makes the parquet crate panic (found by fuzzing): the run fails with one
+/// error naming the file, not a crash, and no panic report on stderr beside it.
+#[test]
+fn a_damaged_parquet_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("damaged.parquet");
+    let found = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/regressions/segments_parquet/dictionary-page-missing.parquet"
+    );
+    std::fs::copy(found, &file).unwrap();
+    let store = format!("sqlite://{}", dir.path().join("s.db").display());
+    let out = segclust(&[
+        "run",
+        "--source",
+        file.to_str().unwrap(),
+        "--store",
+        &store,
+        "--all-teams",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("damaged.parquet: the Parquet reader failed on this file"),
+        "{t}"
+    );
+    assert!(t.contains("write it again"), "{t}");
+    assert!(
+        !t.contains("panicked at"),
+        "a caught panic reads as a crash: {t}"
+    );
+}
+
 /// PostgreSQL rejects team 6's links (a trigger raises inside the commit): team 6 fails with
 /// nothing written, team 5 goes through; with the fault gone, a rerun finishes team 6.
 #[tokio::test]
