@@ -69,6 +69,11 @@ fn grace_seconds(s: &str) -> Result<f64, String> {
 }
 
 impl SetupArgs {
+    /// `--grace-s` as a duration (its parser already refused what `seconds` cannot hold).
+    fn grace(&self) -> Duration {
+        crate::config::seconds(self.grace_s).unwrap_or_default()
+    }
+
     /// The merged configuration. `m` are this command's parsed arguments, used to tell a flag
     /// given on the command line (which wins over the file) from its default (which does not).
     pub fn config(&self, m: &ArgMatches) -> Result<Config> {
@@ -194,7 +199,7 @@ pub async fn run_cmd(a: RunArgs, m: &ArgMatches) -> Result<ExitCode> {
     let cfg = a.setup.config(m)?;
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    let grace = crate::config::seconds(a.setup.grace_s).unwrap_or_default();
+    let grace = a.setup.grace();
     let c = coordinator(&cfg, a.team, grace, shutdown).await?;
     let teams = if a.all_teams {
         c.enabled_teams(&cfg.teams).await?
@@ -286,7 +291,7 @@ pub async fn schedule_cmd(a: ScheduleArgs, m: &ArgMatches) -> Result<ExitCode> {
     let interval = cfg.interval()?;
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    let grace = crate::config::seconds(a.setup.grace_s).unwrap_or_default();
+    let grace = a.setup.grace();
     let c = coordinator(&cfg, 1, grace, shutdown.clone()).await?;
     let mut round = 0u64;
     let mut any_failed = false;
@@ -369,7 +374,7 @@ pub async fn backfill_cmd(a: BackfillArgs, m: &ArgMatches) -> Result<ExitCode> {
     };
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    let grace = crate::config::seconds(a.setup.grace_s).unwrap_or_default();
+    let grace = a.setup.grace();
     let c = coordinator(&cfg, a.team, grace, shutdown.clone()).await?;
     let team = a.team;
 
