@@ -76,6 +76,9 @@ pub enum Command {
     /// Time PCA and HDBSCAN on synthetic data, next to scikit-learn on the same input.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
+    /// Score a team's Tasks against segments labelled with their known problem: problems found,
+    /// duplicate and mixed Tasks, B-cubed and adjusted Rand.
+    Evaluate(crate::evaluate::EvaluateArgs),
     /// Replace the labels of a team's Tasks with LLM labels (--only-fallback: offline ones only).
     #[command(after_help = RELABEL_EXAMPLES)]
     Relabel(crate::labeling::relabel::RelabelArgs),
@@ -364,6 +367,9 @@ fn dispatch(command: Command, m: &clap::ArgMatches) -> Result<ExitCode> {
         Command::Config(c) => block_on(cmd::config_cmd(c)),
         Command::Tasks(a) => block_on(crate::tasks_cmd::tasks_cmd(a)).map(|()| ExitCode::SUCCESS),
         Command::Report(a) => block_on(crate::report::report_cmd(a)).map(|()| ExitCode::SUCCESS),
+        Command::Evaluate(a) => {
+            block_on(crate::evaluate::evaluate_cmd(a)).map(|()| ExitCode::SUCCESS)
+        }
         Command::Completions(a) => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -21,6 +21,7 @@ pub mod config;
 pub mod coordinator;
 pub mod demo;
 pub mod device;
+pub mod evaluate;
 pub mod failpoint;
 mod fnv;
 pub mod gpu;

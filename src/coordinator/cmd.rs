@@ -3,7 +3,7 @@
 //! Each builds one [`Config`] (defaults < `--config` file < `SEGCLUST__*` env < flags given on
 //! the command line), then a [`Coordinator`] from it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -654,6 +654,10 @@ pub struct DemoArgs {
     /// Seed of the demo data.
     #[arg(long, default_value_t = 7)]
     pub demo_seed: u64,
+    /// Also write the demo's ground truth here (JSON Lines: each segment's planted problem, or
+    /// null for ordinary use), for `segclust evaluate`. Only with a new segments file.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
@@ -663,14 +667,28 @@ pub struct DemoArgs {
 pub async fn demo_cmd(a: DemoArgs, m: &ArgMatches) -> Result<ExitCode> {
     let team = 1;
     let now = a.pipeline.now_ms();
+    if let Some(truth) = &a.truth
+        && a.source.exists()
+    {
+        bail!(
+            "--truth {} is written with a new segments file, and {} exists: remove it or pass \
+             another --source",
+            truth.display(),
+            a.source.display()
+        );
+    }
     if !a.source.exists() {
         let p = crate::demo::DemoParams {
             seed: a.demo_seed,
             team_id: team,
             ..Default::default()
         };
-        let rows = crate::demo::generate(&p, now);
+        let (rows, problems) = crate::demo::generate_with_truth(&p, now);
         crate::source::write_segments(&a.source, &rows)?;
+        if let Some(truth) = &a.truth {
+            write_truth(truth, &rows, &problems)?;
+            println!("wrote the ground truth to {}", truth.display());
+        }
         println!(
             "wrote {} demo segments to {}",
             rows.len(),
@@ -693,6 +711,28 @@ pub async fn demo_cmd(a: DemoArgs, m: &ArgMatches) -> Result<ExitCode> {
     ))
     .await?;
     Ok(code)
+}
+
+/// The demo's planted problem of every segment, by title, as `segclust evaluate` reads it.
+fn write_truth(
+    path: &Path,
+    rows: &[crate::segment::RawSegment],
+    problems: &[Option<usize>],
+) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for (r, p) in rows.iter().zip(problems) {
+        let l = crate::evaluate::Labelled {
+            document_id: r.document_id.clone(),
+            problem: p.and_then(crate::demo::problem_title).map(str::to_string),
+        };
+        writeln!(out, "{}", serde_json::to_string(&l)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -492,6 +492,11 @@ impl Store {
         read!(self, format!("reading the links of task {task_id} of team {team}"), r => r.links(team, task_id).await)
     }
 
+    /// Every linked segment of a team with its Task, by document_id (for `segclust evaluate`).
+    pub async fn task_of_segments(&self, team: i64) -> Result<Vec<(String, i64)>> {
+        read!(self, format!("reading the links of team {team}"), r => r.task_of_segments(team).await)
+    }
+
     /// Which of `ids` the team already links to a Task.
     pub async fn linked_ids(&self, team: i64, ids: &[String]) -> Result<HashSet<String>> {
         read!(self, format!("looking up linked segments of team {team}"), r => r.linked_ids(team, ids).await)

@@ -160,6 +160,19 @@ where
         row.as_ref().map(task_from_row::<DB>).transpose()
     }
 
+    pub(super) async fn task_of_segments(&self, team: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT document_id, task_id FROM task_segment_links WHERE team_id = $1 \
+             ORDER BY document_id",
+        )
+        .bind(team)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     pub(super) async fn links(&self, team: i64, task_id: i64) -> Result<Vec<Link>> {
         let rows = sqlx::query(
             "SELECT task_id, team_id, document_id, session_id, distinct_id, distance, impact, \
