@@ -50,5 +50,26 @@ fn gpu_leaf_tables(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pca, hdbscan, gpu_leaf_tables);
+/// Matching one batch's clusters when none joins another: every pair of new clusters is
+/// compared once (the closest-first merge's first pass), as many as a 50,000-row batch makes.
+fn matching_plan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matching_plan_3072d");
+    g.sample_size(10);
+    for k in [1_000usize, 3_000] {
+        // Rows in pairs: each pair's centroid is a random direction, far from every other.
+        let (x, _) = synthetic_embeddings(k * 2, 3072, 42);
+        let clusters: Vec<Vec<usize>> = (0..k).map(|i| vec![2 * i, 2 * i + 1]).collect();
+        let noise: Vec<usize> = Vec::new();
+        g.bench_function(format!("clusters={}", clusters.len()), |b| {
+            b.iter(|| {
+                segclust::matching::plan(&x, black_box(&clusters), &noise, |_| false, &[], 0.3)
+                    .new_tasks
+                    .len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pca, hdbscan, gpu_leaf_tables, matching_plan);
 criterion_main!(benches);

@@ -168,6 +168,115 @@ pub struct Scores {
     pub bcubed_f1: f64,
     pub adjusted_rand_index: f64,
     pub per_problem: Vec<ProblemScore>,
+    /// What each Task holding labelled segments is about (`None`: ordinary use), by Task id.
+    pub task_about: BTreeMap<i64, Option<String>>,
+    /// How far apart the Tasks' centroids are, by what they are about; `None` when the store's
+    /// centroids were not given (or there are too many Tasks to compare every pair).
+    pub separation: Option<Separation>,
+}
+
+/// Cosine distances between Task centroids, grouped by what the Tasks are about. A run puts a
+/// cluster into an existing Task (and merges the new clusters of one batch) when their
+/// centroids are nearer than the Task match threshold, so these distances say where that
+/// threshold would have merged duplicates and where it would have merged different problems,
+/// without a rerun. It is an estimate: Task centroids are averages over all batches, while a
+/// run compares each batch's clusters as they come.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Separation {
+    /// Distances between Tasks about the same problem, ascending: what a threshold must exceed
+    /// to merge each duplicate.
+    pub same_problem: Vec<f64>,
+    /// The closest two Tasks about different problems.
+    pub closest_different: Option<Pair>,
+    /// The closest problem Task to an ordinary-use Task.
+    pub closest_ordinary: Option<Pair>,
+    pub sweep: Vec<SweepRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Pair {
+    pub tasks: (i64, i64),
+    pub about: (Option<String>, Option<String>),
+    pub distance: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SweepRow {
+    pub threshold: f64,
+    /// Pairs of Tasks about the same problem nearer than the threshold (would be one Task).
+    pub duplicates_merged: usize,
+    /// Pairs of Tasks about different problems nearer than the threshold.
+    pub problems_merged: usize,
+    /// Pairs of a problem Task and an ordinary-use Task nearer than the threshold.
+    pub ordinary_merged: usize,
+}
+
+/// Beyond this many Tasks the pairwise comparison is left out (it grows with the square).
+pub const MOST_TASKS_COMPARED: usize = 5_000;
+
+/// Thresholds the sweep reports, around the design's 0.3.
+const SWEEP: [f64; 9] = [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6];
+
+/// Compares the centroids of every pair of Tasks in `about` (Tasks without a centroid in
+/// `centroids` are left out).
+pub fn separation(
+    about: &BTreeMap<i64, Option<String>>,
+    centroids: &HashMap<i64, Vec<f32>>,
+) -> Option<Separation> {
+    let tasks: Vec<(i64, &Option<String>, &[f32])> = about
+        .iter()
+        .filter_map(|(t, a)| centroids.get(t).map(|c| (*t, a, c.as_slice())))
+        .collect();
+    if tasks.len() > MOST_TASKS_COMPARED {
+        return None;
+    }
+    let mut same = Vec::new();
+    let mut different = Vec::new();
+    let mut ordinary = Vec::new();
+    let (mut closest_different, mut closest_ordinary): (Option<Pair>, Option<Pair>) = (None, None);
+    for (i, (ta, aa, ca)) in tasks.iter().enumerate() {
+        for (tb, ab, cb) in &tasks[i + 1..] {
+            if ca.len() != cb.len() {
+                continue;
+            }
+            let d = crate::matrix::cosine_distance_unit(ca, cb);
+            let pair = || Pair {
+                tasks: (*ta, *tb),
+                about: ((*aa).clone(), (*ab).clone()),
+                distance: d,
+            };
+            let (list, closest) = match (aa, ab) {
+                (None, None) => continue,
+                (Some(a), Some(b)) if a == b => {
+                    same.push(d);
+                    continue;
+                }
+                (Some(_), Some(_)) => (&mut different, &mut closest_different),
+                _ => (&mut ordinary, &mut closest_ordinary),
+            };
+            list.push(d);
+            if closest.as_ref().is_none_or(|c| d < c.distance) {
+                *closest = Some(pair());
+            }
+        }
+    }
+    same.sort_by(f64::total_cmp);
+    let within = |v: &[f64], t: f64| v.iter().filter(|&&d| d < t).count();
+    let sweep = SWEEP
+        .iter()
+        .map(|&t| SweepRow {
+            threshold: t,
+            duplicates_merged: within(&same, t),
+            problems_merged: within(&different, t),
+            ordinary_merged: within(&ordinary, t),
+        })
+        .collect();
+    Some(Separation {
+        same_problem: same,
+        closest_different,
+        closest_ordinary,
+        sweep,
+    })
 }
 
 /// What a Task is about: its plurality label (`None`: ordinary use).
@@ -344,6 +453,11 @@ pub fn score(truth: &[Labelled], links: &HashMap<String, i64>) -> Scores {
             adjusted_rand(&cells, &rows, &cols)
         },
         per_problem: per.into_values().collect(),
+        task_about: task_about
+            .iter()
+            .map(|(&t, a)| (t, a.map(str::to_string)))
+            .collect(),
+        separation: None,
     }
 }
 
@@ -351,8 +465,15 @@ pub async fn evaluate_cmd(a: EvaluateArgs) -> Result<()> {
     let truth = read_truth(&a.truth)?;
     let store = Store::connect(&a.store.store).await?;
     let links: HashMap<String, i64> = store.task_of_segments(a.team).await?.into_iter().collect();
+    let centroids: HashMap<i64, Vec<f32>> = store
+        .tasks(a.team)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.centroid))
+        .collect();
     store.close().await;
-    let s = score(&truth, &links);
+    let mut s = score(&truth, &links);
+    s.separation = separation(&s.task_about, &centroids);
     if a.json {
         crate::outln!("{}", serde_json::to_string_pretty(&s)?)?;
         return Ok(());
@@ -430,6 +551,13 @@ fn print_scores(team: i64, s: &Scores, problems: bool) -> Result<()> {
     for (name, value, note) in rows {
         crate::outln!("  {name:<36} {value:<14} {note}")?;
     }
+    match &s.separation {
+        Some(sep) => print_separation(sep)?,
+        None if s.tasks > MOST_TASKS_COMPARED => {
+            crate::outln!("(Task centroids not compared: more than {MOST_TASKS_COMPARED} Tasks)")?
+        }
+        None => {}
+    }
     if problems {
         crate::outln!()?;
         crate::outln!(
@@ -454,6 +582,59 @@ fn print_scores(team: i64, s: &Scores, problems: bool) -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+fn print_separation(sep: &Separation) -> Result<()> {
+    let name = |a: &Option<String>| a.as_deref().unwrap_or("ordinary use").to_string();
+    crate::outln!()?;
+    crate::outln!(
+        "Task centroids (cosine distance; a run merges what is nearer than --task-match-threshold, \
+         0.3 by default):"
+    )?;
+    if let Some(d) = sep.same_problem.last() {
+        crate::outln!(
+            "  {} pairs of Tasks about one problem, {:.3} to {:.3} apart",
+            sep.same_problem.len(),
+            sep.same_problem[0],
+            d
+        )?;
+    }
+    for (what, pair) in [
+        ("different problems", &sep.closest_different),
+        ("a problem and ordinary use", &sep.closest_ordinary),
+    ] {
+        if let Some(p) = pair {
+            crate::outln!(
+                "  closest {what}: {:.3} (Task {} {:?}, Task {} {:?})",
+                p.distance,
+                p.tasks.0,
+                name(&p.about.0),
+                p.tasks.1,
+                name(&p.about.1)
+            )?;
+        }
+    }
+    crate::outln!(
+        "  {:>9} {:>18} {:>18} {:>18}",
+        "threshold",
+        "duplicates merged",
+        "problems merged",
+        "ordinary merged"
+    )?;
+    for r in &sep.sweep {
+        crate::outln!(
+            "  {:>9.2} {:>18} {:>18} {:>18}",
+            r.threshold,
+            format!("{} of {}", r.duplicates_merged, sep.same_problem.len()),
+            r.problems_merged,
+            r.ordinary_merged
+        )?;
+    }
+    crate::outln!(
+        "  (pairs of today's Tasks: an estimate of what another threshold would do; rerun and \
+         evaluate to confirm)"
+    )?;
     Ok(())
 }
 
@@ -581,6 +762,60 @@ mod tests {
         // Nothing was merged, so precision is perfect; recall is not.
         assert_eq!(s.bcubed_precision, 1.0);
         assert!(s.bcubed_recall < 1.0);
+    }
+
+    /// Three Tasks about A (two near, one farther), one about B, one ordinary, on the unit
+    /// circle so the distances are 1 - cos(angle).
+    #[test]
+    fn separation_sorts_pairs_by_what_their_tasks_are_about() {
+        let at = |deg: f64| {
+            let r = deg.to_radians();
+            vec![r.cos() as f32, r.sin() as f32]
+        };
+        let about: BTreeMap<i64, Option<String>> = [
+            (1, Some("A")),
+            (2, Some("A")),
+            (3, Some("A")),
+            (4, Some("B")),
+            (5, None),
+            (6, Some("C")), // no centroid: left out
+        ]
+        .into_iter()
+        .map(|(t, a)| (t, a.map(str::to_string)))
+        .collect();
+        let centroids: HashMap<i64, Vec<f32>> = [
+            (1, at(0.0)),
+            (2, at(20.0)),
+            (3, at(50.0)),
+            (4, at(90.0)),
+            (5, at(180.0)),
+        ]
+        .into_iter()
+        .collect();
+        let sep = separation(&about, &centroids).expect("few Tasks");
+        let d = |deg: f64| 1.0 - deg.to_radians().cos();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        // A-A pairs: 20, 30 and 50 degrees.
+        assert_eq!(sep.same_problem.len(), 3);
+        for (got, want) in sep.same_problem.iter().zip([20.0, 30.0, 50.0]) {
+            assert!(close(*got, d(want)), "{got} vs {}", d(want));
+        }
+        let diff = sep.closest_different.expect("A and B");
+        assert_eq!(diff.tasks, (3, 4));
+        assert!(close(diff.distance, d(40.0)));
+        let ord = sep.closest_ordinary.expect("ordinary");
+        assert_eq!(ord.tasks, (4, 5));
+        assert!(close(ord.distance, d(90.0)));
+        // At 0.3 (about 45.6 degrees): two A-A pairs, one A-B pair (3-4 at 40 degrees).
+        let row = sep.sweep.iter().find(|r| r.threshold == 0.3).expect("0.3");
+        assert_eq!(
+            (
+                row.duplicates_merged,
+                row.problems_merged,
+                row.ordinary_merged
+            ),
+            (2, 1, 0)
+        );
     }
 
     #[test]

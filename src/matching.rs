@@ -3,9 +3,10 @@
 //! Centroids live in the original embedding space (L2-normalized rows), not the PCA space, so
 //! they stay comparable across batches whose PCA bases differ. A cluster joins the nearest
 //! existing Task within `threshold` cosine distance; new clusters within `threshold` of each
-//! other become one new Task, so a problem split by HDBSCAN in one batch is not filed twice.
-//! Every decision is made in a fixed order (clusters as given, Tasks by id), so a rerun of the
-//! same batch assigns exactly the same way.
+//! other become one new Task (merged closest pair first, until no two are that close), so a
+//! problem split by HDBSCAN in one batch is not filed twice. Every decision is made in a fixed
+//! order (clusters as given, Tasks by id, merges by distance then index), so a rerun of the same
+//! batch assigns exactly the same way.
 
 use crate::matrix::{Matrix, cosine_distance_unit, normalize};
 
@@ -118,6 +119,116 @@ fn nearest_within<'a>(
     best
 }
 
+/// A candidate merge: the groups' distance, then their indices, so that the heap pops the
+/// closest pair first and breaks exact ties the same way in every run.
+#[derive(PartialEq)]
+struct Merge {
+    d: f64,
+    a: usize,
+    b: usize,
+    /// How many merges each group had taken when this distance was measured: a pair measured
+    /// before either group last grew is stale.
+    stamps: (u32, u32),
+}
+
+impl Eq for Merge {}
+
+impl Ord for Merge {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap and the closest pair must come first.
+        o.d.total_cmp(&self.d)
+            .then(o.a.cmp(&self.a))
+            .then(o.b.cmp(&self.b))
+    }
+}
+
+impl PartialOrd for Merge {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Merges groups whose centroids are within `threshold`, closest pair first, each merge
+/// replacing the two by their count-weighted centroid, until no two groups are within
+/// `threshold` (centroid linkage, stopped at the threshold).
+///
+/// Why after the one pass in cluster order: a group that later absorbs a cluster moves, and
+/// can end up within the threshold of a group made before it, which one pass never looks at
+/// again. On real embeddings (all-MiniLM-L6-v2 on the demo, `tools/quality/run.sh`) HDBSCAN's
+/// leaf clusters split a problem by phrasing, and one pass left 4 pairs of the same problem's
+/// Tasks within the threshold of each other. Why not instead of it: every pair is compared
+/// first, which at 5,721 clusters (a 50,000-row demo batch) took 46 s, where one pass, whose
+/// groups collapse to a few dozen, compares each cluster with those few. Each group comes with
+/// whether it has moved (took in another), and goes back with that, updated.
+fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)> {
+    use rayon::prelude::*;
+    use std::collections::BinaryHeap;
+
+    let (mut groups, mut moved): (Vec<Group>, Vec<bool>) = groups.into_iter().unzip();
+    let k = groups.len();
+    let mut heap: BinaryHeap<Merge> = (0..k)
+        .into_par_iter()
+        .flat_map_iter(|a| {
+            let ca = &groups[a].centroid;
+            let groups = &groups;
+            (a + 1..k).filter_map(move |b| {
+                let d = cosine_distance_unit(ca, &groups[b].centroid);
+                (d < threshold).then_some(Merge {
+                    d,
+                    a,
+                    b,
+                    stamps: (0, 0),
+                })
+            })
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let mut alive = vec![true; k];
+    let mut stamp = vec![0u32; k];
+    while let Some(m) = heap.pop() {
+        if !(alive[m.a] && alive[m.b]) || (stamp[m.a], stamp[m.b]) != m.stamps {
+            continue;
+        }
+        // The lower index survives, so the new Task's place follows its first cluster.
+        let taken = std::mem::take(&mut groups[m.b].members);
+        let centroid = merge_centroids(
+            &groups[m.a].centroid,
+            groups[m.a].members.len() as i64,
+            &groups[m.b].centroid,
+            taken.len() as i64,
+        );
+        let g = &mut groups[m.a];
+        g.centroid = centroid;
+        g.members.extend(taken);
+        g.members.sort_unstable();
+        alive[m.b] = false;
+        stamp[m.a] += 1;
+        moved[m.a] = true;
+        let (a, c) = (m.a, &groups[m.a].centroid);
+        let near: Vec<Merge> = (0..k)
+            .into_par_iter()
+            .filter(|&o| o != a && alive[o])
+            .filter_map(|o| {
+                let d = cosine_distance_unit(c, &groups[o].centroid);
+                let (x, y) = (a.min(o), a.max(o));
+                (d < threshold).then(|| Merge {
+                    d,
+                    a: x,
+                    b: y,
+                    stamps: (stamp[x], stamp[y]),
+                })
+            })
+            .collect();
+        heap.extend(near);
+    }
+    groups
+        .into_iter()
+        .zip(alive)
+        .zip(moved)
+        .filter_map(|((g, a), m)| a.then_some((g, m)))
+        .collect()
+}
+
 /// Matches `clusters` (groups of rows of `unit_rows`) to `tasks`, merging close new clusters,
 /// then attaches `singles` (noise rows) to an existing or new Task within `threshold` when one is
 /// close; noise rows that match nothing are not linked. `rescue` rows (high-impact noise that
@@ -135,50 +246,81 @@ pub fn plan(
     let mut grown = vec![false; tasks.len()];
     let mut plan = Plan::default();
 
-    let mut absorb =
-        |plan: &mut Plan, tasks: &mut Vec<TaskCentroid>, members: &[usize], c: &[f32]| {
-            let w = members.len() as i64;
-            if let Some((i, _)) =
-                nearest_within(c, tasks.iter().map(|t| t.centroid.as_slice()), threshold)
-            {
-                let t = &mut tasks[i];
-                t.centroid = merge_centroids(&t.centroid, t.weight, c, w);
-                t.weight += w;
-                grown[i] = true;
-                plan.links
-                    .extend(members.iter().map(|&r| (r, Target::Existing(t.task_id))));
-                return true;
-            }
-            if let Some((j, _)) = nearest_within(
-                c,
-                plan.new_tasks.iter().map(|g| g.centroid.as_slice()),
-                threshold,
-            ) {
-                let g = &mut plan.new_tasks[j];
-                g.centroid = merge_centroids(&g.centroid, g.members.len() as i64, c, w);
-                g.members.extend_from_slice(members);
-                plan.links
-                    .extend(members.iter().map(|&r| (r, Target::New(j))));
-                return true;
-            }
-            false
-        };
-
-    for members in clusters.iter().filter(|m| !m.is_empty()) {
-        let c = centroid(unit_rows, members);
-        if !absorb(&mut plan, &mut tasks, members, &c) {
-            let j = plan.new_tasks.len();
+    // `new_groups: false` looks at the existing Tasks only.
+    let mut absorb = |plan: &mut Plan,
+                      tasks: &mut Vec<TaskCentroid>,
+                      members: &[usize],
+                      c: &[f32],
+                      new_groups: bool| {
+        let w = members.len() as i64;
+        if let Some((i, _)) =
+            nearest_within(c, tasks.iter().map(|t| t.centroid.as_slice()), threshold)
+        {
+            let t = &mut tasks[i];
+            t.centroid = merge_centroids(&t.centroid, t.weight, c, w);
+            t.weight += w;
+            grown[i] = true;
+            plan.links
+                .extend(members.iter().map(|&r| (r, Target::Existing(t.task_id))));
+            return true;
+        }
+        if !new_groups {
+            return false;
+        }
+        if let Some((j, _)) = nearest_within(
+            c,
+            plan.new_tasks.iter().map(|g| g.centroid.as_slice()),
+            threshold,
+        ) {
+            let g = &mut plan.new_tasks[j];
+            g.centroid = merge_centroids(&g.centroid, g.members.len() as i64, c, w);
+            g.members.extend_from_slice(members);
             plan.links
                 .extend(members.iter().map(|&r| (r, Target::New(j))));
+            return true;
+        }
+        false
+    };
+
+    // One pass in cluster order: a cluster joins the nearest existing Task, else the nearest
+    // new group, else starts one. That is cheap where clusters merge a lot (each is compared
+    // with the groups so far), but a group that grew has moved and may now be within the
+    // threshold of a group made before it. So where any cluster joined a group, the groups
+    // are then merged closest first until no two are within the threshold, and each merged
+    // group gets one more look at the existing Tasks.
+    // Which new groups took in more than their first cluster (and so moved).
+    let mut moved: Vec<bool> = Vec::new();
+    for members in clusters.iter().filter(|m| !m.is_empty()) {
+        let c = centroid(unit_rows, members);
+        let before = plan.new_tasks.len();
+        let links_before = plan.links.len();
+        if !absorb(&mut plan, &mut tasks, members, &c, true) {
+            plan.links
+                .extend(members.iter().map(|&r| (r, Target::New(before))));
             plan.new_tasks.push(Group {
                 members: members.clone(),
                 centroid: c,
             });
+            moved.push(false);
+        } else if let Some((_, Target::New(j))) = plan.links.get(links_before) {
+            moved[*j] = true;
+        }
+    }
+    if moved.contains(&true) {
+        let groups = std::mem::take(&mut plan.new_tasks);
+        plan.links.retain(|(_, t)| matches!(t, Target::Existing(_)));
+        for (g, merged) in agglomerate(groups.into_iter().zip(moved).collect(), threshold) {
+            if !(merged && absorb(&mut plan, &mut tasks, &g.members, &g.centroid, false)) {
+                let j = plan.new_tasks.len();
+                plan.links
+                    .extend(g.members.iter().map(|&r| (r, Target::New(j))));
+                plan.new_tasks.push(g);
+            }
         }
     }
     for &r in noise {
         let c = unit_rows.row(r).to_vec();
-        if !absorb(&mut plan, &mut tasks, &[r], &c) && rescue(r) {
+        if !absorb(&mut plan, &mut tasks, &[r], &c, true) && rescue(r) {
             let j = plan.new_tasks.len();
             plan.links.push((r, Target::New(j)));
             plan.new_tasks.push(Group {
@@ -275,6 +417,70 @@ mod tests {
         assert_eq!(p.new_tasks.len(), 2);
         assert_eq!(p.new_tasks[0].members, vec![0, 1, 2]);
         assert_eq!(p.links.len(), 5);
+    }
+
+    #[test]
+    fn groups_that_end_within_the_threshold_are_merged() {
+        let at = |deg: f32| {
+            let r = deg.to_radians();
+            vec![r.cos(), r.sin()]
+        };
+        // Cluster 0 (one row at 0 degrees) and cluster 1 (five rows at 60) are 60 degrees apart:
+        // not merged. Cluster 2 (five rows at 25) is within 45.6 of both; it is closest to
+        // cluster 1 (35 degrees), so they merge first, at about 42.5 degrees, which is within
+        // the threshold of cluster 0: one Task. One pass in cluster order made two: 0 took 2
+        // (25 degrees, centroid then about 20.8), and 1, made before 2 grew 0, stayed apart.
+        let mut vs: Vec<Vec<f32>> = vec![at(0.0)];
+        vs.extend((0..5).map(|_| at(60.0)));
+        vs.extend((0..5).map(|_| at(25.0)));
+        let refs: Vec<&[f32]> = vs.iter().map(|v| v.as_slice()).collect();
+        let m = rows(&refs);
+        let clusters = vec![vec![0], vec![1, 2, 3, 4, 5], vec![6, 7, 8, 9, 10]];
+        let p = plan(&m, &clusters, &[], |_| false, &[], 0.3);
+        assert_eq!(p.new_tasks.len(), 1, "{:?}", p.new_tasks);
+        assert_eq!(p.new_tasks[0].members, (0..11).collect::<Vec<_>>());
+        // Any order of the clusters gives the same Task.
+        let reversed: Vec<Vec<usize>> = clusters.iter().rev().cloned().collect();
+        let q = plan(&m, &reversed, &[], |_| false, &[], 0.3);
+        assert_eq!(q.new_tasks.len(), 1);
+        // No two of the resulting new Tasks are ever within the threshold.
+        let far = plan(
+            &m,
+            &[vec![0], vec![1, 2, 3, 4, 5]],
+            &[],
+            |_| false,
+            &[],
+            0.3,
+        );
+        assert_eq!(far.new_tasks.len(), 2);
+        let d = cosine_distance_unit(&far.new_tasks[0].centroid, &far.new_tasks[1].centroid);
+        assert!(d >= 0.3);
+    }
+
+    /// Two clusters each just outside the threshold of an existing Task (47 degrees from it;
+    /// 0.3 is about 45.6) and 40 degrees from each other: they merge, and their merged centroid
+    /// (43.5 degrees from the Task) joins it. One pass made a new Task of them.
+    #[test]
+    fn a_merged_group_near_an_existing_task_joins_it() {
+        let (tilt, turn) = (47f32.to_radians(), 27.9f32.to_radians());
+        let at = |b: f32| vec![tilt.sin() * b.cos(), tilt.sin() * b.sin(), tilt.cos()];
+        let m = rows(&[&at(turn), &at(-turn)]);
+        let tasks = vec![TaskCentroid {
+            task_id: 9,
+            centroid: vec![0.0, 0.0, 1.0],
+            weight: 1,
+        }];
+        for r in 0..2 {
+            assert!(cosine_distance_unit(m.row(r), &tasks[0].centroid) > 0.3);
+        }
+        assert!(cosine_distance_unit(m.row(0), m.row(1)) < 0.3);
+        let p = plan(&m, &[vec![0], vec![1]], &[], |_| false, &tasks, 0.3);
+        assert!(p.new_tasks.is_empty(), "{:?}", p.new_tasks);
+        assert_eq!(
+            p.links,
+            vec![(0, Target::Existing(9)), (1, Target::Existing(9))]
+        );
+        assert_eq!(p.updated[0].weight, 3);
     }
 
     #[test]

@@ -654,6 +654,9 @@ pub struct DemoArgs {
     /// Seed of the demo data.
     #[arg(long, default_value_t = 7)]
     pub demo_seed: u64,
+    /// Segments in a new demo file (the same mix of problems and ordinary use at any size).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub segments: u64,
     /// Also write the demo's ground truth here (JSON Lines: each segment's planted problem, or
     /// null for ordinary use), for `segclust evaluate`. Only with a new segments file.
     #[arg(long)]
@@ -681,6 +684,7 @@ pub async fn demo_cmd(a: DemoArgs, m: &ArgMatches) -> Result<ExitCode> {
         let p = crate::demo::DemoParams {
             seed: a.demo_seed,
             team_id: team,
+            segments: a.segments as usize,
             ..Default::default()
         };
         let (rows, problems) = crate::demo::generate_with_truth(&p, now);
