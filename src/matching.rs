@@ -119,6 +119,16 @@ fn nearest_within<'a>(
     best
 }
 
+impl Plan {
+    /// Makes `g` a new Task and links its members to it.
+    fn start_task(&mut self, g: Group) {
+        let j = self.new_tasks.len();
+        self.links
+            .extend(g.members.iter().map(|&r| (r, Target::New(j))));
+        self.new_tasks.push(g);
+    }
+}
+
 /// A candidate merge: the groups' distance, then their indices, so that the heap pops the
 /// closest pair first and breaks exact ties the same way in every run.
 #[derive(PartialEq)]
@@ -287,17 +297,14 @@ pub fn plan(
     // with the groups so far), but a group that grew has moved and may now be within the
     // threshold of a group made before it. So where any cluster joined a group, the groups
     // are then merged closest first until no two are within the threshold, and each merged
-    // group gets one more look at the existing Tasks.
-    // Which new groups took in more than their first cluster (and so moved).
+    // group gets one more look at the existing Tasks. `moved[j]`: new group j took in more
+    // than its first cluster.
     let mut moved: Vec<bool> = Vec::new();
     for members in clusters.iter().filter(|m| !m.is_empty()) {
         let c = centroid(unit_rows, members);
-        let before = plan.new_tasks.len();
         let links_before = plan.links.len();
         if !absorb(&mut plan, &mut tasks, members, &c, true) {
-            plan.links
-                .extend(members.iter().map(|&r| (r, Target::New(before))));
-            plan.new_tasks.push(Group {
+            plan.start_task(Group {
                 members: members.clone(),
                 centroid: c,
             });
@@ -311,19 +318,14 @@ pub fn plan(
         plan.links.retain(|(_, t)| matches!(t, Target::Existing(_)));
         for (g, merged) in agglomerate(groups.into_iter().zip(moved).collect(), threshold) {
             if !(merged && absorb(&mut plan, &mut tasks, &g.members, &g.centroid, false)) {
-                let j = plan.new_tasks.len();
-                plan.links
-                    .extend(g.members.iter().map(|&r| (r, Target::New(j))));
-                plan.new_tasks.push(g);
+                plan.start_task(g);
             }
         }
     }
     for &r in noise {
         let c = unit_rows.row(r).to_vec();
         if !absorb(&mut plan, &mut tasks, &[r], &c, true) && rescue(r) {
-            let j = plan.new_tasks.len();
-            plan.links.push((r, Target::New(j)));
-            plan.new_tasks.push(Group {
+            plan.start_task(Group {
                 members: vec![r],
                 centroid: c,
             });
