@@ -71,5 +71,40 @@ fn matching_plan(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pca, hdbscan, gpu_leaf_tables, matching_plan);
+/// A batch's noise rows against a team's existing Tasks, none close: each row is compared with
+/// every Task. The Tasks a team keeps grow over time; a 50,000-row batch has thousands of noise
+/// rows.
+fn matching_noise(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matching_noise_3072d");
+    g.sample_size(10);
+    let (rows, _) = synthetic_embeddings(5_000, 3072, 42);
+    let noise: Vec<usize> = (0..rows.rows()).collect();
+    for t in [1_000usize, 3_000] {
+        let (far, _) = synthetic_embeddings(t, 3072, 7);
+        let tasks: Vec<segclust::matching::TaskCentroid> = (0..t)
+            .map(|i| segclust::matching::TaskCentroid {
+                task_id: i as i64,
+                centroid: far.row(i).to_vec(),
+                weight: 1,
+            })
+            .collect();
+        g.bench_function(format!("noise=5000/tasks={t}"), |b| {
+            b.iter(|| {
+                segclust::matching::plan(&rows, &[], black_box(&noise), |_| false, &tasks, 0.3)
+                    .links
+                    .len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    pca,
+    hdbscan,
+    gpu_leaf_tables,
+    matching_plan,
+    matching_noise
+);
 criterion_main!(benches);

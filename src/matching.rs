@@ -7,8 +7,19 @@
 //! problem split by HDBSCAN in one batch is not filed twice. Every decision is made in a fixed
 //! order (clusters as given, Tasks by id, merges by distance then index), so a rerun of the same
 //! batch assigns exactly the same way.
+//!
+//! The searches are screened (`screen.rs`): one f32 GEMM per block of queries rules out the
+//! pairs that are provably too far apart, and exact f64 distances decide the rest, so the
+//! screen changes the cost and never a decision (tested against the pairwise search kept in
+//! `reference.rs`).
 
 use crate::matrix::{Matrix, cosine_distance_unit, normalize};
+
+#[cfg(test)]
+mod reference;
+mod screen;
+
+use screen::{Block, Centroids, Screen};
 
 /// The mean of the member rows of `unit_rows` (already unit length), normalized again.
 pub fn centroid(unit_rows: &Matrix, members: &[usize]) -> Vec<f32> {
@@ -103,29 +114,152 @@ pub struct Plan {
     pub links: Vec<(usize, Target)>,
 }
 
-/// Nearest centroid among `candidates` strictly within `threshold`; ties go to the earlier one.
-fn nearest_within<'a>(
-    c: &[f32],
-    candidates: impl Iterator<Item = &'a [f32]>,
+/// One batch's matching as it goes: the existing Tasks and the new groups as centroids the
+/// screen can search, and the links so far.
+struct Matcher {
     threshold: f64,
-) -> Option<(usize, f64)> {
-    let mut best: Option<(usize, f64)> = None;
-    for (i, t) in candidates.enumerate() {
-        let d = cosine_distance_unit(c, t);
-        if d < threshold && best.is_none_or(|(_, bd)| d < bd) {
-            best = Some((i, d));
-        }
-    }
-    best
+    tasks: Centroids,
+    task_ids: Vec<i64>,
+    weights: Vec<i64>,
+    grown: Vec<bool>,
+    groups: Centroids,
+    members: Vec<Vec<usize>>,
+    links: Vec<(usize, Target)>,
 }
 
-impl Plan {
-    /// Makes `g` a new Task and links its members to it.
-    fn start_task(&mut self, g: Group) {
-        let j = self.new_tasks.len();
+/// One block's screens: of the existing Tasks, and of the new groups.
+struct Screens {
+    tasks: Screen,
+    groups: Screen,
+}
+
+impl Matcher {
+    fn new(tasks: &[TaskCentroid], dim: usize, threshold: f64) -> Self {
+        // A centroid of another length was made by another embedding model: its distance to
+        // this batch's rows means nothing, so it is never matched (the pipeline says so).
+        let mut sorted: Vec<&TaskCentroid> =
+            tasks.iter().filter(|t| t.centroid.len() == dim).collect();
+        sorted.sort_by_key(|t| t.task_id);
+        let mut centroids = Centroids::new(dim);
+        for t in &sorted {
+            centroids.push(&t.centroid);
+        }
+        Self {
+            threshold,
+            tasks: centroids,
+            task_ids: sorted.iter().map(|t| t.task_id).collect(),
+            weights: sorted.iter().map(|t| t.weight).collect(),
+            grown: vec![false; sorted.len()],
+            groups: Centroids::new(dim),
+            members: Vec::new(),
+            links: Vec::new(),
+        }
+    }
+
+    /// Links `members` (the block's query `j` is their centroid) to the nearest existing Task
+    /// within the threshold, else (where `new_groups`) to the nearest new group, moving that
+    /// centroid; false where neither is close.
+    fn absorb(
+        &mut self,
+        block: &Block,
+        s: &Screens,
+        j: usize,
+        members: &[usize],
+        new_groups: bool,
+    ) -> bool {
+        let c = block.query(j);
+        let w = members.len() as i64;
+        if let Some((i, _)) = s
+            .tasks
+            .nearest_within(block, j, c, &self.tasks, self.threshold)
+        {
+            let moved = merge_centroids(self.tasks.row(i), self.weights[i], c, w);
+            self.tasks.set(i, &moved);
+            self.weights[i] += w;
+            self.grown[i] = true;
+            let id = self.task_ids[i];
+            self.links
+                .extend(members.iter().map(|&r| (r, Target::Existing(id))));
+            return true;
+        }
+        if !new_groups {
+            return false;
+        }
+        if let Some((g, _)) = s
+            .groups
+            .nearest_within(block, j, c, &self.groups, self.threshold)
+        {
+            let moved = merge_centroids(self.groups.row(g), self.members[g].len() as i64, c, w);
+            self.groups.set(g, &moved);
+            self.members[g].extend_from_slice(members);
+            self.links
+                .extend(members.iter().map(|&r| (r, Target::New(g))));
+            return true;
+        }
+        false
+    }
+
+    /// Makes `members` a new group (a new Task) with centroid `c`, and links them to it.
+    fn start(&mut self, members: Vec<usize>, c: &[f32]) -> usize {
+        let g = self.groups.push(c);
         self.links
-            .extend(g.members.iter().map(|&r| (r, Target::New(j))));
-        self.new_tasks.push(g);
+            .extend(members.iter().map(|&r| (r, Target::New(g))));
+        self.members.push(members);
+        g
+    }
+
+    /// Runs `step` on queries `0..n` in order, in blocks, each screened against the Tasks (and,
+    /// where `groups`, the new groups) as they are at the block's start. `block(range)` packs
+    /// the range's query vectors.
+    fn in_blocks(
+        &mut self,
+        n: usize,
+        groups: bool,
+        block: impl Fn(std::ops::Range<usize>, bool) -> Block,
+        mut step: impl FnMut(&mut Self, &Block, &mut Screens, usize, usize),
+    ) {
+        let mut start = 0;
+        while start < n {
+            let end = n.min(start + screen::block_rows(self.tasks.len() + self.groups.len()));
+            let b = block(start..end, groups);
+            let mut s = Screens {
+                tasks: Screen::new(&b, &self.tasks),
+                groups: if groups {
+                    Screen::new(&b, &self.groups)
+                } else {
+                    Screen::exact()
+                },
+            };
+            for j in 0..end - start {
+                step(self, &b, &mut s, start + j, j);
+            }
+            start = end;
+        }
+    }
+
+    fn into_plan(self) -> Plan {
+        let new_tasks = self
+            .members
+            .into_iter()
+            .enumerate()
+            .map(|(g, members)| Group {
+                members,
+                centroid: self.groups.row(g).to_vec(),
+            })
+            .collect();
+        let updated = (0..self.task_ids.len())
+            .filter(|&i| self.grown[i])
+            .map(|i| TaskCentroid {
+                task_id: self.task_ids[i],
+                centroid: self.tasks.row(i).to_vec(),
+                weight: self.weights[i],
+            })
+            .collect();
+        Plan {
+            new_tasks,
+            updated,
+            links: self.links,
+        }
     }
 }
 
@@ -166,9 +300,9 @@ impl PartialOrd for Merge {
 /// can end up within the threshold of a group made before it, which one pass never looks at
 /// again. On real embeddings (all-MiniLM-L6-v2 on the demo, `tools/quality/run.sh`) HDBSCAN's
 /// leaf clusters split a problem by phrasing, and one pass left 4 pairs of the same problem's
-/// Tasks within the threshold of each other. Why not instead of it: every pair is compared
-/// first, which at 5,721 clusters (a 50,000-row demo batch) took 46 s, where one pass, whose
-/// groups collapse to a few dozen, compares each cluster with those few. Each group comes with
+/// Tasks within the threshold of each other. Why not instead of it: it would change which
+/// clusters end up together on data that one pass already handles well, and before the screen
+/// its first step (every pair of 5,721 clusters, a 50,000-row demo batch) took 46 s. Each group comes with
 /// whether it has moved (took in another), and goes back with that, updated.
 fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)> {
     use rayon::prelude::*;
@@ -176,23 +310,21 @@ fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)>
 
     let (mut groups, mut moved): (Vec<Group>, Vec<bool>) = groups.into_iter().unzip();
     let k = groups.len();
-    let mut heap: BinaryHeap<Merge> = (0..k)
-        .into_par_iter()
-        .flat_map_iter(|a| {
-            let ca = &groups[a].centroid;
-            let groups = &groups;
-            (a + 1..k).filter_map(move |b| {
-                let d = cosine_distance_unit(ca, &groups[b].centroid);
-                (d < threshold).then_some(Merge {
-                    d,
-                    a,
-                    b,
-                    stamps: (0, 0),
-                })
-            })
+    let mut set = Centroids::new(groups.first().map_or(0, |g| g.centroid.len()));
+    for g in &groups {
+        set.push(&g.centroid);
+    }
+    let mut heap: BinaryHeap<Merge> = screen::close_pairs(&set, threshold)
+        .into_iter()
+        .map(|(a, b, d)| Merge {
+            d,
+            a,
+            b,
+            stamps: (0, 0),
         })
         .collect::<Vec<_>>()
         .into();
+    drop(set);
     let mut alive = vec![true; k];
     let mut stamp = vec![0u32; k];
     while let Some(m) = heap.pop() {
@@ -240,9 +372,12 @@ fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)>
 }
 
 /// Matches `clusters` (groups of rows of `unit_rows`) to `tasks`, merging close new clusters,
-/// then attaches `singles` (noise rows) to an existing or new Task within `threshold` when one is
-/// close; noise rows that match nothing are not linked. `rescue` rows (high-impact noise that
-/// matched nothing) become single-row Tasks of their own.
+/// then attaches `noise` rows to an existing or new Task within `threshold` when one is close;
+/// noise rows that match nothing are not linked. `rescue` rows (high-impact noise that matched
+/// nothing) become single-row Tasks of their own.
+///
+/// Every comparison is decided by the exact distance, in a fixed order; the screen
+/// (`screen.rs`) only spares the pairs it proves too far apart.
 pub fn plan(
     unit_rows: &Matrix,
     clusters: &[Vec<usize>],
@@ -251,46 +386,9 @@ pub fn plan(
     tasks: &[TaskCentroid],
     threshold: f64,
 ) -> Plan {
-    let mut tasks: Vec<TaskCentroid> = tasks.to_vec();
-    tasks.sort_by_key(|t| t.task_id);
-    let mut grown = vec![false; tasks.len()];
-    let mut plan = Plan::default();
-
-    // `new_groups: false` looks at the existing Tasks only.
-    let mut absorb = |plan: &mut Plan,
-                      tasks: &mut Vec<TaskCentroid>,
-                      members: &[usize],
-                      c: &[f32],
-                      new_groups: bool| {
-        let w = members.len() as i64;
-        if let Some((i, _)) =
-            nearest_within(c, tasks.iter().map(|t| t.centroid.as_slice()), threshold)
-        {
-            let t = &mut tasks[i];
-            t.centroid = merge_centroids(&t.centroid, t.weight, c, w);
-            t.weight += w;
-            grown[i] = true;
-            plan.links
-                .extend(members.iter().map(|&r| (r, Target::Existing(t.task_id))));
-            return true;
-        }
-        if !new_groups {
-            return false;
-        }
-        if let Some((j, _)) = nearest_within(
-            c,
-            plan.new_tasks.iter().map(|g| g.centroid.as_slice()),
-            threshold,
-        ) {
-            let g = &mut plan.new_tasks[j];
-            g.centroid = merge_centroids(&g.centroid, g.members.len() as i64, c, w);
-            g.members.extend_from_slice(members);
-            plan.links
-                .extend(members.iter().map(|&r| (r, Target::New(j))));
-            return true;
-        }
-        false
-    };
+    use rayon::prelude::*;
+    let dim = unit_rows.cols();
+    let mut m = Matcher::new(tasks, dim, threshold);
 
     // One pass in cluster order: a cluster joins the nearest existing Task, else the nearest
     // new group, else starts one. That is cheap where clusters merge a lot (each is compared
@@ -299,44 +397,75 @@ pub fn plan(
     // are then merged closest first until no two are within the threshold, and each merged
     // group gets one more look at the existing Tasks. `moved[j]`: new group j took in more
     // than its first cluster.
+    let clusters: Vec<&Vec<usize>> = clusters.iter().filter(|c| !c.is_empty()).collect();
     let mut moved: Vec<bool> = Vec::new();
-    for members in clusters.iter().filter(|m| !m.is_empty()) {
-        let c = centroid(unit_rows, members);
-        let links_before = plan.links.len();
-        if !absorb(&mut plan, &mut tasks, members, &c, true) {
-            plan.start_task(Group {
-                members: members.clone(),
-                centroid: c,
-            });
-            moved.push(false);
-        } else if let Some((_, Target::New(j))) = plan.links.get(links_before) {
-            moved[*j] = true;
-        }
-    }
-    if moved.contains(&true) {
-        let groups = std::mem::take(&mut plan.new_tasks);
-        plan.links.retain(|(_, t)| matches!(t, Target::Existing(_)));
-        for (g, merged) in agglomerate(groups.into_iter().zip(moved).collect(), threshold) {
-            if !(merged && absorb(&mut plan, &mut tasks, &g.members, &g.centroid, false)) {
-                plan.start_task(g);
+    m.in_blocks(
+        clusters.len(),
+        true,
+        |range, own| {
+            let cs: Vec<Vec<f32>> = clusters[range]
+                .par_iter()
+                .map(|members| centroid(unit_rows, members))
+                .collect();
+            Block::new(dim, cs.iter().map(Vec::as_slice), own)
+        },
+        |m, b, s, i, j| {
+            let links_before = m.links.len();
+            if !m.absorb(b, s, j, clusters[i], true) {
+                let g = m.start(clusters[i].clone(), b.query(j));
+                s.groups.started(g, j, &m.groups);
+                moved.push(false);
+            } else if let Some((_, Target::New(g))) = m.links.get(links_before) {
+                moved[*g] = true;
             }
-        }
+        },
+    );
+    if moved.contains(&true) {
+        let members = std::mem::take(&mut m.members);
+        let groups: Vec<(Group, bool)> = members
+            .into_iter()
+            .enumerate()
+            .map(|(g, members)| Group {
+                members,
+                centroid: m.groups.row(g).to_vec(),
+            })
+            .zip(moved)
+            .collect();
+        m.groups = Centroids::new(dim);
+        m.links.retain(|(_, t)| matches!(t, Target::Existing(_)));
+        let merged = agglomerate(groups, threshold);
+        m.in_blocks(
+            merged.len(),
+            false,
+            |range, own| {
+                Block::new(
+                    dim,
+                    merged[range].iter().map(|(g, _)| g.centroid.as_slice()),
+                    own,
+                )
+            },
+            |m, b, s, i, j| {
+                let (g, was_merged) = &merged[i];
+                if !(*was_merged && m.absorb(b, s, j, &g.members, false)) {
+                    m.start(g.members.clone(), &g.centroid);
+                }
+            },
+        );
     }
-    for &r in noise {
-        let c = unit_rows.row(r).to_vec();
-        if !absorb(&mut plan, &mut tasks, &[r], &c, true) && rescue(r) {
-            plan.start_task(Group {
-                members: vec![r],
-                centroid: c,
-            });
-        }
-    }
-    plan.updated = tasks
-        .into_iter()
-        .zip(grown)
-        .filter_map(|(t, g)| g.then_some(t))
-        .collect();
-    plan
+
+    m.in_blocks(
+        noise.len(),
+        true,
+        |range, own| Block::new(dim, noise[range].iter().map(|&r| unit_rows.row(r)), own),
+        |m, b, s, i, j| {
+            let r = noise[i];
+            if !m.absorb(b, s, j, &[r], true) && rescue(r) {
+                let g = m.start(vec![r], b.query(j));
+                s.groups.started(g, j, &m.groups);
+            }
+        },
+    );
+    m.into_plan()
 }
 
 #[cfg(test)]
@@ -512,6 +641,123 @@ mod tests {
         let (c, n) = coherent(&m, vec![vec![0, 1], vec![2, 3, 4]], vec![], 0.3, 2);
         assert_eq!(c, vec![vec![0, 1]]);
         assert_eq!(n, vec![2, 3, 4]);
+    }
+
+    /// Random problems at spreads that put many cluster, group and Task distances near the
+    /// threshold, exact duplicates (ties), a Task not of unit length,
+    /// and more clusters and noise rows than one block holds: the screened plan makes exactly
+    /// the pairwise search's decisions, centroids bit for bit.
+    #[test]
+    fn screened_plan_equals_the_pairwise_one() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        for (dim, seed) in [(24usize, 1u64), (200, 2), (3072, 3)] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let problems: Vec<Vec<f32>> = (0..12)
+                .map(|_| {
+                    unit(
+                        &(0..dim)
+                            .map(|_| rng.random_range(-1.0f32..1.0))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            let mut data: Vec<f32> = Vec::new();
+            let near = |data: &mut Vec<f32>, rng: &mut StdRng, p: usize, spread: f32| {
+                let v: Vec<f32> = problems[p]
+                    .iter()
+                    .map(|&x| x + spread * rng.random_range(-1.0f32..1.0) / (dim as f32).sqrt())
+                    .collect();
+                data.extend(unit(&v));
+            };
+            let n_clusters = 150;
+            let mut clusters = Vec::new();
+            let mut row = 0;
+            for c in 0..n_clusters {
+                let (p, size) = (rng.random_range(0..12), rng.random_range(1..4));
+                let spread = [0.3f32, 0.6, 0.9, 1.2][c % 4];
+                clusters.push((row..row + size).collect::<Vec<usize>>());
+                for _ in 0..size {
+                    near(&mut data, &mut rng, p, spread);
+                }
+                row += size;
+            }
+            // Exact duplicates of earlier clusters: equal distances everywhere.
+            for c in 0..10 {
+                let members: Vec<usize> = clusters[c * 7].clone();
+                let copy: Vec<usize> = (row..row + members.len()).collect();
+                for &r in &members {
+                    let v = data[r * dim..(r + 1) * dim].to_vec();
+                    data.extend(v);
+                }
+                row += members.len();
+                clusters.push(copy);
+            }
+            let noise: Vec<usize> = (row..row + 120).collect();
+            for i in 0..120 {
+                near(&mut data, &mut rng, i % 12, 1.0);
+            }
+            let m = Matrix::new(row + 120, dim, data).unwrap();
+            let mut tasks: Vec<TaskCentroid> = (0..8)
+                .map(|i| TaskCentroid {
+                    task_id: 100 - i as i64,
+                    centroid: centroid(&m, &clusters[i * 3]),
+                    weight: 1 + i as i64,
+                })
+                .collect();
+            tasks.push(TaskCentroid {
+                task_id: 5,
+                centroid: tasks[0].centroid.clone(),
+                weight: 2,
+            });
+            tasks.push(TaskCentroid {
+                task_id: 6,
+                centroid: tasks[1].centroid.iter().map(|x| 2.0 * x).collect(),
+                weight: 1,
+            });
+            for threshold in [0.2, 0.3, 0.45] {
+                let rescue = |r: usize| r.is_multiple_of(3);
+                let got = plan(&m, &clusters, &noise, rescue, &tasks, threshold);
+                let want = reference::plan(&m, &clusters, &noise, rescue, &tasks, threshold);
+                let at = format!("dim {dim}, threshold {threshold}");
+                assert_eq!(got.links, want.links, "{at}");
+                assert_eq!(got.new_tasks.len(), want.new_tasks.len(), "{at}");
+                for (g, w) in got.new_tasks.iter().zip(&want.new_tasks) {
+                    assert_eq!(g.members, w.members, "{at}");
+                    assert_eq!(g.centroid, w.centroid, "{at}");
+                }
+                assert_eq!(got.updated.len(), want.updated.len(), "{at}");
+                for (g, w) in got.updated.iter().zip(&want.updated) {
+                    assert_eq!((g.task_id, g.weight), (w.task_id, w.weight), "{at}");
+                    assert_eq!(g.centroid, w.centroid, "{at}");
+                }
+                // The data must exercise what the screen decides: merges, joins, rescues.
+                let joined = got
+                    .links
+                    .iter()
+                    .filter(|(_, t)| matches!(t, Target::Existing(_)))
+                    .count();
+                assert!(
+                    joined > 0 && got.new_tasks.len() > 1,
+                    "{at}: {joined} joined"
+                );
+            }
+        }
+    }
+
+    /// A Task whose centroid has another length (another embedding model) is not matched, even
+    /// where the common prefix is identical to the cluster's centroid.
+    #[test]
+    fn a_task_of_another_dimension_is_never_matched() {
+        let m = rows(&[&[1.0, 0.0, 0.0, 0.0]]);
+        let tasks = vec![TaskCentroid {
+            task_id: 1,
+            centroid: vec![1.0, 0.0],
+            weight: 3,
+        }];
+        let p = plan(&m, &[vec![0]], &[], |_| false, &tasks, 0.3);
+        assert_eq!(p.links, vec![(0, Target::New(0))]);
+        assert!(p.updated.is_empty());
     }
 
     #[test]

@@ -266,6 +266,18 @@ pub async fn run_batch(
             weight: t.centroid_weight,
         })
         .collect();
+    let other_dim = centroids
+        .iter()
+        .filter(|t| t.centroid.len() != unit.cols())
+        .count();
+    if other_dim > 0 && unit.rows() > 0 {
+        tracing::warn!(
+            tasks = other_dim,
+            dim = unit.cols(),
+            "Tasks with centroids of another dimension (made with another embedding model?) are \
+             not matched; their problems will be filed again as new Tasks"
+        );
+    }
     let threshold = cfg.high_impact_noise_threshold;
     let plan = matching::plan(
         &unit,

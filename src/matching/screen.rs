@@ -1,0 +1,275 @@
+//! Nearest-centroid search for matching, screened by one GEMM per block of queries.
+//!
+//! Matching asks, for each cluster and each noise row in turn, which centroid (an existing
+//! Task's, or a new group's) is nearest within the threshold, and every answer can move a
+//! centroid. Pair by pair that is one 3072-long dot product per query and centroid, read from
+//! memory each time: quadratic and memory-bound once a team has thousands of Tasks or a batch
+//! thousands of clusters that merge with nothing (`cargo bench --bench numeric --
+//! matching_plan`).
+//!
+//! So a block of queries is multiplied with the centroids as they were when the block started
+//! (f32 GEMM), and also with itself, since a group that a query of the block starts has exactly
+//! that query's vector until it takes in something. A centroid that changed since is compared
+//! exactly. For the rest, the f32 product rules a pair out only when it is farther than the
+//! threshold by more than the product's worst-case rounding; every other pair is decided by
+//! the exact f64 distance, as without the screen. So every decision, tie-breaks included, is
+//! the one the pairwise search makes (`tests::screened_plan_equals_the_pairwise_one`).
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatRef, Par};
+
+use crate::matrix::cosine_distance_unit;
+
+/// Centroids packed row-major at one dimension, each with a version that every change bumps,
+/// so a screen can tell which of its products are stale.
+pub(super) struct Centroids {
+    dim: usize,
+    data: Vec<f32>,
+    /// Euclidean norms, for the screen's margin (a stored centroid need not be unit length).
+    norm: Vec<f64>,
+    version: Vec<u32>,
+}
+
+impl Centroids {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            data: Vec::new(),
+            norm: Vec::new(),
+            version: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.norm.len()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Appends `c`, returning its index. Matching passes only centroids of `dim` values; any
+    /// other length is cut or padded with zeros rather than trusted.
+    pub fn push(&mut self, c: &[f32]) -> usize {
+        debug_assert_eq!(c.len(), self.dim);
+        let start = self.data.len();
+        self.data.resize(start + self.dim, 0.0);
+        let n = c.len().min(self.dim);
+        self.data[start..start + n].copy_from_slice(&c[..n]);
+        self.norm.push(0.0);
+        self.version.push(0);
+        let i = self.len() - 1;
+        self.norm[i] = norm64(self.row(i));
+        i
+    }
+
+    pub fn set(&mut self, i: usize, c: &[f32]) {
+        let row = &mut self.data[i * self.dim..(i + 1) * self.dim];
+        row.fill(0.0);
+        let n = c.len().min(self.dim);
+        row[..n].copy_from_slice(&c[..n]);
+        self.norm[i] = norm64(self.row(i));
+        self.version[i] = self.version[i].wrapping_add(1);
+    }
+
+    fn as_faer(&self) -> MatRef<'_, f32> {
+        MatRef::from_row_major_slice(&self.data, self.len(), self.dim)
+    }
+}
+
+fn norm64(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// A block of queries, packed, with their norms.
+pub(super) struct Block {
+    queries: Centroids,
+    /// `queries * queries^T`, where the block's queries may start groups it searches.
+    own: Option<Mat<f32>>,
+}
+
+impl Block {
+    pub fn new<'a>(dim: usize, queries: impl Iterator<Item = &'a [f32]>, own: bool) -> Self {
+        let mut q = Centroids::new(dim);
+        for v in queries {
+            q.push(v);
+        }
+        let own = (own && q.len() > 0).then(|| product(q.as_faer(), q.as_faer()));
+        Self { queries: q, own }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queries.len()
+    }
+
+    pub fn query(&self, j: usize) -> &[f32] {
+        self.queries.row(j)
+    }
+}
+
+/// The products of one block's queries with one set of centroids as it was at the block's
+/// start, and with the centroids the block's own queries started since.
+pub(super) struct Screen {
+    dots: Mat<f32>,
+    /// For each centroid: where its products are (a column of `dots`, or of the block's `own`
+    /// products) and the version they were taken at; `None` where there are none.
+    cols: Vec<Option<(Col, u32)>>,
+    /// Relative rounding bound of an f32 product of this length (see `nearest_within`).
+    rel: f64,
+}
+
+#[derive(Clone, Copy)]
+enum Col {
+    Snapshot(usize),
+    Own(usize),
+}
+
+impl Screen {
+    /// Multiplies the block with `set` as it is now.
+    pub fn new(block: &Block, set: &Centroids) -> Self {
+        let dots = if set.len() == 0 || block.len() == 0 {
+            Mat::zeros(block.len(), 0)
+        } else {
+            product(block.queries.as_faer(), set.as_faer())
+        };
+        let cols = (0..set.len())
+            .map(|t| Some((Col::Snapshot(t), set.version[t])))
+            .collect();
+        Self {
+            dots,
+            cols,
+            rel: rel(set.dim),
+        }
+    }
+
+    /// No products: every comparison is exact (for the few groups matched after merging).
+    pub fn exact() -> Self {
+        Self {
+            dots: Mat::zeros(0, 0),
+            cols: Vec::new(),
+            rel: 0.0,
+        }
+    }
+
+    /// Records that centroid `t` of the screened set was just started from the block's query
+    /// `j`, whose products with the block are already known.
+    pub fn started(&mut self, t: usize, j: usize, set: &Centroids) {
+        if self.cols.len() <= t {
+            self.cols.resize(t + 1, None);
+        }
+        self.cols[t] = Some((Col::Own(j), set.version[t]));
+    }
+
+    /// The nearest centroid of `set` strictly within `threshold` of the block's query `j`, ties
+    /// to the lower index: the same answer as comparing `c` with every centroid exactly.
+    ///
+    /// The margin: an f32 dot product of length D is off from the exact one by at most
+    /// `D u sum |a_i b_i| <= D u |a| |b|` (u = 2^-24, any summation order, FMA or not), and the
+    /// f64 one `cosine_distance_unit` computes differs from the exact one by far less than the
+    /// slack `rel` adds beyond that. A NaN product is never ruled out.
+    pub fn nearest_within(
+        &self,
+        block: &Block,
+        j: usize,
+        c: &[f32],
+        set: &Centroids,
+        threshold: f64,
+    ) -> Option<(usize, f64)> {
+        let qn = block.queries.norm[j];
+        let mut best: Option<(usize, f64)> = None;
+        for t in 0..set.len() {
+            let screened = match self.cols.get(t).copied().flatten() {
+                Some((Col::Snapshot(s), v)) if v == set.version[t] => Some(self.dots[(j, s)]),
+                Some((Col::Own(o), v)) if v == set.version[t] => {
+                    block.own.as_ref().map(|own| own[(j, o)])
+                }
+                _ => None,
+            };
+            if let Some(dot) = screened {
+                let approx = 1.0 - f64::from(dot);
+                let slack = self.rel * qn * set.norm[t];
+                if approx - slack >= threshold {
+                    continue;
+                }
+            }
+            let d = cosine_distance_unit(c, set.row(t));
+            if d < threshold && best.is_none_or(|(_, bd)| d < bd) {
+                best = Some((t, d));
+            }
+        }
+        best
+    }
+}
+
+/// `D u` with room to spare: twice the bound, plus an absolute term for the f64 side.
+fn rel(dim: usize) -> f64 {
+    (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9
+}
+
+fn product(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Mat<f32> {
+    let mut out = Mat::<f32>::zeros(a.nrows(), b.nrows());
+    // Threads only change which candidates the screen passes on, never a decision.
+    matmul(
+        out.as_mut(),
+        Accum::Replace,
+        a,
+        b.transpose(),
+        1.0f32,
+        Par::rayon(0),
+    );
+    out
+}
+
+/// Queries per block: large enough for the GEMM to pay, small enough that the products of a
+/// block with tens of thousands of Tasks stay within tens of MB.
+pub(super) fn block_rows(centroids: usize) -> usize {
+    (4_000_000 / centroids.max(1)).clamp(32, 256)
+}
+
+/// Pairs of `set`'s centroids strictly within `threshold` of each other, with their exact
+/// distances, `a < b`, in no particular order: one product of the set with itself, in row
+/// blocks across threads, exact distances for the candidates it passes.
+pub(super) fn close_pairs(set: &Centroids, threshold: f64) -> Vec<(usize, usize, f64)> {
+    use rayon::prelude::*;
+    let k = set.len();
+    let rel = rel(set.dim);
+    let step = block_rows(k);
+    (0..k.div_ceil(step))
+        .into_par_iter()
+        .flat_map_iter(|blk| {
+            let (lo, hi) = (blk * step, ((blk + 1) * step).min(k));
+            let rows = MatRef::from_row_major_slice(
+                &set.data[lo * set.dim..hi * set.dim],
+                hi - lo,
+                set.dim,
+            );
+            // Only the pairs with b > a: the columns from the block's first row on.
+            let mut dots = Mat::<f32>::zeros(hi - lo, k - lo);
+            matmul(
+                dots.as_mut(),
+                Accum::Replace,
+                rows,
+                set.as_faer().subrows(lo, k - lo).transpose(),
+                1.0f32,
+                Par::Seq,
+            );
+            let mut out = Vec::new();
+            for a in lo..hi {
+                for b in a + 1..k {
+                    let approx = 1.0 - f64::from(dots[(a - lo, b - lo)]);
+                    if approx - rel * set.norm[a] * set.norm[b] >= threshold {
+                        continue;
+                    }
+                    let d = cosine_distance_unit(set.row(a), set.row(b));
+                    if d < threshold {
+                        out.push((a, b, d));
+                    }
+                }
+            }
+            out.into_iter()
+        })
+        .collect()
+}
