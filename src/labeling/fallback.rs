@@ -111,6 +111,14 @@ const PHRASAL_VERBS: &[&str] = &[
     "scrolled",
 ];
 
+/// Prepositions that open a phrase a title may end before. Not "to", which also opens an
+/// infinitive ("tried to export").
+const PHRASE_PREPOSITIONS: &[&str] = &[
+    "on", "in", "at", "for", "with", "from", "of", "into", "onto", "by", "about", "under", "over",
+    "during", "near", "inside", "via", "through", "without", "within", "across", "behind",
+    "between",
+];
+
 /// Particles that complete a phrasal verb ("log in", "sign on", "back up").
 const PARTICLES: &[&str] = &["in", "on", "up", "out", "off", "down", "over", "back"];
 
@@ -210,7 +218,8 @@ const MIN_TITLE_QUOTED_WORDS: usize = 4;
 /// clause boundary once there are a few words, and drops words that leave the title dangling.
 fn title_words(text: &str) -> Vec<&str> {
     let mut words: Vec<&str> = Vec::new();
-    for word in text.split(' ').filter(|w| !w.is_empty()) {
+    let mut rest = text.split(' ').filter(|w| !w.is_empty()).peekable();
+    while let Some(word) = rest.next() {
         let enough = words.len() >= MIN_TITLE_QUOTED_WORDS;
         if enough && CLAUSE_STARTS.contains(&word.to_lowercase().as_str()) {
             break;
@@ -218,7 +227,25 @@ fn title_words(text: &str) -> Vec<&str> {
         words.push(word);
         let ends_sentence = word.ends_with(['.', ';', ':', '!', '?']);
         let ends_clause = word.ends_with(',') && words.len() >= MIN_TITLE_QUOTED_WORDS;
-        if words.len() >= TITLE_QUOTED_WORDS || ends_sentence || ends_clause {
+        if ends_sentence || ends_clause {
+            break;
+        }
+        if words.len() >= TITLE_QUOTED_WORDS {
+            // Cut by the word limit inside a phrase ("opened the date picker on the booking |
+            // page"): end before the phrase's preposition instead, where enough words remain.
+            let phrase_goes_on = rest
+                .peek()
+                .is_some_and(|next| !CLAUSE_STARTS.contains(&next.to_lowercase().as_str()));
+            if phrase_goes_on {
+                let start = (MIN_TITLE_QUOTED_WORDS..words.len()).rev().find(|&i| {
+                    let w = words[i].to_lowercase();
+                    PHRASE_PREPOSITIONS.contains(&w.as_str())
+                        && !completes_phrasal_verb(&words[..=i], &w)
+                });
+                if let Some(i) = start {
+                    words.truncate(i);
+                }
+            }
             break;
         }
     }
@@ -324,6 +351,35 @@ mod tests {
         );
         let l = fallback_label(&req(&["User clicked the banner on and then left"]));
         assert_eq!(l.title, "Investigate why users clicked the banner");
+    }
+
+    /// A title cut by the word limit inside a phrase ends before the phrase instead; one whose
+    /// phrase ends at the limit, or that would keep too few words, stays as it is.
+    #[test]
+    fn titles_end_before_a_phrase_the_word_limit_would_cut() {
+        let l = fallback_label(&req(&[
+            "User opened the date picker on the booking page twice",
+        ]));
+        assert_eq!(l.title, "Investigate why users opened the date picker");
+        let l = fallback_label(&req(&[
+            "User waited for the report in the dashboard and then left",
+        ]));
+        assert_eq!(
+            l.title,
+            "Investigate why users waited for the report in the dashboard"
+        );
+        let l = fallback_label(&req(&["User waited in the long queue of the support chat"]));
+        assert_eq!(l.title, "Investigate why users waited in the long queue");
+        // Fewer than four words before the phrase: the words stay as they are.
+        let l = fallback_label(&req(&[
+            "User clicked Export on the monthly revenue report twice",
+        ]));
+        assert_eq!(
+            l.title,
+            "Investigate why users clicked Export on the monthly revenue report"
+        );
+        let l = fallback_label(&req(&["User could not log in on the mobile app at all"]));
+        assert_eq!(l.title, "Investigate why users could not log in");
     }
 
     #[test]
