@@ -182,6 +182,10 @@ pub struct MatchingConfig {
     pub task_match_threshold: f64,
     pub high_impact_noise_threshold: f64,
     pub carry_over_days: i64,
+    /// At most this many carried-over segments join a batch, the most recent first: the
+    /// unlinked segments of a week can outnumber a batch many times over, and the numeric core
+    /// must stay sized by the batch.
+    pub carry_over_max_segments: usize,
 }
 
 impl Default for MatchingConfig {
@@ -190,6 +194,7 @@ impl Default for MatchingConfig {
             task_match_threshold: 0.3,
             high_impact_noise_threshold: 0.3,
             carry_over_days: 7,
+            carry_over_max_segments: 50_000,
         }
     }
 }
@@ -453,6 +458,7 @@ impl Config {
             task_match_threshold: self.matching.task_match_threshold,
             high_impact_noise_threshold: self.matching.high_impact_noise_threshold,
             carry_over_days: self.matching.carry_over_days,
+            carry_over_max_segments: self.matching.carry_over_max_segments,
             impact: ImpactWeights {
                 failure: self.impact.failure,
                 confusion: self.impact.confusion,

@@ -20,6 +20,8 @@ use crate::pipeline::BatchReport;
 pub struct TeamFigures {
     pub batches: u64,
     pub segments_read: u64,
+    pub carried_over: u64,
+    pub carry_over_left_out: u64,
     pub quarantined: u64,
     pub redelivered: u64,
     pub clusters: u64,
@@ -80,6 +82,8 @@ impl Metrics {
         let t = s.teams.entry(r.team_id).or_default();
         t.batches += 1;
         t.segments_read += r.segments_read as u64;
+        t.carried_over += r.carried_over as u64;
+        t.carry_over_left_out += r.carry_over_left_out as u64;
         t.quarantined += r.quarantined as u64;
         t.redelivered += r.redelivered as u64;
         t.clusters += r.clusters as u64;
@@ -132,7 +136,7 @@ impl Metrics {
         let s = self.state();
         let mut out = String::new();
         type Field = fn(&TeamFigures) -> f64;
-        let per_team: [(&str, &str, &str, Field); 12] = [
+        let per_team: [(&str, &str, &str, Field); 14] = [
             (
                 "segclust_batches_total",
                 "counter",
@@ -144,6 +148,19 @@ impl Metrics {
                 "counter",
                 "New segments read from the source.",
                 |t| t.segments_read as f64,
+            ),
+            (
+                "segclust_segments_carried_over_total",
+                "counter",
+                "Unlinked segments of the carry-over window clustered again with a batch.",
+                |t| t.carried_over as f64,
+            ),
+            (
+                "segclust_carry_over_left_out_total",
+                "counter",
+                "Unlinked segments of the carry-over window left out of a batch by \
+                 matching.carry_over_max_segments (counted again each batch that leaves them out).",
+                |t| t.carry_over_left_out as f64,
             ),
             (
                 "segclust_segments_quarantined_total",
@@ -319,6 +336,8 @@ mod tests {
             segments_read: 120,
             quarantined: 5,
             redelivered: 2,
+            carried_over: 30,
+            carry_over_left_out: 6,
             clusters: 9,
             tasks_created: 4,
             links: 100,
@@ -348,6 +367,8 @@ mod tests {
         );
         assert!(text.contains("segclust_segments_quarantined_total{team=\"7\"} 3"));
         assert!(text.contains("segclust_segments_redelivered_total{team=\"7\"} 2"));
+        assert!(text.contains("segclust_segments_carried_over_total{team=\"7\"} 30"));
+        assert!(text.contains("segclust_carry_over_left_out_total{team=\"7\"} 6"));
         assert!(text.contains("segclust_tasks_created_total{team=\"7\"} 4"));
         assert!(text.contains("segclust_team_runs_failed_total{team=\"8\"} 1"));
         assert!(

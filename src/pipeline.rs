@@ -36,6 +36,8 @@ pub struct PipelineConfig {
     pub task_match_threshold: f64,
     pub high_impact_noise_threshold: f64,
     pub carry_over_days: i64,
+    /// Most carried-over segments a batch takes, the most recent first.
+    pub carry_over_max_segments: usize,
     pub impact: ImpactWeights,
     pub priority: PriorityWeights,
     /// Read only segments inserted before this (ms since the epoch): the end of a backfill
@@ -55,6 +57,7 @@ impl Default for PipelineConfig {
             task_match_threshold: 0.3,
             high_impact_noise_threshold: 0.3,
             carry_over_days: 7,
+            carry_over_max_segments: 50_000,
             impact: ImpactWeights::default(),
             priority: PriorityWeights::default(),
             until_ms: None,
@@ -70,6 +73,9 @@ pub struct BatchReport {
     pub segments_read: usize,
     pub already_linked: usize,
     pub carried_over: usize,
+    /// Unlinked segments of the carry-over window left out of this batch by
+    /// `carry_over_max_segments` (they stay eligible until they leave the window).
+    pub carry_over_left_out: usize,
     pub quarantined: usize,
     /// Of `quarantined`, identical copies of rows already accepted (at-least-once delivery).
     pub redelivered: usize,
@@ -193,9 +199,26 @@ pub async fn run_batch(
         .collect();
     report.already_linked = report.segments_read - rows.len();
     let new_count = rows.len();
-    let carry_ids: Vec<String> = store
-        .carry_over(team, now_ms - cfg.carry_over_days * DAY_MS)
-        .await?
+    let since_ms = now_ms - cfg.carry_over_days * DAY_MS;
+    let carry = if cfg.carry_over_max_segments == 0 {
+        crate::store::CarryOver::default()
+    } else {
+        store
+            .carry_over(team, since_ms, cfg.carry_over_max_segments)
+            .await?
+    };
+    report.carry_over_left_out = carry.left_out;
+    if carry.left_out > 0 {
+        tracing::warn!(
+            left_out = carry.left_out,
+            max = cfg.carry_over_max_segments,
+            "more unlinked segments in the carry-over window than a batch takes: the most \
+             recent are clustered again, the rest wait for a later batch or leave the window \
+             (raise matching.carry_over_max_segments, or shorten carry_over_days)"
+        );
+    }
+    let carry_ids: Vec<String> = carry
+        .ids
         .into_iter()
         .filter(|id| !new_set.contains(id.as_str()))
         .collect();
@@ -582,6 +605,9 @@ pub struct PipelineArgs {
     /// Unlinked segments of this many days are clustered again with each new batch.
     #[arg(long, default_value_t = 7)]
     pub carry_over_days: i64,
+    /// At most this many of them join a batch, the most recent first (0: none).
+    #[arg(long, default_value_t = 50_000)]
+    pub carry_over_max_segments: usize,
     /// Half-life of the recency term of priority, in days.
     #[arg(long, default_value_t = 7.0)]
     pub recency_half_life_days: f64,
@@ -646,6 +672,9 @@ impl PipelineArgs {
         }
         if given("carry_over_days") {
             mt.carry_over_days = self.carry_over_days;
+        }
+        if given("carry_over_max_segments") {
+            mt.carry_over_max_segments = self.carry_over_max_segments;
         }
         if given("recency_half_life_days") {
             cfg.priority.half_life_days = self.recency_half_life_days;

@@ -133,9 +133,10 @@ async fn appended_rows_add_only_themselves() {
     let (tasks_before, links_before, _) = env.snapshot().await;
     let carried: HashSet<String> = env
         .store
-        .carry_over(1, 0)
+        .carry_over(1, 0, usize::MAX)
         .await
         .expect("carry over")
+        .ids
         .into_iter()
         .collect();
     // Append: rewrite the file with the old rows plus new ones, as a growing export would.
@@ -166,6 +167,64 @@ async fn appended_rows_add_only_themselves() {
         "a document is linked once"
     );
     assert!(tasks_after.len() >= tasks_before.len());
+}
+
+/// More unlinked segments in the carry-over window than `carry_over_max_segments`: the batch
+/// takes the most recent, and reports how many it left out.
+#[tokio::test]
+async fn carry_over_takes_the_most_recent_up_to_its_cap() {
+    let (mut rows, _) = demo(800, 5);
+    rows.sort_by(|a, b| {
+        (a.inserted_at_ms, &a.document_id).cmp(&(b.inserted_at_ms, &b.document_id))
+    });
+    let later = rows.split_off(500);
+    let env = env(&rows).await;
+    // A tight threshold and no rescue leave many noise rows unlinked.
+    let cfg = PipelineConfig {
+        task_match_threshold: 0.1,
+        high_impact_noise_threshold: 1.0,
+        ..config()
+    };
+    env.run_with(&cfg).await;
+    let window = NOW - 7 * 86_400_000;
+    let waiting = env
+        .store
+        .carry_over(1, window, usize::MAX)
+        .await
+        .expect("carry over")
+        .ids;
+    assert!(
+        waiting.len() >= 4,
+        "only {} rows left unlinked",
+        waiting.len()
+    );
+    let cap = waiting.len() / 2;
+    let all: Vec<RawSegment> = rows.iter().chain(&later).cloned().collect();
+    write_segments(&env.file, &all).expect("rewrite");
+    let reports = env
+        .run_with(&PipelineConfig {
+            carry_over_max_segments: cap,
+            ..cfg
+        })
+        .await;
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].carried_over, cap);
+    assert_eq!(reports[0].carry_over_left_out, waiting.len() - cap);
+    // The oldest waited: none of them was linked by this batch.
+    let (_, links, _) = env.snapshot().await;
+    let linked: HashSet<&str> = links.iter().map(|(d, _)| d.as_str()).collect();
+    let times: HashMap<&str, i64> = rows
+        .iter()
+        .map(|r| (r.document_id.as_str(), r.timestamp_ms))
+        .collect();
+    let mut by_age: Vec<&String> = waiting.iter().collect();
+    by_age.sort_by_key(|d| (times[d.as_str()], d.to_string()));
+    assert!(
+        by_age[..waiting.len() - cap]
+            .iter()
+            .all(|d| !linked.contains(d.as_str())),
+        "a row left out of the carry-over was linked"
+    );
 }
 
 #[tokio::test]
@@ -225,7 +284,13 @@ async fn small_batches_are_not_clustered_but_not_lost() {
     assert_eq!(reports[0].clusters, 0);
     // Unless a row is high-impact (rescued), it waits in the carry-over set for later batches.
     let linked = reports[0].links;
-    let carried = env.store.carry_over(1, 0).await.expect("carry over").len();
+    let carried = env
+        .store
+        .carry_over(1, 0, usize::MAX)
+        .await
+        .expect("carry over")
+        .ids
+        .len();
     assert_eq!(linked + carried, 2);
 }
 

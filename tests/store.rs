@@ -471,7 +471,10 @@ async fn rerunning_a_batch_changes_nothing(backend: Backend) {
     );
     assert_eq!(store.links(TEAM, a_id).await.unwrap(), links_before);
     assert_eq!(store.quarantined(TEAM).await.unwrap().len(), 1);
-    assert_eq!(store.carry_over(TEAM, 0).await.unwrap(), ["n1"]);
+    assert_eq!(
+        store.carry_over(TEAM, 0, usize::MAX).await.unwrap().ids,
+        ["n1"]
+    );
     db.finish(store).await;
 }
 
@@ -544,7 +547,14 @@ async fn failed_commit_writes_nothing(backend: Backend) {
             .is_empty()
     );
     assert!(store.quarantined(TEAM).await.unwrap().is_empty());
-    assert!(store.carry_over(TEAM, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .carry_over(TEAM, 0, usize::MAX)
+            .await
+            .unwrap()
+            .ids
+            .is_empty()
+    );
     assert_eq!(store.watermark(TEAM).await.unwrap(), None);
     assert!(store.teams().await.unwrap().is_empty());
 
@@ -696,14 +706,37 @@ async fn carry_over_window_excludes_linked_and_pruned(backend: Backend) {
     let s = store.commit_batch(&b1).await.unwrap();
     assert_eq!((s.unlinked_added, s.unlinked_pruned), (4, 0));
     assert_eq!(
-        store.carry_over(TEAM, NOW - 7 * DAY_MS).await.unwrap(),
+        store
+            .carry_over(TEAM, NOW - 7 * DAY_MS, usize::MAX)
+            .await
+            .unwrap()
+            .ids,
         ["x", "y", "z"]
     );
     assert_eq!(
-        store.carry_over(TEAM, NOW - DAY_MS).await.unwrap(),
+        store
+            .carry_over(TEAM, NOW - DAY_MS, usize::MAX)
+            .await
+            .unwrap()
+            .ids,
         ["y", "z"]
     );
-    assert!(store.carry_over(TEAM + 1, 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .carry_over(TEAM + 1, 0, usize::MAX)
+            .await
+            .unwrap()
+            .ids
+            .is_empty()
+    );
+    // Capped: the most recent, still oldest first, and how many more the window holds.
+    let capped = store.carry_over(TEAM, NOW - 7 * DAY_MS, 2).await.unwrap();
+    assert_eq!(
+        (capped.ids, capped.left_out),
+        (vec!["y".to_string(), "z".into()], 1)
+    );
+    let exact = store.carry_over(TEAM, NOW - 7 * DAY_MS, 3).await.unwrap();
+    assert_eq!((exact.ids.len(), exact.left_out), (3, 0));
 
     // Next batch: y joins a Task, z is noise again (already present), the 7-day window prunes "old".
     let b2 = BatchCommit {
@@ -721,7 +754,10 @@ async fn carry_over_window_excludes_linked_and_pruned(backend: Backend) {
         s.unlinked_pruned, 2,
         "old (out of window) and y (now linked)"
     );
-    assert_eq!(store.carry_over(TEAM, 0).await.unwrap(), ["x", "z"]);
+    assert_eq!(
+        store.carry_over(TEAM, 0, usize::MAX).await.unwrap().ids,
+        ["x", "z"]
+    );
     db.finish(store).await;
 }
 

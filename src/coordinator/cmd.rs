@@ -253,9 +253,14 @@ fn print_outcomes(outcomes: &[(i64, TeamOutcome)]) -> ExitCode {
 fn print_reports(team: i64, reports: &[BatchReport]) {
     for r in reports {
         println!(
-            "team {team}: {} segments read ({} carried over, {} quarantined), {} clusters, {} noise ({} rescued) -> {} Tasks created, {} updated, {} links  [read {:.2}s, numeric {:.2}s, labels {:.2}s, commit {:.2}s]",
+            "team {team}: {} segments read ({} carried over{}, {} quarantined), {} clusters, {} noise ({} rescued) -> {} Tasks created, {} updated, {} links  [read {:.2}s, numeric {:.2}s, labels {:.2}s, commit {:.2}s]",
             r.segments_read,
             r.carried_over,
+            if r.carry_over_left_out > 0 {
+                format!(", {} more left out", r.carry_over_left_out)
+            } else {
+                String::new()
+            },
             r.quarantined,
             r.clusters,
             r.noise,

@@ -223,6 +223,15 @@ pub struct UnlinkedSegment {
     pub timestamp_ms: i64,
 }
 
+/// The unlinked segments a batch clusters again ([`Store::carry_over`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CarryOver {
+    /// Oldest first (by timestamp, then document_id).
+    pub ids: Vec<String>,
+    /// Unlinked segments in the window beyond the cap: the oldest ones.
+    pub left_out: usize,
+}
+
 /// Everything one batch of one team writes, committed in one transaction by
 /// [`Store::commit_batch`].
 #[derive(Clone)]
@@ -502,9 +511,10 @@ impl Store {
         read!(self, format!("looking up linked segments of team {team}"), r => r.linked_ids(team, ids).await)
     }
 
-    /// Unlinked document_ids with `timestamp_ms >= since_ms`, oldest first.
-    pub async fn carry_over(&self, team: i64, since_ms: i64) -> Result<Vec<String>> {
-        read!(self, format!("reading carried-over segments of team {team}"), r => r.carry_over(team, since_ms).await)
+    /// Unlinked document_ids with `timestamp_ms >= since_ms`: the `max` most recent, given
+    /// oldest first, and how many more there are.
+    pub async fn carry_over(&self, team: i64, since_ms: i64, max: usize) -> Result<CarryOver> {
+        read!(self, format!("reading carried-over segments of team {team}"), r => r.carry_over(team, since_ms, max).await)
     }
 
     /// Quarantined rows of a team, in the order they were recorded.

@@ -12,8 +12,8 @@ use sqlx::{
 };
 
 use super::{
-    BatchCommit, CommitSummary, Link, PriorityFn, Quarantine, Run, RunFigures, RunRecord,
-    StoredMapPoint, Task, TaskAggregates, TaskRef, Watermark, centroid_from_bytes,
+    BatchCommit, CarryOver, CommitSummary, Link, PriorityFn, Quarantine, Run, RunFigures,
+    RunRecord, StoredMapPoint, Task, TaskAggregates, TaskRef, Watermark, centroid_from_bytes,
     centroid_to_bytes,
 };
 
@@ -226,19 +226,49 @@ where
         Ok(out)
     }
 
-    pub(super) async fn carry_over(&self, team: i64, since_ms: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT u.document_id FROM unlinked_segments u \
-             WHERE u.team_id = $1 AND u.timestamp_ms >= $2 AND NOT EXISTS ( \
-               SELECT 1 FROM task_segment_links l \
-               WHERE l.team_id = u.team_id AND l.document_id = u.document_id) \
-             ORDER BY u.timestamp_ms, u.document_id",
-        )
+    pub(super) async fn carry_over(
+        &self,
+        team: i64,
+        since_ms: i64,
+        max: usize,
+    ) -> Result<CarryOver> {
+        macro_rules! unlinked_in_window {
+            () => {
+                "FROM unlinked_segments u \
+                 WHERE u.team_id = $1 AND u.timestamp_ms >= $2 AND NOT EXISTS ( \
+                   SELECT 1 FROM task_segment_links l \
+                   WHERE l.team_id = u.team_id AND l.document_id = u.document_id)"
+            };
+        }
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = sqlx::query(concat!(
+            "SELECT u.document_id ",
+            unlinked_in_window!(),
+            " ORDER BY u.timestamp_ms DESC, u.document_id DESC LIMIT $3"
+        ))
         .bind(team)
         .bind(since_ms)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        let mut ids = rows
+            .iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect::<Result<Vec<String>>>()?;
+        ids.reverse();
+        // Counted only when the cap was reached: the common case costs one query.
+        let left_out = if ids.len() >= max {
+            let row = sqlx::query(concat!("SELECT COUNT(*) ", unlinked_in_window!()))
+                .bind(team)
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?;
+            let all: i64 = row.try_get(0)?;
+            usize::try_from(all).unwrap_or(0).saturating_sub(ids.len())
+        } else {
+            0
+        };
+        Ok(CarryOver { ids, left_out })
     }
 
     pub(super) async fn quarantined(&self, team: i64) -> Result<Vec<Quarantine>> {
