@@ -208,9 +208,11 @@ impl Matcher {
         g
     }
 
-    /// Runs `step` on queries `0..n` in order, in blocks, each screened against the Tasks (and,
-    /// where `groups`, the new groups) as they are at the block's start. `block(range)` packs
-    /// the range's query vectors.
+    /// Runs `step(matcher, block, screens, i, j)` on queries `i` in `0..n` in order (`j`: the
+    /// query's place in its block), in blocks, each screened against the Tasks (and, where
+    /// `groups`, the new groups) as they are at the block's start. `block(range, own)` packs
+    /// the range's query vectors, with their products among themselves where `own` (needed
+    /// only where the block's queries may start groups it searches).
     fn in_blocks(
         &mut self,
         n: usize,
@@ -302,8 +304,8 @@ impl PartialOrd for Merge {
 /// leaf clusters split a problem by phrasing, and one pass left 4 pairs of the same problem's
 /// Tasks within the threshold of each other. Why not instead of it: it would change which
 /// clusters end up together on data that one pass already handles well, and before the screen
-/// its first step (every pair of 5,721 clusters, a 50,000-row demo batch) took 46 s. Each group comes with
-/// whether it has moved (took in another), and goes back with that, updated.
+/// its first step (every pair of 5,721 clusters, a 50,000-row demo batch) took 46 s. Each
+/// group comes with whether it has moved (took in another), and goes back with that, updated.
 fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)> {
     use rayon::prelude::*;
     use std::collections::BinaryHeap;

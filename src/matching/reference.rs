@@ -27,6 +27,7 @@ fn start_task(plan: &mut Plan, g: Group) {
     plan.new_tasks.push(g);
 }
 
+/// `super::agglomerate` with its first step pair by pair.
 fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)> {
     use rayon::prelude::*;
     use std::collections::BinaryHeap;

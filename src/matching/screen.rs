@@ -145,7 +145,7 @@ impl Screen {
         }
     }
 
-    /// No products: every comparison is exact (for the few groups matched after merging).
+    /// No products: every comparison is exact. For a set the block does not search.
     pub fn exact() -> Self {
         Self {
             dots: Mat::zeros(0, 0),
