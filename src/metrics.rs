@@ -31,6 +31,7 @@ pub struct TeamFigures {
     pub links: u64,
     pub read_s: f64,
     pub numeric_s: f64,
+    pub match_s: f64,
     pub label_s: f64,
     pub commit_s: f64,
     pub succeeded: u64,
@@ -93,6 +94,7 @@ impl Metrics {
         t.links += r.links as u64;
         t.read_s += r.read_s;
         t.numeric_s += r.numeric_s;
+        t.match_s += r.match_s;
         t.label_s += r.label_s;
         t.commit_s += r.commit_s;
     }
@@ -240,6 +242,7 @@ impl Metrics {
             for (stage, v) in [
                 ("read", t.read_s),
                 ("numeric", t.numeric_s),
+                ("match", t.match_s),
                 ("label", t.label_s),
                 ("commit", t.commit_s),
             ] {
@@ -342,6 +345,7 @@ mod tests {
             tasks_created: 4,
             links: 100,
             numeric_s: 1.5,
+            match_s: 0.25,
             ..Default::default()
         });
         m.team_succeeded(7);
@@ -376,6 +380,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("segclust_stage_seconds_total{team=\"7\",stage=\"numeric\"} 1.5"));
+        assert!(text.contains("segclust_stage_seconds_total{team=\"7\",stage=\"match\"} 0.25"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();

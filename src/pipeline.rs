@@ -88,6 +88,8 @@ pub struct BatchReport {
     pub links: usize,
     pub read_s: f64,
     pub numeric_s: f64,
+    /// Matching clusters and noise to Tasks (impact and coherence checks included).
+    pub match_s: f64,
     pub label_s: f64,
     pub commit_s: f64,
 }
@@ -266,6 +268,7 @@ pub async fn run_batch(
     debug_assert!(is_new.iter().filter(|&&n| n).count() <= new_count);
 
     // Impact, clusters, matching.
+    let t = Instant::now();
     let impacts: Vec<f64> = segments
         .iter()
         .map(|s| impact::impact(&s.content, &s.metadata, &cfg.impact).score)
@@ -315,6 +318,7 @@ pub async fn run_batch(
         .iter()
         .filter(|g| g.members.len() == 1)
         .count();
+    report.match_s = t.elapsed().as_secs_f64();
 
     // Labels for new Tasks only, fetched concurrently (at most the labeler's bound in flight),
     // in the Tasks' order; a Task the LLM fails on gets the fallback label.
@@ -525,6 +529,7 @@ fn run_record(
             rescued: count(report.rescued),
             read_s: report.read_s,
             numeric_s: report.numeric_s,
+            match_s: report.match_s,
             label_s: report.label_s,
             ..Default::default()
         },

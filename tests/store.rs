@@ -1069,6 +1069,7 @@ async fn run_row_and_descriptions_commit_with_the_batch(backend: Backend) {
             noise: 1,
             quarantined: 1,
             read_s: 0.25,
+            match_s: 0.125,
             // Ignored: the commit fills these in.
             tasks_created: 99,
             links: 99,
@@ -1110,9 +1111,10 @@ async fn run_row_and_descriptions_commit_with_the_batch(backend: Backend) {
         (
             r.figures.segments_read,
             r.figures.clusters,
-            r.figures.read_s
+            r.figures.read_s,
+            r.figures.match_s
         ),
-        (6, 2, 0.25)
+        (6, 2, 0.25, 0.125)
     );
     assert!(r.figures.commit_s >= 0.0 && r.finished_at_ms > 0);
     assert_eq!(r.quarantine_reasons, record.quarantine_reasons);

@@ -253,7 +253,7 @@ fn print_outcomes(outcomes: &[(i64, TeamOutcome)]) -> ExitCode {
 fn print_reports(team: i64, reports: &[BatchReport]) {
     for r in reports {
         println!(
-            "team {team}: {} segments read ({} carried over{}, {} quarantined), {} clusters, {} noise ({} rescued) -> {} Tasks created, {} updated, {} links  [read {:.2}s, numeric {:.2}s, labels {:.2}s, commit {:.2}s]",
+            "team {team}: {} segments read ({} carried over{}, {} quarantined), {} clusters, {} noise ({} rescued) -> {} Tasks created, {} updated, {} links  [read {:.2}s, numeric {:.2}s, match {:.2}s, labels {:.2}s, commit {:.2}s]",
             r.segments_read,
             r.carried_over,
             if r.carry_over_left_out > 0 {
@@ -270,6 +270,7 @@ fn print_reports(team: i64, reports: &[BatchReport]) {
             r.links,
             r.read_s,
             r.numeric_s,
+            r.match_s,
             r.label_s,
             r.commit_s
         );
@@ -456,7 +457,7 @@ pub async fn backfill_cmd(a: BackfillArgs, m: &ArgMatches) -> Result<ExitCode> {
     bar.finish();
     let f = c.metrics.team(team);
     println!(
-        "backfill of team {team}: {} windows, {} batches, {} segments, {} Tasks created, {} updated, {} links  [read {:.1}s, numeric {:.1}s, labels {:.1}s, commit {:.1}s]",
+        "backfill of team {team}: {} windows, {} batches, {} segments, {} Tasks created, {} updated, {} links  [read {:.1}s, numeric {:.1}s, match {:.1}s, labels {:.1}s, commit {:.1}s]",
         windows,
         f.batches,
         f.segments_read,
@@ -465,6 +466,7 @@ pub async fn backfill_cmd(a: BackfillArgs, m: &ArgMatches) -> Result<ExitCode> {
         f.links,
         f.read_s,
         f.numeric_s,
+        f.match_s,
         f.label_s,
         f.commit_s
     );

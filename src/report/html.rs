@@ -311,6 +311,7 @@ fn latest_run(o: &mut String, r: &Run) {
     let stages = [
         ("read", f.read_s),
         ("numeric", f.numeric_s),
+        ("match", f.match_s),
         ("labels", f.label_s),
         ("commit", f.commit_s),
     ];
@@ -336,8 +337,8 @@ fn runs(o: &mut String, runs: &[Run]) {
     o.push_str(
         "<table><thead><tr><th>started (UTC)</th><th>segments</th><th>carried over</th>\
          <th>quarantined</th><th>clusters</th><th>noise</th><th>rescued</th><th>Tasks created</th>\
-         <th>Tasks updated</th><th>links</th><th>read s</th><th>numeric s</th><th>labels s</th>\
-         <th>commit s</th><th>total s</th></tr></thead><tbody>",
+         <th>Tasks updated</th><th>links</th><th>read s</th><th>numeric s</th><th>match s</th>\
+         <th>labels s</th><th>commit s</th><th>total s</th></tr></thead><tbody>",
     );
     for r in runs {
         let f = &r.figures;
@@ -345,7 +346,7 @@ fn runs(o: &mut String, runs: &[Run]) {
             o,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>\
-             <td>{:.2}</td><td>{:.2}</td></tr>",
+             <td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
             format_ms(r.started_at_ms),
             f.segments_read,
             f.carried_over,
@@ -358,9 +359,10 @@ fn runs(o: &mut String, runs: &[Run]) {
             f.links,
             f.read_s,
             f.numeric_s,
+            f.match_s,
             f.label_s,
             f.commit_s,
-            f.read_s + f.numeric_s + f.label_s + f.commit_s
+            f.read_s + f.numeric_s + f.match_s + f.label_s + f.commit_s
         );
     }
     o.push_str("</tbody></table>");

@@ -163,6 +163,8 @@ pub struct RunFigures {
     pub links: i64,
     pub read_s: f64,
     pub numeric_s: f64,
+    /// Matching clusters and noise to Tasks.
+    pub match_s: f64,
     pub label_s: f64,
     pub commit_s: f64,
 }

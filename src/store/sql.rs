@@ -96,7 +96,8 @@ macro_rules! run_columns {
     () => {
         "id, team_id, started_at_ms, finished_at_ms, now_ms, segments_read, already_linked, \
          carried_over, quarantined, clustered, clusters, noise, rescued, tasks_created, \
-         tasks_updated, links, read_s, numeric_s, label_s, commit_s, quarantine_reasons, map"
+         tasks_updated, links, read_s, numeric_s, label_s, commit_s, quarantine_reasons, map, \
+         match_s"
     };
 }
 
@@ -757,7 +758,7 @@ where
         "INSERT INTO runs (team_id, started_at_ms, finished_at_ms, now_ms, segments_read, \
          already_linked, carried_over, quarantined, clustered, clusters, noise, rescued, \
          tasks_created, tasks_updated, links, read_s, numeric_s, label_s, commit_s, \
-         quarantine_reasons, map) ",
+         quarantine_reasons, map, match_s) ",
     );
     qb.push_values(std::iter::once(()), |mut row, ()| {
         row.push_bind(team)
@@ -780,7 +781,8 @@ where
             .push_bind(f.label_s)
             .push_bind(commit_s)
             .push_bind(reasons.clone())
-            .push_bind(map.clone());
+            .push_bind(map.clone())
+            .push_bind(f.match_s);
     });
     qb.build()
         .execute(&mut **tx)
@@ -844,6 +846,7 @@ where
             numeric_s: r.try_get(17)?,
             label_s: r.try_get(18)?,
             commit_s: r.try_get(19)?,
+            match_s: r.try_get(22)?,
         },
         quarantine_reasons,
         map: map
