@@ -210,24 +210,23 @@ impl Matcher {
 
     /// Runs `step(matcher, block, screens, i, j)` on queries `i` in `0..n` in order (`j`: the
     /// query's place in its block), in blocks, each screened against the Tasks (and, where
-    /// `groups`, the new groups) as they are at the block's start. `block(range, own)` packs
-    /// the range's query vectors, with their products among themselves where `own` (needed
-    /// only where the block's queries may start groups it searches).
+    /// `groups`, the new groups) as they are at the block's start. `block(range)` packs the
+    /// range's query vectors.
     fn in_blocks(
         &mut self,
         n: usize,
         groups: bool,
-        block: impl Fn(std::ops::Range<usize>, bool) -> Block,
+        block: impl Fn(std::ops::Range<usize>) -> Block,
         mut step: impl FnMut(&mut Self, &Block, &mut Screens, usize, usize),
     ) {
         let mut start = 0;
         while start < n {
             let end = n.min(start + screen::block_rows(self.tasks.len() + self.groups.len()));
-            let b = block(start..end, groups);
+            let b = block(start..end);
             let mut s = Screens {
-                tasks: Screen::new(&b, &self.tasks),
+                tasks: Screen::new(&b, &mut self.tasks),
                 groups: if groups {
-                    Screen::new(&b, &self.groups)
+                    Screen::new(&b, &mut self.groups)
                 } else {
                     Screen::exact()
                 },
@@ -404,18 +403,18 @@ pub fn plan(
     m.in_blocks(
         clusters.len(),
         true,
-        |range, own| {
+        |range| {
             let cs: Vec<Vec<f32>> = clusters[range]
                 .par_iter()
                 .map(|members| centroid(unit_rows, members))
                 .collect();
-            Block::new(dim, cs.iter().map(Vec::as_slice), own)
+            Block::new(dim, cs.iter().map(Vec::as_slice))
         },
         |m, b, s, i, j| {
             let links_before = m.links.len();
             if !m.absorb(b, s, j, clusters[i], true) {
                 let g = m.start(clusters[i].clone(), b.query(j));
-                s.groups.started(g, j, &m.groups);
+                s.groups.started(b, g, j);
                 moved.push(false);
             } else if let Some((_, Target::New(g))) = m.links.get(links_before) {
                 moved[*g] = true;
@@ -439,11 +438,10 @@ pub fn plan(
         m.in_blocks(
             merged.len(),
             false,
-            |range, own| {
+            |range| {
                 Block::new(
                     dim,
                     merged[range].iter().map(|(g, _)| g.centroid.as_slice()),
-                    own,
                 )
             },
             |m, b, s, i, j| {
@@ -458,12 +456,12 @@ pub fn plan(
     m.in_blocks(
         noise.len(),
         true,
-        |range, own| Block::new(dim, noise[range].iter().map(|&r| unit_rows.row(r)), own),
+        |range| Block::new(dim, noise[range].iter().map(|&r| unit_rows.row(r))),
         |m, b, s, i, j| {
             let r = noise[i];
             if !m.absorb(b, s, j, &[r], true) && rescue(r) {
                 let g = m.start(vec![r], b.query(j));
-                s.groups.started(g, j, &m.groups);
+                s.groups.started(b, g, j);
             }
         },
     );
