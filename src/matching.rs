@@ -80,6 +80,15 @@ pub fn coherent(
     (kept, noise)
 }
 
+/// Whether a stored Task centroid can be matched with rows of `dim` values. One of another
+/// length was made by another embedding model, so its distance to this batch's rows means
+/// nothing; one with a NaN or infinite value (a corrupt row) would be at distance NaN or minus
+/// infinity from everything and take in the whole batch. Neither is matched (the pipeline
+/// warns with the count).
+pub fn matchable(centroid: &[f32], dim: usize) -> bool {
+    centroid.len() == dim && centroid.iter().all(|x| x.is_finite())
+}
+
 /// An existing Task as matching sees it.
 #[derive(Clone, Debug)]
 pub struct TaskCentroid {
@@ -135,10 +144,10 @@ struct Screens {
 
 impl Matcher {
     fn new(tasks: &[TaskCentroid], dim: usize, threshold: f64) -> Self {
-        // A centroid of another length was made by another embedding model: its distance to
-        // this batch's rows means nothing, so it is never matched (the pipeline says so).
-        let mut sorted: Vec<&TaskCentroid> =
-            tasks.iter().filter(|t| t.centroid.len() == dim).collect();
+        let mut sorted: Vec<&TaskCentroid> = tasks
+            .iter()
+            .filter(|t| matchable(&t.centroid, dim))
+            .collect();
         sorted.sort_by_key(|t| t.task_id);
         let mut centroids = Centroids::new(dim);
         for t in &sorted {
@@ -175,7 +184,8 @@ impl Matcher {
         {
             let moved = merge_centroids(self.tasks.row(i), self.weights[i], c, w);
             self.tasks.set(i, &moved);
-            self.weights[i] += w;
+            // A stored weight is outside input: saturate rather than overflow.
+            self.weights[i] = self.weights[i].saturating_add(w);
             self.grown[i] = true;
             let id = self.task_ids[i];
             self.links
@@ -758,6 +768,43 @@ mod tests {
         let p = plan(&m, &[vec![0]], &[], |_| false, &tasks, 0.3);
         assert_eq!(p.links, vec![(0, Target::New(0))]);
         assert!(p.updated.is_empty());
+    }
+
+    /// Stored centroids are outside input: a NaN, infinite or zero one is never matched and
+    /// never panics, and a weight at i64::MAX saturates. (An infinite one was at distance minus
+    /// infinity from every row, so it took them all.)
+    #[test]
+    fn broken_stored_centroids_are_never_matched() {
+        let m = rows(&[&[1.0, 0.0, 0.0], &[1.0, 0.01, 0.0]]);
+        let tasks = vec![
+            TaskCentroid {
+                task_id: 1,
+                centroid: vec![f32::NAN, 0.0, 0.0],
+                weight: 1,
+            },
+            TaskCentroid {
+                task_id: 2,
+                centroid: vec![f32::INFINITY, 0.0, 0.0],
+                weight: 1,
+            },
+            TaskCentroid {
+                task_id: 3,
+                centroid: vec![0.0, 0.0, 0.0],
+                weight: 1,
+            },
+            TaskCentroid {
+                task_id: 4,
+                centroid: vec![1.0, 0.0, 0.0],
+                weight: i64::MAX,
+            },
+        ];
+        let p = plan(&m, &[vec![0]], &[1], |_| false, &tasks, 0.3);
+        assert_eq!(
+            p.links,
+            vec![(0, Target::Existing(4)), (1, Target::Existing(4))]
+        );
+        assert_eq!(p.updated.len(), 1);
+        assert_eq!(p.updated[0].weight, i64::MAX);
     }
 
     #[test]

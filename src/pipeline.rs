@@ -292,16 +292,17 @@ pub async fn run_batch(
             weight: t.centroid_weight,
         })
         .collect();
-    let other_dim = centroids
+    let unmatchable = centroids
         .iter()
-        .filter(|t| t.centroid.len() != unit.cols())
+        .filter(|t| !matching::matchable(&t.centroid, unit.cols()))
         .count();
-    if other_dim > 0 && unit.rows() > 0 {
+    if unmatchable > 0 && unit.rows() > 0 {
         tracing::warn!(
-            tasks = other_dim,
+            tasks = unmatchable,
             dim = unit.cols(),
-            "Tasks with centroids of another dimension (made with another embedding model?) are \
-             not matched; their problems will be filed again as new Tasks"
+            "Tasks whose centroids have another dimension (made with another embedding model?) \
+             or NaN or infinite values (a corrupt row) are not matched; their problems will be \
+             filed again as new Tasks"
         );
     }
     let threshold = cfg.high_impact_noise_threshold;
