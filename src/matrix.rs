@@ -103,12 +103,31 @@ pub fn normalize(v: &mut [f32]) {
 }
 
 /// Cosine distance between two unit vectors (1 - dot), computed in f64.
+pub fn cosine_distance_unit(a: &[f32], b: &[f32]) -> f64 {
+    1.0 - dot64(a, b)
+}
+
+/// `|v|` in f64.
+pub fn norm64(v: &[f32]) -> f64 {
+    dot64(v, v).sqrt()
+}
+
+/// A relative bound on how far an f32 dot product of length `dim` can be from the exact one,
+/// with room to spare: recursive or blocked summation of n terms is off by at most
+/// `n u sum |a_i b_i|` (u = 2^-24, FMA or not); f32::EPSILON is 2u, so this is twice that for
+/// n = dim + 8, plus room for the f64 round-off of the exact values a screen is compared with.
+/// The GEMM screens (kNN, matching) rule a pair out only beyond it.
+pub fn f32_dot_rel(dim: usize) -> f64 {
+    (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9
+}
+
+/// `<a, b>` in f64 over the common prefix.
 ///
 /// Eight running sums, added in a fixed order at the end: one sum was a chain of dependent
 /// additions, bound by their latency, and matching calls this for every pair of a cluster and a
 /// group (`cargo bench --bench numeric -- matching_plan`). The order is fixed, so the result
 /// depends on the inputs only.
-pub fn cosine_distance_unit(a: &[f32], b: &[f32]) -> f64 {
+pub fn dot64(a: &[f32], b: &[f32]) -> f64 {
     const LANES: usize = 8;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -124,7 +143,7 @@ pub fn cosine_distance_unit(a: &[f32], b: &[f32]) -> f64 {
     for (&x, &y) in ra.iter().zip(rb) {
         dot += f64::from(x) * f64::from(y);
     }
-    1.0 - dot
+    dot
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@
 //! distances they saved.
 
 use super::prim::euclidean4;
-use crate::matrix::Matrix;
+use crate::matrix::{Matrix, dot64, norm64};
 use anyhow::{Result, ensure};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
@@ -125,10 +125,7 @@ pub(crate) struct Kernels {
 
 impl Kernels {
     pub fn new(dim: usize) -> Self {
-        // Recursive summation of n positive terms has relative error below (n + 2) u, u = 2^-24;
-        // f32::EPSILON is 2u, so this is twice that, plus room for f64 round-off in the exact
-        // distances the screen is compared against.
-        let rel = (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9;
+        let rel = crate::matrix::f32_dot_rel(dim);
         // Why the panel screen's slack is 2 rel: the f32 dot product is off by at most
         // (D + 1) u sum |q_i r_i| (u = 2^-24) and 2 sum |q_i r_i| <= |q|^2 + |r|^2, so -2 <q, r>
         // is off by (D + 1) u (|q|^2 + |r|^2); the stored norms and the final adds cost under
@@ -1208,29 +1205,6 @@ pub(crate) struct PositionKnn {
     pub k: usize,
     pub idx: Vec<u32>,
     pub dist: Vec<f64>,
-}
-
-/// `<a, b>` in f64, eight partial sums (vectorized; bounds only, so the order is free).
-fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let (ca, ta) = a.as_chunks::<8>();
-    let (cb, tb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for j in 0..8 {
-            acc[j] += f64::from(x[j]) * f64::from(y[j]);
-        }
-    }
-    let tail: f64 = ta
-        .iter()
-        .zip(tb)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    acc.iter().sum::<f64>() + tail
-}
-
-/// `|v|` in f64.
-fn norm64(v: &[f32]) -> f64 {
-    dot64(v, v).sqrt()
 }
 
 /// `PairBounds`' two minimums over the points `o` of leaf `r`, for every leaf `q`:

@@ -20,7 +20,7 @@
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
-use crate::matrix::cosine_distance_unit;
+use crate::matrix::{cosine_distance_unit, f32_dot_rel as rel, norm64};
 
 /// Centroids packed row-major at one dimension. A centroid that changes after a screen was
 /// taken keeps the row the screen saw and how far it has moved from it, so the screen's
@@ -122,13 +122,6 @@ impl Centroids {
     fn as_faer(&self) -> MatRef<'_, f32> {
         MatRef::from_row_major_slice(&self.data, self.len(), self.dim)
     }
-}
-
-fn norm64(v: &[f32]) -> f64 {
-    v.iter()
-        .map(|&x| f64::from(x) * f64::from(x))
-        .sum::<f64>()
-        .sqrt()
 }
 
 /// A block of queries, packed, with their norms.
@@ -255,11 +248,6 @@ impl Screen {
         }
         best
     }
-}
-
-/// `D u` with room to spare: twice the bound, plus an absolute term for the f64 side.
-fn rel(dim: usize) -> f64 {
-    (dim as f64 + 8.0) * f64::from(f32::EPSILON) + 1e-9
 }
 
 fn product(a: MatRef<'_, f32>, b: MatRef<'_, f32>) -> Mat<f32> {
