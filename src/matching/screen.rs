@@ -66,14 +66,11 @@ impl Centroids {
     /// other length is cut or padded with zeros rather than trusted.
     pub fn push(&mut self, c: &[f32]) -> usize {
         debug_assert_eq!(c.len(), self.dim);
-        let start = self.data.len();
-        self.data.resize(start + self.dim, 0.0);
-        let n = c.len().min(self.dim);
-        self.data[start..start + n].copy_from_slice(&c[..n]);
+        self.data.resize(self.data.len() + self.dim, 0.0);
         self.norm.push(0.0);
         self.saved.push(None);
         let i = self.len() - 1;
-        self.norm[i] = norm64(self.row(i));
+        self.write(i, c);
         i
     }
 
@@ -86,11 +83,7 @@ impl Centroids {
             });
             self.changed.push(i);
         }
-        let row = &mut self.data[i * self.dim..(i + 1) * self.dim];
-        row.fill(0.0);
-        let n = c.len().min(self.dim);
-        row[..n].copy_from_slice(&c[..n]);
-        self.norm[i] = norm64(self.row(i));
+        self.write(i, c);
         let row = &self.data[i * self.dim..(i + 1) * self.dim];
         if let Some(s) = &mut self.saved[i] {
             // Differences of f32 values are exact in f64; the sum's rounding is far below the
@@ -102,6 +95,14 @@ impl Centroids {
                 .sum();
             s.drift = d2.sqrt() * (1.0 + 1e-6) + 1e-12;
         }
+    }
+
+    fn write(&mut self, i: usize, c: &[f32]) {
+        let row = &mut self.data[i * self.dim..(i + 1) * self.dim];
+        let n = c.len().min(self.dim);
+        row[..n].copy_from_slice(&c[..n]);
+        row[n..].fill(0.0);
+        self.norm[i] = norm64(self.row(i));
     }
 
     /// Makes the rows as they are now the ones a new screen sees.
