@@ -316,16 +316,29 @@ impl PartialOrd for Merge {
 /// its first step (every pair of 5,721 clusters, a 50,000-row demo batch) took 46 s. Each
 /// group comes with whether it has moved (took in another), and goes back with that, updated.
 fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)> {
+    merge_closest_first(groups, threshold, |groups| {
+        let mut set = Centroids::new(groups.first().map_or(0, |g| g.centroid.len()));
+        for g in groups {
+            set.push(&g.centroid);
+        }
+        screen::close_pairs(&set, threshold)
+    })
+}
+
+/// `agglomerate`, with its first step (every pair of groups strictly within the threshold, as
+/// `(a, b, distance)` with `a < b`, in any order) given by `close_pairs`, so the tests' pairwise
+/// oracle shares the rest.
+fn merge_closest_first(
+    groups: Vec<(Group, bool)>,
+    threshold: f64,
+    close_pairs: impl FnOnce(&[Group]) -> Vec<(usize, usize, f64)>,
+) -> Vec<(Group, bool)> {
     use rayon::prelude::*;
     use std::collections::BinaryHeap;
 
     let (mut groups, mut moved): (Vec<Group>, Vec<bool>) = groups.into_iter().unzip();
     let k = groups.len();
-    let mut set = Centroids::new(groups.first().map_or(0, |g| g.centroid.len()));
-    for g in &groups {
-        set.push(&g.centroid);
-    }
-    let mut heap: BinaryHeap<Merge> = screen::close_pairs(&set, threshold)
+    let mut heap: BinaryHeap<Merge> = close_pairs(&groups)
         .into_iter()
         .map(|(a, b, d)| Merge {
             d,
@@ -335,7 +348,6 @@ fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)>
         })
         .collect::<Vec<_>>()
         .into();
-    drop(set);
     let mut alive = vec![true; k];
     let mut stamp = vec![0u32; k];
     while let Some(m) = heap.pop() {

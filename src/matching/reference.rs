@@ -1,7 +1,9 @@
 //! The pairwise search matching made before its screen: every comparison exact, one pair at a
-//! time. Kept for tests only, as the oracle the screened `plan` must agree with exactly.
+//! time. Kept for tests only, as the oracle the screened `plan` must agree with exactly. It
+//! shares the closest-first merge after its first step (`merge_closest_first`), which the
+//! screen never touched.
 
-use super::{Group, Merge, Plan, Target, TaskCentroid, centroid, merge_centroids};
+use super::{Group, Plan, Target, TaskCentroid, centroid, merge_centroids, merge_closest_first};
 use crate::matrix::{Matrix, cosine_distance_unit};
 
 /// Nearest centroid among `candidates` strictly within `threshold`; ties go to the earlier one.
@@ -29,72 +31,16 @@ fn start_task(plan: &mut Plan, g: Group) {
 
 /// `super::agglomerate` with its first step pair by pair.
 fn agglomerate(groups: Vec<(Group, bool)>, threshold: f64) -> Vec<(Group, bool)> {
-    use rayon::prelude::*;
-    use std::collections::BinaryHeap;
-
-    let (mut groups, mut moved): (Vec<Group>, Vec<bool>) = groups.into_iter().unzip();
-    let k = groups.len();
-    let mut heap: BinaryHeap<Merge> = (0..k)
-        .into_par_iter()
-        .flat_map_iter(|a| {
-            let ca = &groups[a].centroid;
-            let groups = &groups;
-            (a + 1..k).filter_map(move |b| {
-                let d = cosine_distance_unit(ca, &groups[b].centroid);
-                (d < threshold).then_some(Merge {
-                    d,
-                    a,
-                    b,
-                    stamps: (0, 0),
-                })
+    merge_closest_first(groups, threshold, |groups| {
+        let k = groups.len();
+        (0..k)
+            .flat_map(|a| (a + 1..k).map(move |b| (a, b)))
+            .filter_map(|(a, b)| {
+                let d = cosine_distance_unit(&groups[a].centroid, &groups[b].centroid);
+                (d < threshold).then_some((a, b, d))
             })
-        })
-        .collect::<Vec<_>>()
-        .into();
-    let mut alive = vec![true; k];
-    let mut stamp = vec![0u32; k];
-    while let Some(m) = heap.pop() {
-        if !(alive[m.a] && alive[m.b]) || (stamp[m.a], stamp[m.b]) != m.stamps {
-            continue;
-        }
-        // The lower index survives, so the new Task's place follows its first cluster.
-        let taken = std::mem::take(&mut groups[m.b].members);
-        let centroid = merge_centroids(
-            &groups[m.a].centroid,
-            groups[m.a].members.len() as i64,
-            &groups[m.b].centroid,
-            taken.len() as i64,
-        );
-        let g = &mut groups[m.a];
-        g.centroid = centroid;
-        g.members.extend(taken);
-        g.members.sort_unstable();
-        alive[m.b] = false;
-        stamp[m.a] += 1;
-        moved[m.a] = true;
-        let (a, c) = (m.a, &groups[m.a].centroid);
-        let near: Vec<Merge> = (0..k)
-            .into_par_iter()
-            .filter(|&o| o != a && alive[o])
-            .filter_map(|o| {
-                let d = cosine_distance_unit(c, &groups[o].centroid);
-                let (x, y) = (a.min(o), a.max(o));
-                (d < threshold).then(|| Merge {
-                    d,
-                    a: x,
-                    b: y,
-                    stamps: (stamp[x], stamp[y]),
-                })
-            })
-            .collect();
-        heap.extend(near);
-    }
-    groups
-        .into_iter()
-        .zip(alive)
-        .zip(moved)
-        .filter_map(|((g, a), m)| a.then_some((g, m)))
-        .collect()
+            .collect()
+    })
 }
 
 /// Matches `clusters` (groups of rows of `unit_rows`) to `tasks`, merging close new clusters,
