@@ -1002,3 +1002,113 @@ async fn the_pipeline_on_the_emulated_gpu_makes_the_cpus_tasks() {
         "the emulated GPU's Tasks differ from the CPU's"
     );
 }
+
+/// How far the leaf kernel's candidate lists would have to reach on the bench's projection at
+/// scale, without running a kernel: for a sample of rows, the exact squared distances to their
+/// nearest other row (what `prove_knn` needs) and to their k-th (what the kNN walk settles),
+/// against the rigorous bounds of their leaf's candidate list (the default, full where it
+/// fits): how many listed leaves a walk must take before the list's bound passes the key. A
+/// list cut to L leaves proves no row that needs more; such a row goes to the brute-force
+/// kernel, which compares it with every row. Run with
+/// `SEGCLUST_EMU_ROWS=1000000 cargo test --release --test gpu_emu list_reach_at_scale --
+/// --ignored --nocapture` (1M x 3072 needs about 15 GB; the projection is kept in
+/// `target/tmp/` for the next run).
+#[test]
+#[ignore = "a measurement (minutes at 1M rows), not a check"]
+fn list_reach_at_scale() {
+    let n: usize = std::env::var("SEGCLUST_EMU_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let samples: usize = std::env::var("SEGCLUST_EMU_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-pca-{n}.npy"));
+    let started = std::time::Instant::now();
+    let y = match segclust::npy::read_matrix(&cache) {
+        Ok(y) => y,
+        Err(_) => {
+            let (x, _) = segclust::bench::synthetic_embeddings(n, 3072, 42);
+            let y = reduce::pca_cpu(&x, &PcaParams::default())
+                .expect("PCA")
+                .projected;
+            segclust::npy::write_matrix(&cache, &y).expect("cache the projection");
+            y
+        }
+    };
+    eprintln!(
+        "{n} x {} projection in {:.0} s",
+        y.cols(),
+        started.elapsed().as_secs_f64()
+    );
+    let tables_started = std::time::Instant::now();
+    let t = LeafTables::build(&y, &LeafParams::default()).expect("tables");
+    let long = t.m;
+    let nl = t.leaves();
+    let leaf_of = t.leaf_of_positions();
+    let mut pos_of = vec![0usize; n];
+    for (p, &r) in t.perm.iter().enumerate() {
+        pos_of[r as usize] = p;
+    }
+    eprintln!(
+        "{nl} leaves, lists of {long} (the default), built in {:.1} s",
+        tables_started.elapsed().as_secs_f64()
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let rows: Vec<usize> = (0..samples).map(|_| rng.random_range(0..n)).collect();
+    let k = 24;
+    // (key of the nearest other row, key of the k-th nearest other row) per sampled row.
+    let keys: Vec<(f32, f32)> = {
+        use rayon::prelude::*;
+        rows.par_iter()
+            .map(|&r| {
+                let q = y.row(r);
+                let mut d2: Vec<f32> = (0..n)
+                    .filter(|&o| o != r)
+                    .map(|o| q.iter().zip(y.row(o)).map(|(a, b)| (a - b) * (a - b)).sum())
+                    .collect();
+                d2.select_nth_unstable_by(k - 1, f32::total_cmp);
+                let kth = d2[k - 1];
+                let first = d2[..k].iter().copied().fold(f32::INFINITY, f32::min);
+                (first, kth)
+            })
+            .collect()
+    };
+    // Entries of the row's list a walk must take before the list's bound passes `key`, or
+    // None when even the long list does not reach it.
+    let needed = |r: usize, key: f32| -> Option<usize> {
+        let l = leaf_of[pos_of[r]] as usize;
+        let lb = &t.cand_lb2[l * t.m..(l + 1) * t.m];
+        let taken = lb.partition_point(|&b| b <= key);
+        (taken < t.m || t.rest_lb2[l] > key).then_some(taken)
+    };
+    for (what, pick) in [("nearest other row", 0usize), ("k-th nearest (k = 24)", 1)] {
+        let mut need: Vec<Option<usize>> = rows
+            .iter()
+            .zip(&keys)
+            .map(|(&r, &(a, b))| needed(r, if pick == 0 { a } else { b }))
+            .collect();
+        need.sort_by_key(|v| v.unwrap_or(usize::MAX));
+        let beyond = |len: usize| {
+            100.0 * need.iter().filter(|v| v.is_none_or(|m| m > len)).count() as f64
+                / samples as f64
+        };
+        let pct = |q: f64| {
+            need[((samples - 1) as f64 * q) as usize].map_or(format!(">{long}"), |v| v.to_string())
+        };
+        eprintln!(
+            "{what}: leaves a walk needs, median {}, p90 {}, p99 {}; beyond 512: {:.1}%, \
+             1024: {:.1}%, 2048: {:.1}%, 4096: {:.1}%, {long}: {:.1}%",
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            beyond(512),
+            beyond(1024),
+            beyond(2048),
+            beyond(4096),
+            beyond(long)
+        );
+    }
+    eprintln!("{:.0} s in all", started.elapsed().as_secs_f64());
+}
