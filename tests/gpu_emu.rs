@@ -1110,5 +1110,58 @@ fn list_reach_at_scale() {
             beyond(long)
         );
     }
+    // The kNN kernel itself (emulated) for a sample of query leaves, with the default lists
+    // and with lists of 512: the pairs it measures (per block: its rows times the rows it
+    // loads, as `work_at_scale` counts them), and the queries it leaves unproven, each of
+    // which the brute-force kernel then compares with all n rows.
+    let sample_leaves: usize = std::env::var("SEGCLUST_EMU_LEAVES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    if sample_leaves == 0 {
+        return;
+    }
+    let qleaves: Vec<i32> = (0..sample_leaves)
+        .map(|_| rng.random_range(0..nl) as i32)
+        .collect();
+    let queries: usize = qleaves
+        .iter()
+        .map(|&l| (t.start[l as usize + 1] - t.start[l as usize]) as usize)
+        .sum();
+    let xp = in_positions(&y, &t);
+    let open = vec![f32::INFINITY; n];
+    let qpos = every_row(&t, &qleaves);
+    for list_len in [usize::MAX, 512] {
+        let t = LeafTables::build(
+            &y,
+            &LeafParams {
+                list_len,
+                ..LeafParams::default()
+            },
+        )
+        .expect("tables");
+        let mut emu = Emu::default();
+        emu.load(xp.as_slice(), xp.cols(), &t).expect("load");
+        let walk_started = std::time::Instant::now();
+        let f = emu
+            .leaf_candidates(&qleaves, &qpos, &open, false, usize::MAX, k, k)
+            .expect("kernel");
+        let unproven = qpos
+            .iter()
+            .enumerate()
+            .filter(|&(slot, &p)| p >= 0 && f.keys[slot * k + 1] > f.unseen2[slot])
+            .count();
+        let pairs = emu.knn_pairs + unproven * n;
+        eprintln!(
+            "kNN kernel, lists of {}: {sample_leaves} query leaves ({queries} rows): the leaf \
+             search measured {:.2}% of their brute-force pairs, {unproven} rows unproven \
+             ({:.1}%); with their brute force {:.2}% ({:.0} s emulated)",
+            t.m,
+            100.0 * emu.knn_pairs as f64 / (queries * n) as f64,
+            100.0 * unproven as f64 / queries as f64,
+            100.0 * pairs as f64 / (queries * n) as f64,
+            walk_started.elapsed().as_secs_f64()
+        );
+    }
     eprintln!("{:.0} s in all", started.elapsed().as_secs_f64());
 }
