@@ -63,12 +63,18 @@ pub fn coherent(
     threshold: f64,
     min_size: usize,
 ) -> (Vec<Vec<usize>>, Vec<usize>) {
-    let mut kept = Vec::with_capacity(clusters.len());
-    for members in clusters {
-        let c = centroid(unit_rows, &members);
-        let (near, far): (Vec<usize>, Vec<usize>) = members
-            .into_iter()
-            .partition(|&r| cosine_distance_unit(unit_rows.row(r), &c) <= threshold);
+    use rayon::prelude::*;
+    let split: Vec<(Vec<usize>, Vec<usize>)> = clusters
+        .into_par_iter()
+        .map(|members| {
+            let c = centroid(unit_rows, &members);
+            members
+                .into_iter()
+                .partition(|&r| cosine_distance_unit(unit_rows.row(r), &c) <= threshold)
+        })
+        .collect();
+    let mut kept = Vec::with_capacity(split.len());
+    for (near, far) in split {
         noise.extend(far);
         if near.len() >= min_size.max(1) {
             kept.push(near);
@@ -121,6 +127,8 @@ pub struct Plan {
     pub updated: Vec<TaskCentroid>,
     /// (row, target) for every row that gets linked.
     pub links: Vec<(usize, Target)>,
+    /// Existing Tasks left out because their centroids cannot be matched (`matchable`).
+    pub unmatchable: usize,
 }
 
 /// One batch's matching as it goes: the existing Tasks and the new groups as centroids the
@@ -131,6 +139,7 @@ struct Matcher {
     task_ids: Vec<i64>,
     weights: Vec<i64>,
     grown: Vec<bool>,
+    unmatchable: usize,
     groups: Centroids,
     members: Vec<Vec<usize>>,
     links: Vec<(usize, Target)>,
@@ -159,6 +168,7 @@ impl Matcher {
             task_ids: sorted.iter().map(|t| t.task_id).collect(),
             weights: sorted.iter().map(|t| t.weight).collect(),
             grown: vec![false; sorted.len()],
+            unmatchable: tasks.len() - sorted.len(),
             groups: Centroids::new(dim),
             members: Vec::new(),
             links: Vec::new(),
@@ -270,6 +280,7 @@ impl Matcher {
             new_tasks,
             updated,
             links: self.links,
+            unmatchable: self.unmatchable,
         }
     }
 }
@@ -809,6 +820,12 @@ mod tests {
                 centroid: vec![1.0, 0.0, 0.0],
                 weight: i64::MAX,
             },
+            // Another embedding model's: its prefix is the batch's rows exactly.
+            TaskCentroid {
+                task_id: 5,
+                centroid: vec![1.0, 0.0, 0.0, 0.0],
+                weight: 1,
+            },
         ];
         let p = plan(&m, &[vec![0]], &[1], |_| false, &tasks, 0.3);
         assert_eq!(
@@ -817,6 +834,7 @@ mod tests {
         );
         assert_eq!(p.updated.len(), 1);
         assert_eq!(p.updated[0].weight, i64::MAX);
+        assert_eq!(p.unmatchable, 3, "NaN, infinite and another length");
     }
 
     #[test]

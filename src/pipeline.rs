@@ -17,7 +17,7 @@ use crate::source::Source;
 use crate::store::{BatchCommit, NewLink, NewTask, Store, TaskRef, UnlinkedSegment};
 use anyhow::{Context, Result};
 use clap::Args;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -269,10 +269,13 @@ pub async fn run_batch(
 
     // Impact, clusters, matching.
     let t = Instant::now();
-    let impacts: Vec<f64> = segments
-        .iter()
-        .map(|s| impact::impact(&s.content, &s.metadata, &cfg.impact).score)
-        .collect();
+    let impacts: Vec<f64> = {
+        use rayon::prelude::*;
+        segments
+            .par_iter()
+            .map(|s| impact::impact(&s.content, &s.metadata, &cfg.impact).score)
+            .collect()
+    };
     let (clusters, noise) = groups(&clustering);
     let (clusters, noise) = matching::coherent(
         &unit,
@@ -292,19 +295,6 @@ pub async fn run_batch(
             weight: t.centroid_weight,
         })
         .collect();
-    let unmatchable = centroids
-        .iter()
-        .filter(|t| !matching::matchable(&t.centroid, unit.cols()))
-        .count();
-    if unmatchable > 0 && unit.rows() > 0 {
-        tracing::warn!(
-            tasks = unmatchable,
-            dim = unit.cols(),
-            "Tasks whose centroids have another dimension (made with another embedding model?) \
-             or NaN or infinite values (a corrupt row) are not matched; their problems will be \
-             filed again as new Tasks"
-        );
-    }
     let threshold = cfg.high_impact_noise_threshold;
     let plan = matching::plan(
         &unit,
@@ -314,11 +304,44 @@ pub async fn run_batch(
         &centroids,
         cfg.task_match_threshold,
     );
+    if plan.unmatchable > 0 && unit.rows() > 0 {
+        tracing::warn!(
+            tasks = plan.unmatchable,
+            dim = unit.cols(),
+            "Tasks whose centroids have another dimension (made with another embedding model?) \
+             or NaN or infinite values (a corrupt row) are not matched; their problems will be \
+             filed again as new Tasks"
+        );
+    }
     report.rescued = plan
         .new_tasks
         .iter()
         .filter(|g| g.members.len() == 1)
         .count();
+    // Each linked row's distance to the centroid its Task ends the batch with: stored with the
+    // link, and for a new Task also what picks the descriptions its label is made from.
+    let updated: HashMap<i64, &[f32]> = plan
+        .updated
+        .iter()
+        .map(|u| (u.task_id, u.centroid.as_slice()))
+        .collect();
+    let centroid_of = |target: &Target| -> &[f32] {
+        match target {
+            Target::New(j) => &plan.new_tasks[*j].centroid,
+            Target::Existing(id) => updated.get(id).copied().unwrap_or(&[]),
+        }
+    };
+    let link_distance: Vec<f64> = {
+        use rayon::prelude::*;
+        plan.links
+            .par_iter()
+            .map(|(r, target)| cosine_distance_unit(unit.row(*r), centroid_of(target)))
+            .collect()
+    };
+    let mut row_distance = vec![f64::NAN; unit.rows()];
+    for ((r, _), &d) in plan.links.iter().zip(&link_distance) {
+        row_distance[*r] = d;
+    }
     report.match_s = t.elapsed().as_secs_f64();
 
     // Labels for new Tasks only, fetched concurrently (at most the labeler's bound in flight),
@@ -327,7 +350,7 @@ pub async fn run_batch(
     let requests: Vec<LabelRequest> = plan
         .new_tasks
         .iter()
-        .map(|g| label_request(&segments, &unit, &g.members, &g.centroid, &impacts))
+        .map(|g| label_request(&segments, &g.members, &row_distance, &impacts))
         .collect();
     let labels = label_all(labeler, &requests).await;
     let new_tasks: Vec<NewTask> = plan
@@ -346,23 +369,12 @@ pub async fn run_batch(
     report.label_s = t.elapsed().as_secs_f64();
     failpoint::hit("after_label").await;
 
-    // Links, with the distance to the centroid the segment's Task ends the batch with.
-    let centroid_of = |target: &Target| -> &[f32] {
-        match target {
-            Target::New(j) => &plan.new_tasks[*j].centroid,
-            Target::Existing(id) => plan
-                .updated
-                .iter()
-                .find(|u| u.task_id == *id)
-                .map(|u| u.centroid.as_slice())
-                .unwrap_or(&[]),
-        }
-    };
     let mut linked_rows = HashSet::new();
     let links: Vec<NewLink> = plan
         .links
         .iter()
-        .map(|(r, target)| {
+        .zip(link_distance)
+        .map(|((r, target), distance)| {
             linked_rows.insert(*r);
             let s = &segments[*r];
             NewLink {
@@ -373,7 +385,7 @@ pub async fn run_batch(
                 document_id: s.document_id.clone(),
                 session_id: s.session_id.clone(),
                 distinct_id: s.distinct_id.clone(),
-                distance: cosine_distance_unit(unit.row(*r), centroid_of(target)),
+                distance,
                 impact: impacts[*r],
                 timestamp_ms: s.timestamp_ms,
                 content: s.content.clone(),
@@ -552,18 +564,14 @@ fn groups(c: &Clustering) -> (Vec<Vec<usize>>, Vec<usize>) {
     (clusters, noise)
 }
 
-/// Up to 5 member descriptions closest to the centroid, one per session.
+/// Up to 5 member descriptions closest to the centroid (`distance`, per row), one per session.
 fn label_request(
     segments: &[Segment],
-    unit: &Matrix,
     members: &[usize],
-    centroid: &[f32],
+    distance: &[f64],
     impacts: &[f64],
 ) -> LabelRequest {
-    let mut by_distance: Vec<(f64, usize)> = members
-        .iter()
-        .map(|&r| (cosine_distance_unit(unit.row(r), centroid), r))
-        .collect();
+    let mut by_distance: Vec<(f64, usize)> = members.iter().map(|&r| (distance[r], r)).collect();
     by_distance.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let mut sessions = HashSet::new();
     let descriptions = by_distance
