@@ -1003,13 +1003,15 @@ async fn the_pipeline_on_the_emulated_gpu_makes_the_cpus_tasks() {
     );
 }
 
-/// How far the leaf kernel's candidate lists would have to reach on the bench's projection at
-/// scale, without running a kernel: for a sample of rows, the exact squared distances to their
-/// nearest other row (what `prove_knn` needs) and to their k-th (what the kNN walk settles),
-/// against the rigorous bounds of their leaf's candidate list (the default, full where it
-/// fits): how many listed leaves a walk must take before the list's bound passes the key. A
-/// list cut to L leaves proves no row that needs more; such a row goes to the brute-force
-/// kernel, which compares it with every row. Run with
+/// How far the leaf kernel's candidate lists must reach on the bench's projection at the bars'
+/// sizes (the other emulated tests run where every list holds every leaf). First without a
+/// kernel: for a sample of rows, the exact squared distances to their nearest other row (what
+/// `prove_knn` needs) and to their k-th (what the kNN walk settles), against the rigorous
+/// bounds of their leaf's candidate list (the default, full where it fits): how many listed
+/// leaves a walk must take before the list's bound passes the key. A list cut to L leaves
+/// proves no row that needs more; such a row goes to the brute-force kernel, which compares it
+/// with every row. Then the emulated kNN kernel for a sample of query leaves
+/// (`SEGCLUST_EMU_LEAVES`, default 16), with full lists and with lists of 512. Run with
 /// `SEGCLUST_EMU_ROWS=1000000 cargo test --release --test gpu_emu list_reach_at_scale --
 /// --ignored --nocapture` (1M x 3072 needs about 15 GB; the projection is kept in
 /// `target/tmp/` for the next run).
@@ -1110,10 +1112,10 @@ fn list_reach_at_scale() {
             beyond(long)
         );
     }
-    // The kNN kernel itself (emulated) for a sample of query leaves, with the default lists
-    // and with lists of 512: the pairs it measures (per block: its rows times the rows it
-    // loads, as `work_at_scale` counts them), and the queries it leaves unproven, each of
-    // which the brute-force kernel then compares with all n rows.
+    // The kNN kernel itself (emulated) for a sample of query leaves: the pairs it measures
+    // (per block: its rows times the rows it loads, as `work_at_scale` counts them), and the
+    // queries it leaves unproven, each of which the brute-force kernel then compares with all
+    // n rows.
     let sample_leaves: usize = std::env::var("SEGCLUST_EMU_LEAVES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1134,7 +1136,7 @@ fn list_reach_at_scale() {
     // `need`: the key the walk settles before it stops; `mst_with` settles all k (its
     // Boruvka rounds then run mostly from the lists), 2 settles only the core distance.
     for (list_len, need) in [(usize::MAX, k), (usize::MAX, 2), (512, k)] {
-        let t = LeafTables::build(
+        let tl = LeafTables::build(
             &y,
             &LeafParams {
                 list_len,
@@ -1142,8 +1144,10 @@ fn list_reach_at_scale() {
             },
         )
         .expect("tables");
+        // The split does not depend on the lists, so `qpos` and `xp` hold for these tables.
+        assert_eq!(tl.perm, t.perm);
         let mut emu = Emu::default();
-        emu.load(xp.as_slice(), xp.cols(), &t).expect("load");
+        emu.load(xp.as_slice(), xp.cols(), &tl).expect("load");
         let walk_started = std::time::Instant::now();
         let f = emu
             .leaf_candidates(&qleaves, &qpos, &open, false, usize::MAX, need, k)
@@ -1159,7 +1163,7 @@ fn list_reach_at_scale() {
              ({queries} rows): the leaf \
              search measured {:.2}% of their brute-force pairs, {unproven} rows unproven \
              ({:.1}%); with their brute force {:.2}% ({:.0} s emulated)",
-            t.m,
+            tl.m,
             100.0 * emu.knn_pairs as f64 / (queries * n) as f64,
             100.0 * unproven as f64 / queries as f64,
             100.0 * pairs as f64 / (queries * n) as f64,
