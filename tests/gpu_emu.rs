@@ -599,6 +599,29 @@ fn default_tables_prove_most_rows_in_the_leaf_search() {
     );
 }
 
+/// A measurement's knob from the environment, or its default.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What the pipeline feeds the kernels at the bench's sizes: the PCA projection of
+/// `synthetic_embeddings(n, 3072)`, kept in `target/tmp/` (minutes to make at 1M rows).
+fn bench_projection(n: usize) -> Matrix {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-pca-{n}.npy"));
+    if let Ok(y) = segclust::npy::read_matrix(&cache) {
+        return y;
+    }
+    let (x, _) = segclust::bench::synthetic_embeddings(n, 3072, 42);
+    let y = reduce::pca_cpu(&x, &PcaParams::default())
+        .expect("PCA")
+        .projected;
+    segclust::npy::write_matrix(&cache, &y).expect("cache the projection");
+    y
+}
+
 /// A measurement, not a check of speed: the kernels' work on what the pipeline feeds them (the
 /// PCA projection of the bench's synthetic embeddings), in query-row pairs, the unit of a GPU
 /// kernel's time. Prints the shares of brute force; checks the result like every test here.
@@ -607,20 +630,10 @@ fn default_tables_prove_most_rows_in_the_leaf_search() {
 #[test]
 #[ignore]
 fn work_at_scale() {
-    let n: usize = std::env::var("SEGCLUST_EMU_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let (x, _) = segclust::bench::synthetic_embeddings(n, 3072, 42);
-    let y = segclust::reduce::pca_cpu(&x, &segclust::reduce::PcaParams::default())
-        .expect("PCA")
-        .projected;
-    drop(x);
+    let n: usize = env_or("SEGCLUST_EMU_ROWS", 20_000);
+    let y = bench_projection(n);
     // An H100 runs 132 SMs x 4 blocks of `leaf_candidates` (128 threads, 128 registers) at once.
-    let wave: usize = std::env::var("SEGCLUST_EMU_WAVE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(528);
+    let wave: usize = env_or("SEGCLUST_EMU_WAVE", 528);
     let emu = Emu {
         wave: (wave > 0).then_some(wave),
         ..Emu::default()
@@ -1018,27 +1031,10 @@ async fn the_pipeline_on_the_emulated_gpu_makes_the_cpus_tasks() {
 #[test]
 #[ignore = "a measurement (minutes at 1M rows), not a check"]
 fn list_reach_at_scale() {
-    let n: usize = std::env::var("SEGCLUST_EMU_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    let samples: usize = std::env::var("SEGCLUST_EMU_SAMPLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_000);
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-pca-{n}.npy"));
+    let n: usize = env_or("SEGCLUST_EMU_ROWS", 200_000);
+    let samples: usize = env_or("SEGCLUST_EMU_SAMPLES", 2_000);
     let started = std::time::Instant::now();
-    let y = match segclust::npy::read_matrix(&cache) {
-        Ok(y) => y,
-        Err(_) => {
-            let (x, _) = segclust::bench::synthetic_embeddings(n, 3072, 42);
-            let y = reduce::pca_cpu(&x, &PcaParams::default())
-                .expect("PCA")
-                .projected;
-            segclust::npy::write_matrix(&cache, &y).expect("cache the projection");
-            y
-        }
-    };
+    let y = bench_projection(n);
     eprintln!(
         "{n} x {} projection in {:.0} s",
         y.cols(),
@@ -1116,10 +1112,7 @@ fn list_reach_at_scale() {
     // (per block: its rows times the rows it loads, as `work_at_scale` counts them), and the
     // queries it leaves unproven, each of which the brute-force kernel then compares with all
     // n rows.
-    let sample_leaves: usize = std::env::var("SEGCLUST_EMU_LEAVES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
+    let sample_leaves: usize = env_or("SEGCLUST_EMU_LEAVES", 16);
     if sample_leaves == 0 {
         return;
     }
