@@ -1165,3 +1165,45 @@ fn list_reach_at_scale() {
     }
     eprintln!("{:.0} s in all", started.elapsed().as_secs_f64());
 }
+
+/// The host's share of the GPU MST before any kernel runs, at the bars' sizes: the leaf split
+/// and the candidate lists on the bench's projection, built `SEGCLUST_EMU_REPS` times (default
+/// 3), with a digest of the tables so two builds of the code can be shown to make the same
+/// ones. `SEGCLUST_LOG=segclust::gpu=debug` splits each time into its stages. Run with
+/// `SEGCLUST_EMU_ROWS=1000000 cargo test --release --test gpu_emu leaf_tables_at_scale --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement (minutes at 1M rows), not a check"]
+fn leaf_tables_at_scale() {
+    use std::hash::{Hash, Hasher};
+    let n: usize = env_or("SEGCLUST_EMU_ROWS", 200_000);
+    let reps: usize = env_or("SEGCLUST_EMU_REPS", 3);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SEGCLUST_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let y = bench_projection(n);
+    for rep in 0..reps {
+        let started = std::time::Instant::now();
+        let t = LeafTables::build(&y, &LeafParams::default()).expect("tables");
+        let seconds = started.elapsed().as_secs_f64();
+        let mut h = std::hash::DefaultHasher::new();
+        t.perm.hash(&mut h);
+        t.cand.hash(&mut h);
+        for v in t.cand_lb2.iter().chain(&t.rest_lb2) {
+            v.to_bits().hash(&mut h);
+        }
+        assert!(
+            t.cand
+                .iter()
+                .all(|&c| c >= -1 && (c as i64) < t.leaves() as i64)
+        );
+        eprintln!(
+            "{n} x {}: build {rep}: {} leaves, lists of {}, {seconds:.2} s, digest {:016x}",
+            y.cols(),
+            t.leaves(),
+            t.m,
+            h.finish()
+        );
+    }
+}

@@ -110,11 +110,17 @@ impl LeafTables {
             p.leaf_size
         );
         let kern = Kernels::new(d);
+        let started = std::time::Instant::now();
         let leaves = if n == 0 {
             Vec::new()
         } else {
             split(x, (0..n as u32).collect(), p.leaf_size, &kern)
         };
+        tracing::debug!(
+            leaves = leaves.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "GPU MST: rows split into leaves"
+        );
         Self::from_leaves(x, leaves, p.list_len)
     }
 
@@ -203,7 +209,13 @@ impl LeafTables {
         }
         let budget = (LIST_BYTES / (8 * nl.max(1))).max(MIN_LIST);
         let m = list_len.min(budget).min(nl.max(1));
+        let started = std::time::Instant::now();
         let (cand, cand_lb2, rest_lb2) = candidate_lists(&centres, &radius, d, m);
+        tracing::debug!(
+            list_len = m,
+            seconds = started.elapsed().as_secs_f64(),
+            "GPU MST: candidate lists built"
+        );
         let centres32: Vec<f32> = centres.iter().flatten().map(|&v| v as f32).collect();
         let radius32: Vec<f32> = radius.iter().map(|&r| f32_up(r)).collect();
         // An f32 squared distance errs by at most rel_err(d) relative; its square root by half
@@ -317,6 +329,8 @@ fn packed(v: f32, leaf: usize) -> u64 {
 
 /// Every leaf's `m` nearest leaves by the bound |c_q - c_r| - r_q - r_r (the triangle
 /// inequality through both centres), with the centre distances from one f64 GEMM per chunk.
+/// Written straight into the tables: at 1M rows the lists are 1.27 GB, and per-chunk lists
+/// joined at the end held them twice.
 fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> Lists {
     let nl = centres.len();
     if nl == 0 {
@@ -329,42 +343,47 @@ fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> 
         .map(|c| c.iter().map(|v| v * v).sum())
         .collect();
     const CHUNK: usize = 256;
-    let per_chunk: Vec<Lists> = (0..nl.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|ci| {
+    let mut cand = vec![-1i32; nl * m];
+    let mut cand_lb2 = vec![f32::INFINITY; nl * m];
+    let mut rest_lb2 = vec![f32::INFINITY; nl];
+    cand.par_chunks_mut(CHUNK * m)
+        .zip(cand_lb2.par_chunks_mut(CHUNK * m))
+        .zip(rest_lb2.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(ci, ((cand, cand_lb2), rest_lb2))| {
             let (a, b) = (ci * CHUNK, ((ci + 1) * CHUNK).min(nl));
-            let mut g = Mat::<f64>::zeros(b - a, nl);
+            // Column q - a holds <c_r, c_q> for every r: faer's matrices are column-major, so
+            // the scan below reads each list's products contiguously (a chunk's 256 x nl
+            // transpose read one product per 2 KiB stride).
+            let mut g = Mat::<f64>::zeros(nl, b - a);
             matmul(
                 g.as_mut(),
                 Accum::Replace,
-                all.subrows(a, b - a),
-                all.transpose(),
+                all,
+                all.subrows(a, b - a).transpose(),
                 1.0f64,
                 Par::Seq,
-            );
-            let mut out = (
-                Vec::with_capacity((b - a) * m),
-                Vec::with_capacity((b - a) * m),
-                Vec::with_capacity(b - a),
             );
             // In ~100 dimensions most leaves' balls overlap, so most bounds are 0; among those
             // the nearest centres go first, where a walk finds its rows' neighbours early and
             // later leaves fall to the queries' own, tighter bounds (they used to go by leaf
             // number, an arbitrary order: kNN pairs at 10,000 rows 49.4% -> 39.8% of brute
-            // force with this one). The leaves with a bound follow by bound. Each part sorts
-            // as plain integers, (f32 bits << 32) | leaf (non-negative floats order like their
-            // bits), which keeps the 12,610 full lists of 1M rows cheap to build.
+            // force with this one). The leaves with a bound follow by bound. Each part is
+            // ordered as (f32 value, leaf) by a radix sort on the value, which keeps the
+            // 12,610 full lists of 1M rows cheap to build.
             let (mut touching, mut apart) = (Vec::with_capacity(nl), Vec::with_capacity(nl));
+            let mut scratch = Vec::with_capacity(nl);
             for q in a..b {
                 touching.clear();
                 apart.clear();
+                let dots = g.col_as_slice(q - a);
                 for r in 0..nl {
                     // The f64 dot form errs by far less than 1e-12 of |c_q|^2 + |c_r|^2.
                     let s = norm2[q] + norm2[r];
                     let cc2 = if q == r {
                         0.0
                     } else {
-                        (s - 2.0 * g[(q - a, r)] - 1e-12 * s).max(0.0)
+                        (s - 2.0 * dots[r] - 1e-12 * s).max(0.0)
                     };
                     let lb = cc2.sqrt() - radius[q] - radius[r];
                     if lb > 0.0 {
@@ -373,38 +392,72 @@ fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> 
                         touching.push(packed(cc2 as f32, r));
                     }
                 }
-                touching.sort_unstable();
-                apart.sort_unstable();
+                sort_packed(&mut touching, &mut scratch);
+                sort_packed(&mut apart, &mut scratch);
                 let leaf = |v: &u64| (*v & u64::from(u32::MAX)) as i32;
                 let bound = |v: &u64| f32::from_bits((*v >> 32) as u32);
+                let (to, to_lb2) = (
+                    &mut cand[(q - a) * m..(q - a + 1) * m],
+                    &mut cand_lb2[(q - a) * m..(q - a + 1) * m],
+                );
                 let listed = touching.len().min(m);
-                out.0.extend(touching[..listed].iter().map(leaf));
-                out.1.extend(std::iter::repeat_n(0.0f32, listed));
-                let more = m - listed;
-                out.0.extend(apart.iter().take(more).map(leaf));
-                out.1.extend(apart.iter().take(more).map(bound));
-                out.2.push(if touching.len() > m {
+                let more = (m - listed).min(apart.len());
+                for (slot, v) in to.iter_mut().zip(&touching[..listed]) {
+                    *slot = leaf(v);
+                }
+                to_lb2[..listed].fill(0.0);
+                for ((slot, lb2), v) in to[listed..]
+                    .iter_mut()
+                    .zip(&mut to_lb2[listed..])
+                    .zip(&apart[..more])
+                {
+                    *slot = leaf(v);
+                    *lb2 = bound(v);
+                }
+                rest_lb2[q - a] = if touching.len() > m {
                     0.0
                 } else {
-                    apart.get(more).map_or(f32::INFINITY, bound)
-                });
-                out.0.resize((q - a + 1) * m, -1);
-                out.1.resize((q - a + 1) * m, f32::INFINITY);
+                    apart.get(m - listed).map_or(f32::INFINITY, bound)
+                };
             }
-            out
-        })
-        .collect();
-    let mut lists = (
-        Vec::with_capacity(nl * m),
-        Vec::with_capacity(nl * m),
-        Vec::new(),
+        });
+    (cand, cand_lb2, rest_lb2)
+}
+
+/// Sorts `packed` entries pushed in ascending leaf order into (value, leaf) order, as
+/// `sort_unstable` would: a stable LSD radix sort on the value's bits, 11 bits a pass, that
+/// skips a pass whose digit every entry shares (the values of one list are mostly of one
+/// magnitude, so their exponent bits are). Linear in the list where a comparison sort of the
+/// 1M-row tables' 159 million entries was most of their cost.
+fn sort_packed(v: &mut Vec<u64>, scratch: &mut Vec<u64>) {
+    const BITS: u32 = 11;
+    debug_assert!(
+        v.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)),
+        "leaves must come in ascending order"
     );
-    for (c, l, r) in per_chunk {
-        lists.0.extend(c);
-        lists.1.extend(l);
-        lists.2.extend(r);
+    scratch.clear();
+    scratch.resize(v.len(), 0);
+    let mut count = [0usize; 1 << BITS];
+    for shift in (32..64).step_by(BITS as usize) {
+        let digit = |e: u64| ((e >> shift) & ((1 << BITS) - 1)) as usize;
+        count.fill(0);
+        for &e in v.iter() {
+            count[digit(e)] += 1;
+        }
+        if v.first().is_some_and(|&e| count[digit(e)] == v.len()) {
+            continue;
+        }
+        let mut at = 0;
+        for c in count.iter_mut() {
+            at += std::mem::replace(c, at);
+        }
+        for &e in v.iter() {
+            let c = &mut count[digit(e)];
+            scratch[*c] = e;
+            *c += 1;
+        }
+        std::mem::swap(v, scratch);
     }
-    lists
 }
 
 #[cfg(test)]
@@ -439,6 +492,35 @@ mod tests {
             .map(|i| rng.random_range(-1.0f32..1.0) + (i / d % 7) as f32 * 3.0)
             .collect();
         Matrix::new(n, d, data).expect("shape")
+    }
+
+    #[test]
+    fn radix_order_is_the_packed_integers_order() {
+        // The lists' order must not depend on how they are sorted: the kernel's walk, and so
+        // the pairs it measures, follow it.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut scratch = Vec::new();
+        for len in [0usize, 1, 2, 7, 300, 5000] {
+            for spread in [0u32, 3, 40, 2_000_000] {
+                // Values of one magnitude (the common case, passes skipped), a few distinct
+                // ones (many ties, which leaf order must break) and wide ranges.
+                let base = rng.random_range(0.0f32..1e4);
+                let mut v: Vec<u64> = (0..len)
+                    .map(|leaf| {
+                        let bits = base.to_bits() + rng.random_range(0..=spread);
+                        packed(f32::from_bits(bits), leaf * 3)
+                    })
+                    .collect();
+                let mut want = v.clone();
+                want.sort_unstable();
+                sort_packed(&mut v, &mut scratch);
+                assert_eq!(v, want, "{len} entries, spread {spread}");
+            }
+        }
+        let mut zeros: Vec<u64> = (0..100).map(|l| packed(0.0, l)).collect();
+        let want = zeros.clone();
+        sort_packed(&mut zeros, &mut scratch);
+        assert_eq!(zeros, want);
     }
 
     #[test]
