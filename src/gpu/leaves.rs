@@ -343,9 +343,11 @@ fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> 
         .map(|c| c.iter().map(|v| v * v).sum())
         .collect();
     const CHUNK: usize = 256;
-    let mut cand = vec![-1i32; nl * m];
-    let mut cand_lb2 = vec![f32::INFINITY; nl * m];
-    let mut rest_lb2 = vec![f32::INFINITY; nl];
+    // Zeroed (fresh pages from the system, touched first by the chunks, in parallel); every
+    // slot is written below.
+    let mut cand = vec![0i32; nl * m];
+    let mut cand_lb2 = vec![0f32; nl * m];
+    let mut rest_lb2 = vec![0f32; nl];
     cand.par_chunks_mut(CHUNK * m)
         .zip(cand_lb2.par_chunks_mut(CHUNK * m))
         .zip(rest_lb2.par_chunks_mut(CHUNK))
@@ -414,6 +416,9 @@ fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> 
                     *slot = leaf(v);
                     *lb2 = bound(v);
                 }
+                // Pads, where fewer than m leaves exist (never with m <= nl, as built).
+                to[listed + more..].fill(-1);
+                to_lb2[listed + more..].fill(f32::INFINITY);
                 rest_lb2[q - a] = if touching.len() > m {
                     0.0
                 } else {
