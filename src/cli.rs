@@ -340,16 +340,32 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Colours only for a person at a terminal: the batch job's stderr goes to files, journald
+/// and log collectors, where escape codes are noise around every field (they were written
+/// there before). `NO_COLOR` (no-color.org) turns them off at a terminal too.
 fn init_logging(args: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let (filter, bad) = match tracing_subscriber::EnvFilter::try_new(&args.log) {
+        Ok(f) => (f, None),
+        Err(e) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+    };
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if args.log_json {
         builder.json().init();
     } else {
         builder.with_target(false).compact().init();
+    }
+    // Said, not swallowed: a mistyped filter would otherwise hide the debug lines asked for.
+    if let Some(e) = bad {
+        tracing::warn!(
+            "--log / SEGCLUST_LOG {:?} is not a log filter ({e}); logging at info. Examples: \
+             `info`, `debug`, `info,segclust::gpu=debug`",
+            args.log
+        );
     }
 }
 

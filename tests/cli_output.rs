@@ -79,6 +79,41 @@ fn tasks_ends_quietly_when_its_reader_closes_the_pipe() {
     }
 }
 
+#[test]
+fn logs_into_a_file_or_pipe_are_plain_text() {
+    // The batch job's stderr is read by log collectors, not terminals: no colour escapes, and
+    // a filter that does not parse is said in the log instead of silently meaning `info`.
+    let d = Demo::new(5, 200, 40, 4);
+    let now = NOW.to_string();
+    for (log, json) in [("info", false), ("segclust=dbug,[", false), ("info", true)] {
+        let mut args = vec![
+            "run", "--source", &d.source, "--store", &d.store, "--team", "1", "--dim", "64",
+            "--now-ms", &now, "--device", "cpu", "--log", log,
+        ];
+        if json {
+            args.push("--log-json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_segclust"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("could not start segclust");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run --log {log:?}: {stderr}");
+        assert!(
+            stderr.contains("INFO") || stderr.contains("\"level\":\"INFO\""),
+            "run --log {log:?} logged nothing at info: {stderr}"
+        );
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "escape codes in a log written to a pipe (--log {log:?}): {stderr:?}"
+        );
+        let warned = stderr.contains("is not a log filter");
+        assert_eq!(warned, log.contains('['), "--log {log:?}: {stderr}");
+    }
+}
+
 /// The value of one sample line `name value` of a Prometheus text file.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
