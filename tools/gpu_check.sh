@@ -83,6 +83,16 @@ for s in $STEPS; do
     esac
 done
 
+# Where each bench's GPU MST spent its time: the host's stages (split, lists) and the device's
+# and host's shares, which tell whether a kernel or the host is what stands between a run and a bar.
+for name in compare big; do
+    [ -f "$OUT/$name.log" ] || continue
+    while IFS= read -r line; do
+        summary+=("  $name: $line")
+    done < <(grep -E "GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: " \
+                 "$OUT/$name.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +[A-Z]+ +//')
+done
+
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1))"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 exit "$status"
