@@ -371,8 +371,7 @@ fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> 
             // later leaves fall to the queries' own, tighter bounds (they used to go by leaf
             // number, an arbitrary order: kNN pairs at 10,000 rows 49.4% -> 39.8% of brute
             // force with this one). The leaves with a bound follow by bound. Each part is
-            // ordered as (f32 value, leaf) by a radix sort on the value, which keeps the
-            // 12,610 full lists of 1M rows cheap to build.
+            // ordered as (f32 value, leaf) by a radix sort on the value.
             let (mut touching, mut apart) = (Vec::with_capacity(nl), Vec::with_capacity(nl));
             let mut scratch = Vec::with_capacity(nl);
             for q in a..b {
@@ -432,8 +431,8 @@ fn candidate_lists(centres: &[Vec<f64>], radius: &[f64], d: usize, m: usize) -> 
 /// Sorts `packed` entries pushed in ascending leaf order into (value, leaf) order, as
 /// `sort_unstable` would: a stable LSD radix sort on the value's bits, 11 bits a pass, that
 /// skips a pass whose digit every entry shares (the values of one list are mostly of one
-/// magnitude, so their exponent bits are). Linear in the list where a comparison sort of the
-/// 1M-row tables' 159 million entries was most of their cost.
+/// magnitude, so their exponent bits are). Linear in the list: the 1M-row tables sort 159
+/// million entries.
 fn sort_packed(v: &mut Vec<u64>, scratch: &mut Vec<u64>) {
     const BITS: u32 = 11;
     debug_assert!(
@@ -506,13 +505,18 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let mut scratch = Vec::new();
         for len in [0usize, 1, 2, 7, 300, 5000] {
-            for spread in [0u32, 3, 40, 2_000_000] {
+            for spread in [0u32, 3, 40, 2_000_000, u32::MAX] {
                 // Values of one magnitude (the common case, passes skipped), a few distinct
-                // ones (many ties, which leaf order must break) and wide ranges.
+                // ones (many ties, which leaf order must break), a wide range, and any finite
+                // non-negative f32 (every digit differs).
                 let base = rng.random_range(0.0f32..1e4);
                 let mut v: Vec<u64> = (0..len)
                     .map(|leaf| {
-                        let bits = base.to_bits() + rng.random_range(0..=spread);
+                        let bits = if spread == u32::MAX {
+                            rng.random_range(0..f32::MAX.to_bits())
+                        } else {
+                            base.to_bits() + rng.random_range(0..=spread)
+                        };
                         packed(f32::from_bits(bits), leaf * 3)
                     })
                     .collect();

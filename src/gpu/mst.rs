@@ -291,7 +291,7 @@ fn leaf_search<K: NearestKernels + ?Sized>(
         qleaves.len(),
         100.0 * pairs as f64 / (queries.len() as f64 * n as f64)
     );
-    slot.iter()
+    slot.par_iter()
         .map(|&(b, thread)| {
             let out = &outs[b / LEAF_CHUNK];
             let s = (b % LEAF_CHUNK) * MAX_LEAF + thread;
@@ -551,16 +551,25 @@ impl<K: NearestKernels + ?Sized> Round<'_, K> {
                 };
                 leaf_search(&mut *self.dev, self.leaf_of, &positions, &cutoff2, ask)?
             };
-            let mut lbs = Vec::with_capacity(queries.len());
-            for (&i, f) in queries.iter().zip(&found) {
-                let p = rows[i];
-                for &(q, _) in &f.list {
-                    let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
-                    let c = Cand::new(w, p, q);
-                    mine[i].keep_least(c);
-                    best[label[p] as usize].keep_least(c);
-                }
-                lbs.push(core[p].max(f.unseen2(rel).sqrt()));
+            // The exact weights of the candidates (f64 distances: most of the host's work in
+            // a round) on all cores; the least of a set is the same in any order (`Cand` is
+            // totally ordered), so merging them in query order keeps the answer fixed.
+            let (found_best, lbs): (Vec<Cand>, Vec<f64>) = queries
+                .par_iter()
+                .zip(&found)
+                .map(|(&i, f)| {
+                    let p = rows[i];
+                    let mut least = NONE;
+                    for &(q, _) in &f.list {
+                        let w = core[p].max(core[q]).max(dist2(x.row(p), x.row(q)).sqrt());
+                        least.keep_least(Cand::new(w, p, q));
+                    }
+                    (least, core[p].max(f.unseen2(rel).sqrt()))
+                })
+                .unzip();
+            for (&i, c) in queries.iter().zip(found_best) {
+                mine[i].keep_least(c);
+                best[label[rows[i]] as usize].keep_least(c);
             }
             let open: Vec<usize> = queries
                 .iter()
