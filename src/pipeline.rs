@@ -151,8 +151,20 @@ pub async fn run_team_with(
         }
         Ok(reports)
     }
-    .instrument(tracing::info_span!("team", team))
+    .instrument(team_span(team))
     .await
+}
+
+/// The span of one team's work. The coordinator opens it already (around the team's lock and
+/// metrics), and a second one inside would print every line as `team:team: ... team=1 team=1`;
+/// a caller that runs a team directly gets its own.
+fn team_span(team: i64) -> tracing::Span {
+    let current = tracing::Span::current();
+    if current.metadata().is_some_and(|m| m.name() == "team") {
+        current
+    } else {
+        tracing::info_span!("team", team)
+    }
 }
 
 /// One batch of at most `cfg.batch_size` new segments.

@@ -85,9 +85,17 @@ fn logs_into_a_file_or_pipe_are_plain_text() {
     // a filter that does not parse is said in the log instead of silently meaning `info`.
     let d = Demo::new(5, 200, 40, 4);
     let now = NOW.to_string();
-    for (log, json) in [("info", false), ("segclust=dbug,[", false), ("info", true)] {
+    for (i, (log, json)) in [("info", false), ("segclust=dbug,[", false), ("info", true)]
+        .into_iter()
+        .enumerate()
+    {
+        // A store of its own each time, so that every run commits a batch.
+        let store = format!(
+            "sqlite://{}",
+            d.dir.path().join(format!("{i}.db")).display()
+        );
         let mut args = vec![
-            "run", "--source", &d.source, "--store", &d.store, "--team", "1", "--dim", "64",
+            "run", "--source", &d.source, "--store", &store, "--team", "1", "--dim", "64",
             "--now-ms", &now, "--device", "cpu", "--log", log,
         ];
         if json {
@@ -108,6 +116,18 @@ fn logs_into_a_file_or_pipe_are_plain_text() {
         assert!(
             !stderr.contains('\u{1b}'),
             "escape codes in a log written to a pipe (--log {log:?}): {stderr:?}"
+        );
+        // One team span per line, not the coordinator's and the pipeline's both.
+        let committed = stderr
+            .lines()
+            .find(|l| l.contains("batch committed"))
+            .unwrap_or_else(|| panic!("no batch was committed: {stderr}"));
+        let spans =
+            committed.matches("team:").count() + committed.matches("\"name\":\"team\"").count();
+        assert_eq!(
+            spans,
+            if json { 2 } else { 1 },
+            "the team span, once (JSON: as `span` and in `spans`): {committed}"
         );
         let warned = stderr.contains("is not a log filter");
         assert_eq!(warned, log.contains('['), "--log {log:?}: {stderr}");
