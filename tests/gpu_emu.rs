@@ -607,6 +607,15 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A measurement's log on stderr, filtered by `SEGCLUST_LOG` (e.g. `segclust::gpu=debug` for
+/// the GPU MST's stages and rounds).
+fn log_from_env() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SEGCLUST_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// What the pipeline feeds the kernels at the bench's sizes: the PCA projection of
 /// `synthetic_embeddings(n, 3072)`, kept in `target/tmp/` (minutes to make at 1M rows).
 fn bench_projection(n: usize) -> Matrix {
@@ -638,11 +647,7 @@ fn work_at_scale() {
         wave: (wave > 0).then_some(wave),
         ..Emu::default()
     };
-    // SEGCLUST_LOG=segclust::gpu=debug shows the rounds.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SEGCLUST_LOG"))
-        .with_writer(std::io::stderr)
-        .try_init();
+    log_from_env();
     let started = std::time::Instant::now();
     let emu = check_with(emu, &y, 2, &GpuMstParams::default());
     let all = (n * n) as f64;
@@ -1178,10 +1183,7 @@ fn leaf_tables_at_scale() {
     use std::hash::{Hash, Hasher};
     let n: usize = env_or("SEGCLUST_EMU_ROWS", 200_000);
     let reps: usize = env_or("SEGCLUST_EMU_REPS", 3);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SEGCLUST_LOG"))
-        .with_writer(std::io::stderr)
-        .try_init();
+    log_from_env();
     let y = bench_projection(n);
     for rep in 0..reps {
         let started = std::time::Instant::now();
