@@ -44,6 +44,12 @@
 // compared and kept: the lists are bit-for-bit what the difference form alone would give, at
 // about half the arithmetic.
 //
+// With `tf32` set (sm_80 and later), the dot products come from the tensor cores instead: the
+// block's queries times the tile on TF32 inputs (`tile_products_tf32`), many times the FP32
+// units' rate. TF32 keeps 10 mantissa bits, so the screen's error bound is wider (the host
+// passes the matching `screen_err`: about 2^-9 of |p|^2 + |o|^2 rather than 2^-16 at d = 100),
+// a few more rows pass to the difference form, and the lists stay bit-for-bit the same.
+//
 // In Boruvka, a query only wants edges lighter than its component's best, and the queries of a
 // component share what they find through `comp_best2` (squared f32 keys as int bits, which
 // order like the floats since they are >= 0; atomicMin): the first good edge found for a
@@ -93,6 +99,7 @@ extern "C" __global__ void leaf_candidates(
     float slack,                          // relative error bound of an f32 distance to a centre
     const float* __restrict__ norm2,      // n: squared norms of the rows (f32)
     float screen_err,                     // the dot-form key's error, per unit of |p|^2 + |o|^2
+    int tf32,                             // nonzero: dot products on the tensor cores (sm_80+)
     int walk,                             // listed leaves walked at most
     int need,                             // the key that decides the stop, 1..keep
     int keep,                             // candidates kept per query, 1..LS_MAX_KEEP
@@ -105,6 +112,11 @@ extern "C" __global__ void leaf_candidates(
     __shared__ int tile_comp[TILE_C];
     __shared__ float tile_core2[TILE_C];
     __shared__ float tile_norm2[TILE_C];
+    // The tensor-core path's tile (TF32, padded), products and query rows.
+    __shared__ __align__(16) float tile_t[TILE_C][TF32_STRIDE];
+    __shared__ float prod[LS_MAX_LEAF][TILE_C + 1];
+    __shared__ int qrow[LS_MAX_LEAF];
+    __shared__ int warp_busy[LS_MAX_LEAF / 32];
     __shared__ int go;
     __shared__ int want;
     __shared__ int tile_want;
@@ -135,6 +147,15 @@ extern "C" __global__ void leaf_candidates(
     float unseen2 = steps < m ? cand_lb2[(long long)ql * m + steps] : rest_lb2[ql];
     int rows = 0;
     float skipped2 = inf;  // least bound of the rows skipped for us
+
+    // For the tensor cores: each thread's row, and whether its warp has a query at all (a
+    // warp-wide decision: the MMA needs every lane of a warp that does it).
+    qrow[t] = p;
+    if (t < LS_MAX_LEAF / 32) warp_busy[t] = 0;
+    __syncthreads();
+    if (active) warp_busy[t >> 5] = 1;
+    __syncthreads();
+    const bool warp_has_query = warp_busy[t >> 5] != 0;
 
     for (int j = 0; j < steps; ++j) {
         const int c = cand[(long long)ql * m + j];
@@ -236,14 +257,22 @@ extern "C" __global__ void leaf_candidates(
             }
             rows += last - c0 + 1;
             float acc[TILE_C];
+            if (tf32) {
+                tile_products_tf32(x, d, cs + c0, last - c0 + 1, comp, core2, norm2, qrow,
+                                   warp_has_query, tile_t, prod, tile_comp, tile_core2,
+                                   tile_norm2);
 #pragma unroll
-            for (int r = 0; r < TILE_C; ++r) acc[r] = 0.0f;
-            for (int d0 = 0; d0 < d; d0 += TILE_D) {
-                __syncthreads();
-                stage_tile(x, d, cs + c0, last - c0 + 1, d0, comp, core2, norm2,
-                           tile, tile_comp, tile_core2, tile_norm2);
-                __syncthreads();
-                if (active) add_tile<true>(x, d, p, d0, tile, acc);
+                for (int r = 0; r < TILE_C; ++r) acc[r] = prod[t][r];
+            } else {
+#pragma unroll
+                for (int r = 0; r < TILE_C; ++r) acc[r] = 0.0f;
+                for (int d0 = 0; d0 < d; d0 += TILE_D) {
+                    __syncthreads();
+                    stage_tile(x, d, cs + c0, last - c0 + 1, d0, comp, core2, norm2,
+                               tile, tile_comp, tile_core2, tile_norm2);
+                    __syncthreads();
+                    if (active) add_tile<true>(x, d, p, d0, tile, acc);
+                }
             }
             if (active) {
                 // The dot form screens: its key, less its error bound, is at most the key the

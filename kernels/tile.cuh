@@ -12,19 +12,33 @@
 #define TILE_D 32
 #define TILE_G 4
 
+// Rounds an f32 to TF32 (10 explicit mantissa bits), to nearest with ties away from zero: what
+// `cvt.rna.tf32.f32` gives for finite values, written with integer operations so that the GPU
+// and the CPU emulation round alike. The kernels only see finite rows (check_finite).
+__device__ inline float round_tf32(float v) {
+    const unsigned bits = ((unsigned)__float_as_int(v) + 0x1000u) & 0xffffe000u;
+    return __int_as_float((int)bits);
+}
+
+// Row stride of the TF32 tile: 4 floats of padding put the 8 rows an MMA fragment load reads
+// in distinct shared-memory banks (a stride of 32 would have them share 4 banks).
+#define TF32_STRIDE (TILE_D + 4)
+
 // Stages rows base .. base + count - 1 of x (count <= TILE_C), columns d0 .. d0 + TILE_D - 1,
-// into `tile`, zero outside; with d0 == 0 also their components and squared core distances
-// (zero without comp), and their squared norms where `norm2` is given. Every thread of the
-// block must call it, between barriers.
+// into `tile`, zero outside (rounded to TF32 with ROUND); with d0 == 0 also their components
+// and squared core distances (zero without comp), and their squared norms where `norm2` is
+// given. Every thread of the block must call it, between barriers.
+template <bool ROUND = false, int STRIDE>
 __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, int count, int d0,
                                   const int* __restrict__ comp, const float* __restrict__ core2,
-                                  const float* __restrict__ norm2, float (*tile)[TILE_D],
+                                  const float* __restrict__ norm2, float (*tile)[STRIDE],
                                   int* tile_comp, float* tile_core2, float* tile_norm2) {
     for (int e = threadIdx.x; e < TILE_C * TILE_D; e += blockDim.x) {
         const int r = e / TILE_D;
         const int c = e % TILE_D;
         const int col = d0 + c;
-        tile[r][c] = (r < count && col < d) ? x[(long long)(base + r) * d + col] : 0.0f;
+        const float v = (r < count && col < d) ? x[(long long)(base + r) * d + col] : 0.0f;
+        tile[r][c] = ROUND ? round_tf32(v) : v;
     }
     if (d0 == 0) {
         for (int r = threadIdx.x; r < TILE_C; r += blockDim.x) {
@@ -82,4 +96,106 @@ __device__ inline float exact_dist2(const float* __restrict__ x, int d, int p, i
         s = fmaf(diff, diff, s);
     }
     return s;
+}
+
+// One k step (8 columns) of a warp's 32 x 32 block of dot products on the tensor cores: the
+// warp's 32 query rows (two m16 tiles) times 32 tile rows (four n8 tiles), added into `acc`
+// with `mma.sync.m16n8k8` on TF32 inputs. Fragments follow the PTX ISA's m16n8k8 .tf32
+// layout (lane = 4 groupID + threadID_in_group): a[m] holds the query values (rows g, g + 8
+// of m tile m; columns t, t + 4), b[nt] the tile's (column t, t + 4 of tile row 8 nt + g), and
+// acc[m][nt] the products (rows g, g + 8; columns 2t, 2t + 1). Every lane of the warp must call
+// it. The CPU emulation (tests/kernel_emu/cuda_shim.h) gathers the fragments from the 32
+// lanes by that same layout, so a fragment put in the wrong place fails the emulated tests.
+__device__ inline void warp_mma_tf32(float (&acc)[2][4][4], const unsigned (&a)[2][4],
+                                     const unsigned (&b)[4][2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            asm volatile(
+                "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                : "+f"(acc[m][nt][0]), "+f"(acc[m][nt][1]), "+f"(acc[m][nt][2]),
+                  "+f"(acc[m][nt][3])
+                : "r"(a[m][0]), "r"(a[m][1]), "r"(a[m][2]), "r"(a[m][3]), "r"(b[nt][0]),
+                  "r"(b[nt][1]));
+        }
+    }
+#elif defined(__CUDA_ARCH__)
+    // No tensor-core TF32 before sm_80; the host never asks for it there.
+    __trap();
+#else
+    emu::warp_mma_tf32(acc, a, b);
+#endif
+}
+
+// The dot products of a block's queries (row qrow[t] for thread t; blockDim a multiple of 32)
+// with tile rows base .. base + count - 1, on the tensor cores: written to prod[t][r]. Stages
+// the tile as stage_tile does (its components, cores and norms included), rounded to TF32.
+// A warp with no query (`busy` false for all its lanes) skips its products; its rows of prod
+// are then stale. Every thread of the block must call it; it ends with a barrier.
+__device__ inline void tile_products_tf32(const float* __restrict__ x, int d, int base, int count,
+                                          const int* __restrict__ comp,
+                                          const float* __restrict__ core2,
+                                          const float* __restrict__ norm2, const int* qrow,
+                                          bool busy, float (*tile)[TF32_STRIDE],
+                                          float (*prod)[TILE_C + 1], int* tile_comp,
+                                          float* tile_core2, float* tile_norm2) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int g = lane >> 2;
+    const int tg = lane & 3;
+    float acc[2][4][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc[m][nt][i] = 0.0f;
+    // The four rows of x this lane reads for its A fragments.
+    long long arow[2][2];
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+        arow[m][0] = (long long)qrow[warp * 32 + m * 16 + g] * d;
+        arow[m][1] = (long long)qrow[warp * 32 + m * 16 + g + 8] * d;
+    }
+    for (int d0 = 0; d0 < d; d0 += TILE_D) {
+        __syncthreads();
+        stage_tile<true>(x, d, base, count, d0, comp, core2, norm2, tile, tile_comp, tile_core2,
+                         tile_norm2);
+        __syncthreads();
+        if (busy) {
+            for (int k0 = 0; k0 < TILE_D && d0 + k0 < d; k0 += 8) {
+                const int c0 = d0 + k0 + tg;
+                const int c1 = c0 + 4;
+                unsigned a[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; ++m) {
+                    a[m][0] = __float_as_int(round_tf32(c0 < d ? x[arow[m][0] + c0] : 0.0f));
+                    a[m][1] = __float_as_int(round_tf32(c0 < d ? x[arow[m][1] + c0] : 0.0f));
+                    a[m][2] = __float_as_int(round_tf32(c1 < d ? x[arow[m][0] + c1] : 0.0f));
+                    a[m][3] = __float_as_int(round_tf32(c1 < d ? x[arow[m][1] + c1] : 0.0f));
+                }
+                unsigned b[4][2];
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) {
+                    b[nt][0] = __float_as_int(tile[nt * 8 + g][k0 + tg]);
+                    b[nt][1] = __float_as_int(tile[nt * 8 + g][k0 + tg + 4]);
+                }
+                warp_mma_tf32(acc, a, b);
+            }
+        }
+    }
+    if (busy) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m)
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                    prod[warp * 32 + m * 16 + g + (i >= 2 ? 8 : 0)][nt * 8 + tg * 2 + (i & 1)] =
+                        acc[m][nt][i];
+    }
+    __syncthreads();
 }

@@ -75,6 +75,7 @@ type LeafFn = unsafe extern "C" fn(
     i32,
     i32,
     i32,
+    i32,
     *mut f32,
     *mut i32,
     *mut f32,
@@ -130,6 +131,9 @@ struct Emu {
     slack: f32,
     norm2: Vec<f32>,
     screen_err: f32,
+    screen_err_tf32: f32,
+    /// Dot products on the (emulated) tensor cores, as on sm_80 and later.
+    tf32: bool,
     /// The Boruvka round's tables (`set_components`).
     round: Option<Components>,
     comp_best2: Vec<i32>,
@@ -232,7 +236,12 @@ impl Emu {
                 self.tc_hi.as_ptr(),
                 self.slack,
                 self.norm2.as_ptr(),
-                self.screen_err,
+                if self.tf32 {
+                    self.screen_err_tf32
+                } else {
+                    self.screen_err
+                },
+                i32::from(self.tf32),
                 walk.min(i32::MAX as usize) as i32,
                 need as i32,
                 keep as i32,
@@ -262,6 +271,7 @@ impl NearestKernels for Emu {
         self.slack = t.slack;
         self.norm2 = t.norm2.clone();
         self.screen_err = t.screen_err;
+        self.screen_err_tf32 = t.screen_err_tf32;
         Ok(())
     }
 
@@ -451,11 +461,53 @@ fn blobs(n: usize, d: usize, clusters: usize, noise: f64, seed: u64) -> Matrix {
 /// a graph has the same sorted weights), and the same HDBSCAN labels and probabilities, ties
 /// included: in the canonical order of equal merges (`TieOrder`) which equal edges each path
 /// kept does not matter.
+///
+/// Both screens run: the tensor cores' (TF32) must give the very same tree, edge for edge, and
+/// the same work counts, since the screen only decides which rows are measured exactly and the
+/// lists it leaves are bit-for-bit the FP32 screen's. Returns the FP32 run.
 fn check(x: &Matrix, min_samples: usize, params: &GpuMstParams) -> Emu {
-    check_with(Emu::default(), x, min_samples, params)
+    let (f32_run, without) = check_tree(Emu::default(), x, min_samples, params);
+    let mut tf32 = Emu {
+        tf32: true,
+        ..Emu::default()
+    };
+    let with_tensor_cores = mst_with(&mut tf32, x, min_samples, params).expect("TF32 MST");
+    assert_eq!(
+        edges(&with_tensor_cores),
+        edges(&without),
+        "the TF32 screen changed the tree"
+    );
+    assert_eq!(
+        (tf32.leaf_queries, tf32.brute_queries, tf32.knn_pairs),
+        (
+            f32_run.leaf_queries,
+            f32_run.brute_queries,
+            f32_run.knn_pairs
+        ),
+        "the TF32 screen changed what the kernels were asked"
+    );
+    assert_eq!(tf32.boruvka_calls, f32_run.boruvka_calls);
+    f32_run
 }
 
-fn check_with(mut emu: Emu, x: &Matrix, min_samples: usize, params: &GpuMstParams) -> Emu {
+/// An MST's edges as comparable tuples (weights by their bits).
+fn edges(mst: &[MstEdge]) -> Vec<(u32, u32, u64)> {
+    mst.iter()
+        .map(|e| (e.a.min(e.b), e.a.max(e.b), e.weight.to_bits()))
+        .collect()
+}
+
+fn check_with(emu: Emu, x: &Matrix, min_samples: usize, params: &GpuMstParams) -> Emu {
+    check_tree(emu, x, min_samples, params).0
+}
+
+/// `check_with`, also returning the emulated GPU's tree.
+fn check_tree(
+    mut emu: Emu,
+    x: &Matrix,
+    min_samples: usize,
+    params: &GpuMstParams,
+) -> (Emu, Vec<MstEdge>) {
     let gpu = mst_with(&mut emu, x, min_samples, params).expect("emulated GPU MST");
     let cpu = cluster::mst_cpu(x, min_samples).expect("CPU MST");
     let n = x.rows();
@@ -482,7 +534,7 @@ fn check_with(mut emu: Emu, x: &Matrix, min_samples: usize, params: &GpuMstParam
             );
         }
     }
-    emu
+    (emu, gpu)
 }
 
 #[test]
@@ -513,6 +565,15 @@ fn scikit_learn_fixtures_through_the_emulated_gpu() {
                 let exact = prim::mst(&x, run.min_samples);
                 if !same_mst_weights(&gpu, &exact) {
                     failures.push(format!("{what}: MST weights differ from Prim's"));
+                }
+                let mut tensor_cores = Emu {
+                    tf32: true,
+                    ..Emu::default()
+                };
+                let tf32 = mst_with(&mut tensor_cores, &x, run.min_samples, &params)
+                    .unwrap_or_else(|e| panic!("{what}: emulated TF32 MST failed: {e:#}"));
+                if edges(&tf32) != edges(&gpu) {
+                    failures.push(format!("{what}: the TF32 screen changed the tree"));
                 }
                 (gpu, exact)
             });
@@ -763,11 +824,13 @@ fn leaf_kernel_reports_a_bound_on_every_row_it_left_out() {
     // bounds in the report, which is where a skip that reports too high a bound shows.
     let x = blobs(700, 9, 5, 0.5, 21);
     for list_len in [10, 1000] {
-        reported_bounds_hold(&x, list_len);
+        for tf32 in [false, true] {
+            reported_bounds_hold(&x, list_len, tf32);
+        }
     }
 }
 
-fn reported_bounds_hold(x: &Matrix, list_len: usize) {
+fn reported_bounds_hold(x: &Matrix, list_len: usize, tf32: bool) {
     let n = x.rows();
     let params = LeafParams {
         leaf_size: 20,
@@ -775,7 +838,10 @@ fn reported_bounds_hold(x: &Matrix, list_len: usize) {
     };
     let t = LeafTables::build(x, &params).expect("tables");
     let xp = in_positions(x, &t);
-    let mut emu = Emu::default();
+    let mut emu = Emu {
+        tf32,
+        ..Emu::default()
+    };
     emu.load(xp.as_slice(), xp.cols(), &t).expect("load");
     // Components: runs of 50 positions; core distances: half the distance to row 0 for every
     // third position, a twentieth for the others, so that one tile holds cores far apart.
@@ -819,16 +885,36 @@ fn reported_bounds_hold(x: &Matrix, list_len: usize) {
 fn leaf_kernel_lists_the_nearest_keys_to_the_bit() {
     // With every leaf listed and the whole list walked, each query's kNN list must hold the 8
     // smallest difference-form f32 keys over all rows, bit for bit: the dot-form screen and
-    // the skips may pass over a row only when it could not have entered the list.
-    let x = blobs(700, 9, 5, 0.5, 21);
+    // the skips may pass over a row only when it could not have entered the list. Both
+    // screens, on rows near the origin and on the same rows moved far from it, where |p|^2
+    // dwarfs the distances and the TF32 products' rounding is larger than many of the keys:
+    // a screen whose error bound were too narrow would leave out true neighbours there.
+    let near = blobs(700, 9, 5, 0.5, 21);
+    let far = Matrix::new(
+        near.rows(),
+        near.cols(),
+        near.as_slice().iter().map(|&v| v + 300.0).collect(),
+    )
+    .expect("shape");
+    for x in [&near, &far] {
+        for tf32 in [false, true] {
+            lists_hold_the_nearest_keys(x, tf32);
+        }
+    }
+}
+
+fn lists_hold_the_nearest_keys(x: &Matrix, tf32: bool) {
     let (n, d) = (x.rows(), x.cols());
     let params = LeafParams {
         leaf_size: 20,
         list_len: 1000,
     };
-    let t = LeafTables::build(&x, &params).expect("tables");
-    let xp = in_positions(&x, &t);
-    let mut emu = Emu::default();
+    let t = LeafTables::build(x, &params).expect("tables");
+    let xp = in_positions(x, &t);
+    let mut emu = Emu {
+        tf32,
+        ..Emu::default()
+    };
     emu.load(xp.as_slice(), d, &t).expect("load");
     let keep = 8;
     let qleaves: Vec<i32> = (0..t.leaves() as i32).collect();
@@ -856,9 +942,13 @@ fn leaf_kernel_lists_the_nearest_keys_to_the_bit() {
             all.sort_by(f32::total_cmp);
             let s = block * MAX_LEAF + (p - t.start[l] as usize);
             let got = &out.keys[s * keep..(s + 1) * keep];
-            assert_eq!(got, &all[..keep], "row {p}'s list");
+            assert_eq!(got, &all[..keep], "row {p}'s list (tf32 {tf32})");
             for (&o, &k) in out.idx[s * keep..(s + 1) * keep].iter().zip(got) {
-                assert_eq!(key(p, o as usize), k, "row {p}: the key of {o}");
+                assert_eq!(
+                    key(p, o as usize),
+                    k,
+                    "row {p}: the key of {o} (tf32 {tf32})"
+                );
             }
         }
     }
@@ -927,19 +1017,19 @@ struct EmulatedGpu {
 
 impl Accelerator for EmulatedGpu {
     fn name(&self) -> String {
-        "CUDA kernels emulated on the CPU".into()
+        "CUDA kernels emulated on the CPU (tf32 screen)".into()
     }
     fn pca(&self, x: &Matrix, params: &PcaParams) -> anyhow::Result<Pca> {
         reduce::pca_cpu(x, params)
     }
     fn mst(&self, x: &Matrix, min_samples: usize) -> anyhow::Result<Vec<MstEdge>> {
         self.msts.fetch_add(1, AtomicOrdering::SeqCst);
-        mst_with(
-            &mut Emu::default(),
-            x,
-            min_samples,
-            &GpuMstParams::default(),
-        )
+        // The screen an sm_80+ GPU uses by default.
+        let mut tensor_cores = Emu {
+            tf32: true,
+            ..Emu::default()
+        };
+        mst_with(&mut tensor_cores, x, min_samples, &GpuMstParams::default())
     }
 }
 

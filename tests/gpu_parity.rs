@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
 use segclust::gpu::kernel_cache::Origin;
-use segclust::gpu::{Gpu, KernelCache, compile_kernels};
+use segclust::gpu::{Gpu, KernelCache, Screen, compile_kernels};
 use segclust::matrix::Matrix;
 use segclust::reduce::{self, PcaParams};
 use std::time::Instant;
@@ -28,7 +28,8 @@ fn kernels_compile_with_nvrtc() {
         );
         return;
     };
-    for cc in [(9, 0), (8, 0)] {
+    // sm_75 (T4) has no TF32 tensor cores: the kernels must still compile there, without them.
+    for cc in [(9, 0), (8, 0), (7, 5)] {
         let ptx = compile_kernels(Some(cc)).unwrap_or_else(|e| panic!("NVRTC from {dir}: {e:#}"));
         let src = ptx.to_src();
         for entry in ["nearest_candidates", "leaf_candidates"] {
@@ -40,6 +41,13 @@ fn kernels_compile_with_nvrtc() {
         assert!(
             src.contains(&format!(".target sm_{}{}", cc.0, cc.1)),
             "PTX for the wrong target"
+        );
+        assert_eq!(
+            src.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"),
+            cc.0 >= 8,
+            "the TF32 screen's mma.sync in the PTX for sm_{}{}",
+            cc.0,
+            cc.1
         );
     }
     kernel_cache_is_filled_ahead_of_time_and_read_back();
@@ -229,6 +237,34 @@ fn gpu_matches_cpu() {
     for n in sizes {
         mst_parity(&gpu, n);
     }
+    // Where the device has tensor cores, the MST parts again with the FP32 screen: the same
+    // bar, and the very same tree as the TF32 screen's.
+    if gpu.screen() == Screen::Tf32 {
+        let mut gpu = gpu;
+        let x = blobs(20_000, 32, 25, 77);
+        let tf32 = gpu.mst(&x, 3).expect("GPU MST, TF32 screen");
+        gpu.set_screen(Screen::F32).expect("the FP32 screen");
+        eprintln!("GPU parity suite, MST parts again on {}", gpu.name());
+        let f32_tree = gpu.mst(&x, 3).expect("GPU MST, FP32 screen");
+        assert_eq!(
+            sorted_edges(&tf32),
+            sorted_edges(&f32_tree),
+            "the screens' trees differ"
+        );
+        mst_against_oracle(&gpu);
+        fixtures_parity(&gpu);
+        mst_parity(&gpu, 10_000);
+    }
+}
+
+/// An MST's edges as comparable tuples (weights by their bits), sorted.
+fn sorted_edges(mst: &[MstEdge]) -> Vec<(u32, u32, u64)> {
+    let mut e: Vec<_> = mst
+        .iter()
+        .map(|e| (e.a.min(e.b), e.a.max(e.b), e.weight.to_bits()))
+        .collect();
+    e.sort_unstable();
+    e
 }
 
 /// Sign-insensitive relative difference of two columns.

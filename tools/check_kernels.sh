@@ -5,7 +5,8 @@
 #
 # 1. Installs NVIDIA's PyPI wheels, pinned to CUDA 13.0 (the GPU machines run driver 580 =
 #    CUDA 13.0; newer PTX would be rejected there), into .tools/cuda (git-ignored) if absent.
-# 2. nvcc --ptx -arch=sm_90 then ptxas -arch=sm_90 -v on each kernels/*.cu (registers, spills).
+# 2. nvcc --ptx -arch=sm_90 then ptxas -arch=sm_90 -v on each kernels/*.cu (registers, spills),
+#    and the leaf search's PTX holds the tensor cores' TF32 mma.sync.
 # 3. Compiles the same sources through NVRTC from Rust, exactly as Gpu::open does at run time
 #    (tests/gpu_parity.rs::kernels_compile_with_nvrtc, enabled by SEGCLUST_NVRTC_LIB_DIR).
 # Fails on the first error.
@@ -44,6 +45,11 @@ for cu in "${kernels[@]}"; do
         echo "warning: $name spills registers (see above)"
     fi
 done
+# The leaf search's tensor-core screen must really be there for sm_90 (not the sm_75 trap).
+grep -q "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" "$OUT/leaf_search.ptx" || {
+    echo "kernels/leaf_search.cu: no TF32 mma.sync in the sm_90 PTX" >&2
+    exit 1
+}
 
 echo "== NVRTC compile through Rust (the run-time path)"
 SEGCLUST_NVRTC_LIB_DIR=$LIB LD_LIBRARY_PATH=$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \

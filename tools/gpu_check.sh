@@ -8,6 +8,8 @@
 #   DIR holds prebuilt executables: `bash tools/gpu_bundle.sh` makes .gpu-bundle/ (release
 #   builds of segclust and the gpu_parity test, stripped; small enough to carry to the host).
 #   STEPs (default: all, in this order): parity compare big pca big-parity
+#   big-f32 (not in the default): the 1M bench again with the FP32 screen instead of the
+#   tensor cores' (SEGCLUST_GPU_SCREEN=f32), to compare the two on one device.
 # Env: OUT (a folder; default /tmp/segclust-gpu-check): logs and the benches' JSON go there.
 #      BENCH_DIM (default 3072), COMPARE_SIZES (default 200000), BIG_SIZES (default 1000000),
 #      PCA_SIZES (default 100000), SEGCLUST_FIXTURES (default: this checkout's fixtures),
@@ -76,20 +78,22 @@ for s in $STEPS; do
         # The 10 s bar: 1,000,000 x 3072 -> labels.
         big) step big "$BIN" bench --device gpu --no-sklearn \
                  --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" --json "$OUT/big.json" ;;
+        big-f32) SEGCLUST_GPU_SCREEN=f32 step big-f32 "$BIN" bench --device gpu --no-sklearn \
+                     --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" --json "$OUT/big-f32.json" ;;
         # The GPU PCA against scikit-learn's on the same input (its HDBSCAN is too slow here).
         pca) step pca "$BIN" bench --device gpu --python python3 --sklearn-hdbscan-max-n 0 \
                  --sizes "${PCA_SIZES:-100000}" --dim "$DIM" --json "$OUT/pca.json" ;;
-        *) echo "unknown step $s (parity compare big pca big-parity)" >&2; status=2 ;;
+        *) echo "unknown step $s (parity compare big pca big-parity big-f32)" >&2; status=2 ;;
     esac
 done
 
 # Where each bench's GPU MST spent its time: the host's stages (split, lists) and the device's
 # and host's shares, which tell whether a kernel or the host is what stands between a run and a bar.
-for name in compare big; do
+for name in compare big big-f32; do
     [ -f "$OUT/$name.log" ] || continue
     while IFS= read -r line; do
         summary+=("  $name: $line")
-    done < <(grep -E "GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: " \
+    done < <(grep -E "using GPU|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: " \
                  "$OUT/$name.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +[A-Z]+ +//')
 done
 

@@ -1,9 +1,9 @@
 //! `NearestKernels` on CUDA: the rows and leaf tables live on the device for the batch, and
 //! each call uploads only its small per-call arrays (queries, cutoffs, components).
 
-use super::Inner;
 use super::leaves::{Components, LeafTables, MAX_LEAF};
 use super::mst::{BLOCK, LeafFound, NearestKernels};
+use super::{Inner, Screen};
 use anyhow::{Result, anyhow};
 use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 
@@ -24,6 +24,7 @@ struct Loaded {
     slack: f32,
     norm2: CudaSlice<f32>,
     screen_err: f32,
+    screen_err_tf32: f32,
 }
 
 /// One Boruvka round's state (`Components` on the device).
@@ -113,6 +114,7 @@ impl NearestKernels for CudaKernels<'_> {
             slack: t.slack,
             norm2: upload(g, &t.norm2, "the row norms")?,
             screen_err: t.screen_err,
+            screen_err_tf32: t.screen_err_tf32,
         });
         Ok(())
     }
@@ -190,7 +192,11 @@ impl NearestKernels for CudaKernels<'_> {
             b.arg(&null).arg(&null).arg(&null);
         }
         b.arg(&l.centres).arg(&l.radius).arg(&l.tc_lo).arg(&l.tc_hi);
-        b.arg(&l.slack).arg(&l.norm2).arg(&l.screen_err);
+        let (screen_err, tf32) = match g.screen {
+            Screen::F32 => (&l.screen_err, 0i32),
+            Screen::Tf32 => (&l.screen_err_tf32, 1i32),
+        };
+        b.arg(&l.slack).arg(&l.norm2).arg(screen_err).arg(&tf32);
         b.arg(&walk_i).arg(&need_i).arg(&keep_i);
         b.arg(&mut out_key).arg(&mut out_idx).arg(&mut out_unseen);
         b.arg(&mut out_rows);

@@ -99,6 +99,22 @@ pub struct LeafTables {
     /// Bound on how far the dot-form key |p|^2 + |o|^2 - 2 p.o, as the kernel computes it,
     /// lies above the difference-form key, per unit of |p|^2 + |o|^2.
     pub screen_err: f32,
+    /// The same with the dot products on the tensor cores (TF32 inputs).
+    pub screen_err_tf32: f32,
+}
+
+/// Bound on |p.o - p.o on the tensor cores| per unit of |p||o|, for rows of d columns.
+///
+/// `tile_products_tf32` (kernels/tile.cuh) rounds each input to TF32 (to nearest, 11
+/// significant bits: 2^-11 relative), so each product errs by at most 2^-10 + 2^-22 relative;
+/// products of TF32 values are exact in f32. The tensor cores then add them up, at most d
+/// additions on any path into a sum, each truncating (2^-23 relative to what it adds; 2^-21
+/// here, four times that, for the hardware's alignment of the terms within a step). The sum of
+/// |p_i o_i| is at most |p||o| (Cauchy-Schwarz). TF32 has f32's exponent range, so no
+/// underflow or overflow is added beyond what the f32 screen already has.
+pub(crate) fn tf32_dot_err(d: usize) -> f64 {
+    let inputs = 2f64.powi(-10) + 2f64.powi(-22);
+    inputs + d as f64 * 2f64.powi(-21) * (1.0 + inputs)
 }
 
 impl LeafTables {
@@ -226,6 +242,9 @@ impl LeafTables {
         // form by (d + 2) units of the distance <= 2 (|p|^2 + |o|^2): (3d + 10) units in all.
         // `rel_err` is 4 (d + 8) units; twice that leaves a wide margin.
         let screen_err = (2.0 * super::mst::rel_err(d)) as f32;
+        // On the tensor cores p.o errs by at most tf32_dot_err |p||o| more, so the key
+        // (-2 p.o) by 2 tf32_dot_err |p||o| <= tf32_dot_err (|p|^2 + |o|^2); twice that again.
+        let screen_err_tf32 = (2.0 * super::mst::rel_err(d) + 2.0 * tf32_dot_err(d)) as f32;
         let norm2: Vec<f32> = perm
             .iter()
             .map(|&r| {
@@ -251,6 +270,7 @@ impl LeafTables {
             slack,
             norm2,
             screen_err,
+            screen_err_tf32,
         })
     }
 

@@ -78,7 +78,10 @@ pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
 
 /// An opened GPU: context, stream, cuBLAS handle and the compiled kernels.
 pub struct Gpu {
+    /// What the logs and reports call it: device, architecture and screen.
     name: String,
+    device: String,
+    compute_capability: (i32, i32),
     kernels_from: kernel_cache::Origin,
     /// One batch at a time: the stream and the cuBLAS handle are not for concurrent use, and a
     /// batch sizes its allocations against the free memory it sees.
@@ -92,8 +95,54 @@ pub(crate) struct Inner {
     pub(crate) blas: Option<CudaBlas>,
     pub(crate) nearest: CudaFunction,
     pub(crate) leaf: CudaFunction,
+    /// Where the leaf search's dot products run.
+    pub(crate) screen: Screen,
     /// Most bytes one batch plans to allocate (`Gpu::limit_memory`).
     pub(crate) memory_limit: Option<usize>,
+}
+
+/// Where the leaf search computes the dot products that screen its candidates
+/// (kernels/leaf_search.cu). Either way the candidates it keeps are the same to the bit: the
+/// screen only decides which rows are measured exactly, and its error bound covers the
+/// arithmetic it ran on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Screen {
+    /// FP32 fused multiply-adds, one query per thread: any GPU.
+    F32,
+    /// Tensor cores on TF32 inputs (sm_80 and later): many times the FP32 rate, with a bound
+    /// about 2^-9 of |p|^2 + |o|^2 wide, so a few more rows get measured exactly.
+    Tf32,
+}
+
+impl Screen {
+    /// The tensor cores where the device has them, unless `SEGCLUST_GPU_SCREEN` (`f32` or
+    /// `tf32`) says otherwise: the switch exists to compare the two on one device.
+    pub fn choose(compute_capability: (i32, i32), env: Option<&str>) -> Result<Self> {
+        let tensor_cores = compute_capability.0 >= 8;
+        match env.map(str::trim) {
+            None | Some("") => Ok(if tensor_cores { Self::Tf32 } else { Self::F32 }),
+            Some("f32") => Ok(Self::F32),
+            Some("tf32") if tensor_cores => Ok(Self::Tf32),
+            Some("tf32") => bail!(
+                "SEGCLUST_GPU_SCREEN=tf32 needs tensor cores with TF32 (sm_80 or later); this \
+                 GPU is sm_{}{}: unset it or set it to f32",
+                compute_capability.0,
+                compute_capability.1
+            ),
+            Some(other) => bail!("SEGCLUST_GPU_SCREEN={other:?} is not f32 or tf32"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Tf32 => "tf32",
+        }
+    }
+}
+
+fn describe(device: &str, cc: (i32, i32), screen: Screen) -> String {
+    format!("{device} (sm_{}{}, {} screen)", cc.0, cc.1, screen.as_str())
 }
 
 impl Gpu {
@@ -135,9 +184,13 @@ impl Gpu {
             tracing::warn!("libcublas not found; PCA will run on the CPU");
             None
         };
-        let name = format!("{name} (sm_{}{})", cc.0, cc.1);
+        let screen = Screen::choose(cc, std::env::var("SEGCLUST_GPU_SCREEN").ok().as_deref())?;
+        let device = name;
+        let name = describe(&device, cc, screen);
         Ok(Self {
             name,
+            device,
+            compute_capability: cc,
             kernels_from,
             inner: Mutex::new(Inner {
                 ctx,
@@ -145,6 +198,7 @@ impl Gpu {
                 blas,
                 nearest,
                 leaf,
+                screen,
                 memory_limit: None,
             }),
         })
@@ -157,6 +211,24 @@ impl Gpu {
     /// Whether the kernels came from the cache or from NVRTC.
     pub fn kernels_from(&self) -> kernel_cache::Origin {
         self.kernels_from
+    }
+
+    /// The leaf search's screen (`Screen::choose` picked it when the GPU was opened).
+    pub fn screen(&self) -> Screen {
+        self.inner.lock().map_or(Screen::F32, |i| i.screen)
+    }
+
+    /// Switches the leaf search's screen, for the parity suite and for comparisons on one
+    /// device; TF32 needs sm_80 or later.
+    pub fn set_screen(&mut self, screen: Screen) -> Result<()> {
+        let chosen = Screen::choose(self.compute_capability, Some(screen.as_str()))?;
+        let inner = self
+            .inner
+            .get_mut()
+            .map_err(|_| anyhow!("an earlier GPU batch panicked; GPU disabled for this run"))?;
+        inner.screen = chosen;
+        self.name = describe(&self.device, self.compute_capability, chosen);
+        Ok(())
     }
 
     /// Caps the device memory a batch plans with (PCA and MST), below what the driver reports
@@ -322,6 +394,29 @@ pub(crate) fn check_finite(x: &Matrix) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tensor_core_screen_is_chosen_where_it_exists_and_never_forced_where_it_does_not() {
+        assert_eq!(Screen::choose((9, 0), None).unwrap(), Screen::Tf32);
+        assert_eq!(Screen::choose((8, 0), Some("")).unwrap(), Screen::Tf32);
+        assert_eq!(Screen::choose((7, 5), None).unwrap(), Screen::F32);
+        assert_eq!(Screen::choose((9, 0), Some("f32")).unwrap(), Screen::F32);
+        assert_eq!(
+            Screen::choose((8, 6), Some(" tf32 ")).unwrap(),
+            Screen::Tf32
+        );
+        let old = Screen::choose((7, 5), Some("tf32"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            old.contains("sm_75") && old.contains("set it to f32"),
+            "{old}"
+        );
+        let typo = Screen::choose((9, 0), Some("fp16"))
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("\"fp16\" is not f32 or tf32"), "{typo}");
+    }
 
     #[test]
     fn check_finite_rejects_what_f32_kernels_cannot_bound() {

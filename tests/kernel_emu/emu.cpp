@@ -24,13 +24,14 @@ extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* 
                                     const int* tile_one_comp, const float* tile_core2_lo,
                                     int* comp_best2, const float* centres,
                                     const float* radius, const float* tc_lo, const float* tc_hi,
-                                    float slack, const float* norm2, float screen_err, int walk,
+                                    float slack, const float* norm2, float screen_err, int tf32,
+                                    int walk,
                                     int need, int keep, float* out_key,
                                     int* out_idx, float* out_unseen2, int* out_rows) {
     emu::launch(grid, block, [&] {
         leaf_candidates(x, d, leaf_start, qleaves, qpos, cand, cand_lb2, rest_lb2, m, cutoff2,
                         comp, core2, leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo,
                         comp_best2, centres, radius, tc_lo, tc_hi, slack, norm2, screen_err,
-                        walk, need, keep, out_key, out_idx, out_unseen2, out_rows);
+                        tf32, walk, need, keep, out_key, out_idx, out_unseen2, out_rows);
     });
 }
