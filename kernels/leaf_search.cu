@@ -46,9 +46,12 @@
 //
 // With `tf32` set (sm_80 and later), the dot products come from the tensor cores instead: the
 // block's queries times the tile on TF32 inputs (`tile_products_tf32`), many times the FP32
-// units' rate. TF32 keeps 10 mantissa bits, so the screen's error bound is wider (the host
-// passes the matching `screen_err`: about 2^-9 of |p|^2 + |o|^2 rather than 2^-16 at d = 100),
-// a few more rows pass to the difference form, and the lists stay bit-for-bit the same.
+// units' rate, with every row taken relative to the query leaf's centre c, so that the key is
+// |p - c|^2 + |o - c|^2 - 2 (p - c).(o - c). TF32 keeps 10 mantissa bits, so the screen's
+// error bound is wider (the host passes the matching `screen_err`: about 2^-9 of the norms
+// rather than 2^-16 at d = 100), and relative to the centre those norms are small (on the
+// bench's projection, |p - c|^2 is a seventh of |p|^2). A few more rows pass to the
+// difference form, and the lists stay bit-for-bit the same.
 //
 // In Boruvka, a query only wants edges lighter than its component's best, and the queries of a
 // component share what they find through `comp_best2` (squared f32 keys as int bits, which
@@ -132,7 +135,9 @@ extern "C" __global__ void leaf_candidates(
     const int my_comp = (active && with_comp) ? comp[p] : 0;
     const float my_core2 = (active && with_comp) ? core2[p] : 0.0f;
     const float inf = __int_as_float(0x7f800000);
-    const float my_norm2 = active ? norm2[p] : 0.0f;
+    const float* centre = centres + (long long)ql * d;
+    // The screen's |p|^2: relative to the leaf's centre with the tensor cores.
+    const float my_norm2 = !active ? 0.0f : tf32 ? shifted_norm2(x, d, p, centre) : norm2[p];
 
     float best_key[LS_MAX_KEEP];
     int best_idx[LS_MAX_KEEP];
@@ -258,7 +263,7 @@ extern "C" __global__ void leaf_candidates(
             rows += last - c0 + 1;
             float acc[TILE_C];
             if (tf32) {
-                tile_products_tf32(x, d, cs + c0, last - c0 + 1, comp, core2, norm2, qrow,
+                tile_products_tf32(x, d, cs + c0, last - c0 + 1, comp, core2, centre, qrow,
                                    warp_has_query, tile_t, prod, tile_comp, tile_core2,
                                    tile_norm2);
 #pragma unroll

@@ -20,25 +20,33 @@ __device__ inline float round_tf32(float v) {
     return __int_as_float((int)bits);
 }
 
+// The TF32 rounding of v, as the bits an MMA operand register takes.
+__device__ inline unsigned tf32_bits(float v) { return (unsigned)__float_as_int(round_tf32(v)); }
+
 // Row stride of the TF32 tile: 4 floats of padding put the 8 rows an MMA fragment load reads
 // in distinct shared-memory banks (a stride of 32 would have them share 4 banks).
 #define TF32_STRIDE (TILE_D + 4)
 
 // Stages rows base .. base + count - 1 of x (count <= TILE_C), columns d0 .. d0 + TILE_D - 1,
-// into `tile`, zero outside (rounded to TF32 with ROUND); with d0 == 0 also their components
-// and squared core distances (zero without comp), and their squared norms where `norm2` is
-// given. Every thread of the block must call it, between barriers.
-template <bool ROUND = false, int STRIDE>
+// into `tile`, zero outside, less `shift` (a point, d values) where it is given; with d0 == 0
+// also their components and squared core distances (zero without comp), and their squared
+// norms where `norm2` is given. Every thread of the block must call it, between barriers.
+template <int STRIDE>
 __device__ inline void stage_tile(const float* __restrict__ x, int d, int base, int count, int d0,
                                   const int* __restrict__ comp, const float* __restrict__ core2,
                                   const float* __restrict__ norm2, float (*tile)[STRIDE],
-                                  int* tile_comp, float* tile_core2, float* tile_norm2) {
+                                  int* tile_comp, float* tile_core2, float* tile_norm2,
+                                  const float* __restrict__ shift = nullptr) {
     for (int e = threadIdx.x; e < TILE_C * TILE_D; e += blockDim.x) {
         const int r = e / TILE_D;
         const int c = e % TILE_D;
         const int col = d0 + c;
-        const float v = (r < count && col < d) ? x[(long long)(base + r) * d + col] : 0.0f;
-        tile[r][c] = ROUND ? round_tf32(v) : v;
+        float v = 0.0f;
+        if (r < count && col < d) {
+            v = x[(long long)(base + r) * d + col];
+            if (shift != nullptr) v -= shift[col];
+        }
+        tile[r][c] = v;
     }
     if (d0 == 0) {
         for (int r = threadIdx.x; r < TILE_C; r += blockDim.x) {
@@ -90,6 +98,9 @@ __device__ inline void add_tile(const float* __restrict__ x, int d, int p, int d
 // bits as add_tile<false> over all chunks (which skips only zero padding), so a key
 // measured here is the key the tile would have given.
 __device__ inline float exact_dist2(const float* __restrict__ x, int d, int p, int o) {
+#ifdef SEGCLUST_KERNEL_EMU
+    ++emu::exact_rows;  // the emulator counts the rows a screen let through (tests/gpu_emu.rs)
+#endif
     float s = 0.0f;
     for (int k = 0; k < d; ++k) {
         const float diff = x[(long long)p * d + k] - x[(long long)o * d + k];
@@ -130,15 +141,31 @@ __device__ inline void warp_mma_tf32(float (&acc)[2][4][4], const unsigned (&a)[
 #endif
 }
 
-// The dot products of a block's queries (row qrow[t] for thread t; blockDim a multiple of 32)
-// with tile rows base .. base + count - 1, on the tensor cores: written to prod[t][r]. Stages
-// the tile as stage_tile does (its components, cores and norms included), rounded to TF32.
-// A warp with no query (`busy` false for all its lanes) skips its products; its rows of prod
-// are then stale. Every thread of the block must call it; it ends with a barrier.
+// The squared norm of row p of x less `shift`, in f32, summed in column order.
+__device__ inline float shifted_norm2(const float* __restrict__ x, int d, int p,
+                                      const float* __restrict__ shift) {
+    float s = 0.0f;
+    for (int k = 0; k < d; ++k) {
+        const float v = x[(long long)p * d + k] - shift[k];
+        s = fmaf(v, v, s);
+    }
+    return s;
+}
+
+// The dot products, relative to the point `shift` (the query leaf's centre), of a block's
+// queries (row qrow[t] for thread t; blockDim a multiple of 32) with tile rows base .. base +
+// count - 1, on the tensor cores: (x_q - shift).(x_o - shift) is written to prod[t][r], and
+// |x_o - shift|^2 (f32, column order, as shifted_norm2) to tile_norm2[r]; the tile's
+// components and cores are staged as stage_tile does. Relative to the centre, because the
+// TF32 error scales with the vectors' norms: a leaf's rows lie near its centre, while their
+// norms can be many times the keys that matter. The values are taken in f32 and rounded to
+// TF32 as the fragments are loaded. A warp with no query (`busy` false for all its lanes)
+// skips its products; its rows of prod are then stale. Every thread of the block must call
+// it; it ends with a barrier.
 __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, int base, int count,
                                           const int* __restrict__ comp,
                                           const float* __restrict__ core2,
-                                          const float* __restrict__ norm2, const int* qrow,
+                                          const float* __restrict__ shift, const int* qrow,
                                           bool busy, float (*tile)[TF32_STRIDE],
                                           float (*prod)[TILE_C + 1], int* tile_comp,
                                           float* tile_core2, float* tile_norm2) {
@@ -160,11 +187,16 @@ __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, in
         arow[m][0] = (long long)qrow[warp * 32 + m * 16 + g] * d;
         arow[m][1] = (long long)qrow[warp * 32 + m * 16 + g + 8] * d;
     }
+    float row_norm2 = 0.0f;  // the first TILE_C threads: their tile row's, column by column
     for (int d0 = 0; d0 < d; d0 += TILE_D) {
         __syncthreads();
-        stage_tile<true>(x, d, base, count, d0, comp, core2, norm2, tile, tile_comp, tile_core2,
-                         tile_norm2);
+        stage_tile(x, d, base, count, d0, comp, core2, nullptr, tile, tile_comp, tile_core2,
+                   nullptr, shift);
         __syncthreads();
+        if (threadIdx.x < TILE_C) {
+            for (int c = 0; c < TILE_D && d0 + c < d; ++c)
+                row_norm2 = fmaf(tile[threadIdx.x][c], tile[threadIdx.x][c], row_norm2);
+        }
         if (busy) {
             for (int k0 = 0; k0 < TILE_D && d0 + k0 < d; k0 += 8) {
                 const int c0 = d0 + k0 + tg;
@@ -172,21 +204,22 @@ __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, in
                 unsigned a[2][4];
 #pragma unroll
                 for (int m = 0; m < 2; ++m) {
-                    a[m][0] = __float_as_int(round_tf32(c0 < d ? x[arow[m][0] + c0] : 0.0f));
-                    a[m][1] = __float_as_int(round_tf32(c0 < d ? x[arow[m][1] + c0] : 0.0f));
-                    a[m][2] = __float_as_int(round_tf32(c1 < d ? x[arow[m][0] + c1] : 0.0f));
-                    a[m][3] = __float_as_int(round_tf32(c1 < d ? x[arow[m][1] + c1] : 0.0f));
+                    a[m][0] = tf32_bits(c0 < d ? x[arow[m][0] + c0] - shift[c0] : 0.0f);
+                    a[m][1] = tf32_bits(c0 < d ? x[arow[m][1] + c0] - shift[c0] : 0.0f);
+                    a[m][2] = tf32_bits(c1 < d ? x[arow[m][0] + c1] - shift[c1] : 0.0f);
+                    a[m][3] = tf32_bits(c1 < d ? x[arow[m][1] + c1] - shift[c1] : 0.0f);
                 }
                 unsigned b[4][2];
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) {
-                    b[nt][0] = __float_as_int(tile[nt * 8 + g][k0 + tg]);
-                    b[nt][1] = __float_as_int(tile[nt * 8 + g][k0 + tg + 4]);
+                    b[nt][0] = tf32_bits(tile[nt * 8 + g][k0 + tg]);
+                    b[nt][1] = tf32_bits(tile[nt * 8 + g][k0 + tg + 4]);
                 }
                 warp_mma_tf32(acc, a, b);
             }
         }
     }
+    if (threadIdx.x < TILE_C) tile_norm2[threadIdx.x] = row_norm2;
     if (busy) {
 #pragma unroll
         for (int m = 0; m < 2; ++m)

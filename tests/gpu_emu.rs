@@ -112,6 +112,19 @@ fn library() -> &'static Library {
     })
 }
 
+/// Rows the emulated launches on this thread measured in the difference form since the last
+/// call (`emu_take_exact_rows`).
+fn take_exact_rows() -> usize {
+    // SAFETY: the symbol has the signature of emu_take_exact_rows in emu.cpp.
+    let n = unsafe {
+        let f: Symbol<unsafe extern "C" fn() -> u64> = library()
+            .get(b"emu_take_exact_rows")
+            .expect("emu_take_exact_rows");
+        f()
+    };
+    usize::try_from(n).expect("a count")
+}
+
 /// `NearestKernels` on the emulated kernels; counts the rows each kernel was asked about, so
 /// the tests can tell whether the leaf search did its share.
 #[derive(Default)]
@@ -138,6 +151,8 @@ struct Emu {
     round: Option<Components>,
     comp_best2: Vec<i32>,
     leaf_queries: usize,
+    /// Rows the leaf search's screen let through to the difference form (`exact_dist2`).
+    exact_rows: usize,
     brute_queries: usize,
     /// Query-row pairs the kNN leaf search measured (the kernel's own count).
     knn_pairs: usize,
@@ -364,6 +379,7 @@ impl NearestKernels for Emu {
                 }
             }
         }
+        self.exact_rows += take_exact_rows();
         let mut call = (0, 0);
         for ((&l, &rows), ps) in qleaves.iter().zip(&out.rows).zip(qpos.chunks(MAX_LEAF)) {
             let (s, e) = (
@@ -692,6 +708,101 @@ fn bench_projection(n: usize) -> Matrix {
     y
 }
 
+/// A measurement, not a check: what the TF32 screen's wider error bound costs. The tensor
+/// cores make the dot products many times faster, but every row the screen lets through is
+/// measured again in the difference form, one thread at a time. For sampled query leaves, the
+/// kNN pass's leaf search (need 2, keep 10, as `mst_with` asks) with each screen: the rows
+/// measured (tiles loaded, the same for both) and the rows measured again, on the bench's
+/// projection and on tight blobs far from the origin, where |p|^2 is largest against the keys.
+/// Also checks that both screens return the same lists.
+/// `SEGCLUST_EMU_ROWS=20000 cargo test --release --test gpu_emu tf32_screen_cost -- --ignored
+/// --nocapture`
+#[test]
+#[ignore = "a measurement, not a check"]
+fn tf32_screen_cost_at_scale() {
+    let n: usize = env_or("SEGCLUST_EMU_ROWS", 20_000);
+    let sampled: usize = env_or("SEGCLUST_EMU_LEAVES", 24);
+    let bench = bench_projection(n);
+    let blobs = blobs(n, bench.cols(), 40, 0.05, 3);
+    for (what, x) in [("bench projection", &bench), ("blobs", &blobs)] {
+        let t = LeafTables::build(x, &LeafParams::default()).expect("tables");
+        let xp = in_positions(x, &t);
+        let step = (t.leaves() / sampled.max(1)).max(1);
+        let qleaves: Vec<i32> = (0..t.leaves() as i32).step_by(step).collect();
+        let queries: usize = qleaves
+            .iter()
+            .map(|&l| (t.start[l as usize + 1] - t.start[l as usize]) as usize)
+            .sum();
+        let mut lists = Vec::new();
+        for tf32 in [false, true] {
+            let mut emu = Emu {
+                tf32,
+                ..Emu::default()
+            };
+            emu.load(xp.as_slice(), xp.cols(), &t).expect("load");
+            let started = std::time::Instant::now();
+            let out = emu
+                .leaf_candidates(
+                    &qleaves,
+                    &every_row(&t, &qleaves),
+                    &vec![f32::INFINITY; n],
+                    false,
+                    usize::MAX,
+                    2,
+                    10,
+                )
+                .expect("leaf search");
+            let measured: usize = qleaves
+                .iter()
+                .zip(&out.rows)
+                .map(|(&l, &r)| {
+                    (t.start[l as usize + 1] - t.start[l as usize]) as usize * r as usize
+                })
+                .sum();
+            eprintln!(
+                "{what}, {n} x {}, {} query leaves ({queries} rows), {} screen: {measured} \
+                 pairs measured, {} measured again ({:.3}%), {:.1} s emulated",
+                x.cols(),
+                qleaves.len(),
+                if tf32 { "TF32" } else { "FP32" },
+                emu.exact_rows,
+                100.0 * emu.exact_rows as f64 / measured.max(1) as f64,
+                started.elapsed().as_secs_f64()
+            );
+            lists.push((out.keys, out.idx));
+        }
+        assert!(lists[0] == lists[1], "{what}: the screens' lists differ");
+        // What sets the screen's margin (|p|^2 + |o|^2) against the keys it must decide, and
+        // what it would be if the rows were taken relative to their leaf's centre.
+        let mean = |v: &mut dyn Iterator<Item = f64>| {
+            let (s, c) = v.fold((0.0, 0usize), |(s, c), x| (s + x, c + 1));
+            s / c.max(1) as f64
+        };
+        let norm2 = mean(&mut t.norm2.iter().map(|&v| f64::from(v)));
+        let leaf_of = t.leaf_of_positions();
+        let centred2 = mean(&mut (0..n).map(|p| {
+            let c = &t.centres[leaf_of[p] as usize * x.cols()..][..x.cols()];
+            xp.row(p)
+                .iter()
+                .zip(c)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum::<f64>()
+        }));
+        let keep = 10;
+        let second = mean(
+            &mut lists[0]
+                .0
+                .chunks(keep)
+                .filter(|k| k[1].is_finite())
+                .map(|k| f64::from(k[1])),
+        );
+        eprintln!(
+            "{what}: mean |p|^2 {norm2:.3}, mean |p - leaf centre|^2 {centred2:.3}, mean \
+             2nd-nearest key {second:.3}"
+        );
+    }
+}
+
 /// A measurement, not a check of speed: the kernels' work on what the pipeline feeds them (the
 /// PCA projection of the bench's synthetic embeddings), in query-row pairs, the unit of a GPU
 /// kernel's time. Prints the shares of brute force; checks the result like every test here.
@@ -886,9 +997,12 @@ fn leaf_kernel_lists_the_nearest_keys_to_the_bit() {
     // With every leaf listed and the whole list walked, each query's kNN list must hold the 8
     // smallest difference-form f32 keys over all rows, bit for bit: the dot-form screen and
     // the skips may pass over a row only when it could not have entered the list. Both
-    // screens, on rows near the origin and on the same rows moved far from it, where |p|^2
-    // dwarfs the distances and the TF32 products' rounding is larger than many of the keys:
-    // a screen whose error bound were too narrow would leave out true neighbours there.
+    // screens, on blobs near the origin, on the same rows moved far from it (|p|^2 dwarfs the
+    // keys), and on tight groups of 16 scattered widely, each leaf taking one member of every
+    // group: a row's 8 nearest keys are its group's, about 1e-6 apart, while the rows lie
+    // tens from their leaf's centre, so the TF32 products' rounding, even relative to the
+    // centre, is many times those keys, and a screen whose error bound were too narrow would
+    // leave out group members.
     let near = blobs(700, 9, 5, 0.5, 21);
     let far = Matrix::new(
         near.rows(),
@@ -896,32 +1010,64 @@ fn leaf_kernel_lists_the_nearest_keys_to_the_bit() {
         near.as_slice().iter().map(|&v| v + 300.0).collect(),
     )
     .expect("shape");
-    for x in [&near, &far] {
-        for tf32 in [false, true] {
-            lists_hold_the_nearest_keys(x, tf32);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let mut groups = Vec::new();
+    for _ in 0..44 {
+        let centre: Vec<f32> = (0..9).map(|_| rng.random_range(-50.0f32..50.0)).collect();
+        for _ in 0..16 {
+            groups.extend(centre.iter().map(|&v| v + rng.random_range(-1e-3f32..1e-3)));
         }
     }
-}
-
-fn lists_hold_the_nearest_keys(x: &Matrix, tf32: bool) {
-    let (n, d) = (x.rows(), x.cols());
+    let groups = Matrix::new(704, 9, groups).expect("shape");
+    let across: Vec<Vec<u32>> = (0..16)
+        .map(|member| (0..44).map(|g| g * 16 + member).collect())
+        .collect();
     let params = LeafParams {
         leaf_size: 20,
         list_len: 1000,
     };
-    let t = LeafTables::build(x, &params).expect("tables");
-    let xp = in_positions(x, &t);
+    for (x, t, what) in [
+        (&near, LeafTables::build(&near, &params), "blobs"),
+        (
+            &far,
+            LeafTables::build(&far, &params),
+            "blobs far from the origin",
+        ),
+        (
+            &groups,
+            LeafTables::from_leaves(&groups, across, 1000),
+            "groups",
+        ),
+    ] {
+        let t = t.expect("tables");
+        for tf32 in [false, true] {
+            let measured = lists_hold_the_nearest_keys(x, &t, tf32);
+            // The groups' leaves all overlap: only the others can skip.
+            if what != "groups" {
+                assert!(
+                    measured < x.rows() * t.leaves(),
+                    "{what}: nothing was skipped"
+                );
+            }
+        }
+    }
+}
+
+/// Checks one leaf search's kNN lists; returns the rows its blocks measured.
+fn lists_hold_the_nearest_keys(x: &Matrix, t: &LeafTables, tf32: bool) -> usize {
+    let (n, d) = (x.rows(), x.cols());
+    let xp = in_positions(x, t);
     let mut emu = Emu {
         tf32,
         ..Emu::default()
     };
-    emu.load(xp.as_slice(), d, &t).expect("load");
+    emu.load(xp.as_slice(), d, t).expect("load");
     let keep = 8;
     let qleaves: Vec<i32> = (0..t.leaves() as i32).collect();
     let out = emu
         .leaf_candidates(
             &qleaves,
-            &every_row(&t, &qleaves),
+            &every_row(t, &qleaves),
             &vec![f32::INFINITY; n],
             false,
             usize::MAX,
@@ -952,10 +1098,7 @@ fn lists_hold_the_nearest_keys(x: &Matrix, tf32: bool) {
             }
         }
     }
-    assert!(
-        out.rows.iter().sum::<i32>() < (n * t.leaves()) as i32,
-        "nothing was skipped"
-    );
+    out.rows.iter().map(|&r| r as usize).sum()
 }
 
 #[test]

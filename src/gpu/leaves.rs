@@ -242,9 +242,15 @@ impl LeafTables {
         // form by (d + 2) units of the distance <= 2 (|p|^2 + |o|^2): (3d + 10) units in all.
         // `rel_err` is 4 (d + 8) units; twice that leaves a wide margin.
         let screen_err = (2.0 * super::mst::rel_err(d)) as f32;
-        // On the tensor cores p.o errs by at most tf32_dot_err |p||o| more, so the key
-        // (-2 p.o) by 2 tf32_dot_err |p||o| <= tf32_dot_err (|p|^2 + |o|^2); twice that again.
-        let screen_err_tf32 = (2.0 * super::mst::rel_err(d) + 2.0 * tf32_dot_err(d)) as f32;
+        // On the tensor cores the rows are taken relative to the query leaf's centre c, in
+        // f32: p' = fl(p - c), o' = fl(o - c), and the norms in the screen are theirs. p'.o'
+        // errs by at most tf32_dot_err |p'||o'| more, so the key (-2 p'.o') by
+        // 2 tf32_dot_err |p'||o'| <= tf32_dot_err (|p'|^2 + |o'|^2); twice that again. The
+        // subtractions' rounding moves p' - o' from p - o by at most 2^-24 (|p'| + |o'|) per
+        // unit, so the squared distance by at most 2^-22 (|p'|^2 + |o'|^2); 2^-20 covers it.
+        // The f32 terms are as in `screen_err`, with p' and o' for p and o.
+        let screen_err_tf32 =
+            (2.0 * super::mst::rel_err(d) + 2.0 * tf32_dot_err(d) + 2f64.powi(-20)) as f32;
         let norm2: Vec<f32> = perm
             .iter()
             .map(|&r| {

@@ -14,6 +14,9 @@
 // kernels use is here.
 #pragma once
 
+// Lets the kernels count work for the tests (nothing else: NVRTC and nvcc never see it).
+#define SEGCLUST_KERNEL_EMU 1
+
 #include <ucontext.h>
 
 #include <cmath>
@@ -69,6 +72,8 @@ struct WarpMma {
 };
 inline thread_local std::vector<WarpMma> warp_mma;
 inline thread_local std::vector<unsigned> lane_mma_count;  // MMAs so far, per thread
+// Rows measured in the difference form (`exact_dist2`) since the last emu_take_exact_rows.
+inline thread_local unsigned long long exact_rows = 0;
 
 // Runs `kernel` over a 1-D grid of 1-D blocks.
 inline void launch(unsigned grid, unsigned block, const std::function<void()>& kernel) {

@@ -15,6 +15,13 @@ extern "C" void emu_nearest_candidates(unsigned grid, unsigned block, const floa
     });
 }
 
+// Rows the launches on this thread measured in the difference form, since the last call.
+extern "C" unsigned long long emu_take_exact_rows() {
+    const unsigned long long n = emu::exact_rows;
+    emu::exact_rows = 0;
+    return n;
+}
+
 extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* x, int d,
                                     const int* leaf_start, const int* qleaves, const int* qpos,
                                     const int* cand,
