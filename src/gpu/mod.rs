@@ -109,8 +109,9 @@ pub(crate) struct Inner {
 pub enum Screen {
     /// FP32 fused multiply-adds, one query per thread: any GPU.
     F32,
-    /// Tensor cores on TF32 inputs (sm_80 and later): many times the FP32 rate, with a bound
-    /// about 2^-9 of |p|^2 + |o|^2 wide, so a few more rows get measured exactly.
+    /// Tensor cores on TF32 inputs (sm_80 and later): many times the FP32 rate. The bound is
+    /// about 2^-9 of |p - c|^2 + |o - c|^2 wide (c: the query leaf's centre), which on the
+    /// bench's projection lets through as few rows as the FP32 screen.
     Tf32,
 }
 
