@@ -44,14 +44,17 @@
 // compared and kept: the lists are bit-for-bit what the difference form alone would give, at
 // about half the arithmetic.
 //
-// With `tf32` set (sm_80 and later), the dot products come from the tensor cores instead: the
+// In `leaf_candidates_tf32` (sm_80 and later), the dot products come from the tensor cores: the
 // block's queries times the tile on TF32 inputs (`tile_products_tf32`), many times the FP32
 // units' rate, with every row taken relative to the query leaf's centre c, so that the key is
 // |p - c|^2 + |o - c|^2 - 2 (p - c).(o - c). TF32 keeps 10 mantissa bits, so the screen's
 // error bound is wider (the host passes the matching `screen_err`: about 2^-9 of the norms
 // rather than 2^-16 at d = 100), and relative to the centre those norms are small (on the
 // bench's projection, |p - c|^2 is a seventh of |p|^2). A few more rows pass to the
-// difference form, and the lists stay bit-for-bit the same.
+// difference form, and the lists stay bit-for-bit the same. The two screens are two kernels,
+// one template body, because the tensor cores' path needs about 100 registers and 22 KB of
+// shared memory where the FP32 path needs 80 and 4.5 KB: one kernel would hold the FP32 path
+// to the other's occupancy.
 //
 // In Boruvka, a query only wants edges lighter than its component's best, and the queries of a
 // component share what they find through `comp_best2` (squared f32 keys as int bits, which
@@ -74,7 +77,8 @@ __device__ inline float bound(float own, int* comp_best2, int comp) {
     return fminf(own, shared);
 }
 
-extern "C" __global__ void leaf_candidates(
+template <bool TF32>
+__device__ __forceinline__ void leaf_search(
     const float* __restrict__ x,          // n x d, row-major, in leaf (position) order
     int d,
     const int* __restrict__ leaf_start,   // leaves + 1
@@ -102,7 +106,6 @@ extern "C" __global__ void leaf_candidates(
     float slack,                          // relative error bound of an f32 distance to a centre
     const float* __restrict__ norm2,      // n: squared norms of the rows (f32)
     float screen_err,                     // the dot-form key's error, per unit of |p|^2 + |o|^2
-    int tf32,                             // nonzero: dot products on the tensor cores (sm_80+)
     int walk,                             // listed leaves walked at most
     int need,                             // the key that decides the stop, 1..keep
     int keep,                             // candidates kept per query, 1..LS_MAX_KEEP
@@ -115,10 +118,6 @@ extern "C" __global__ void leaf_candidates(
     __shared__ int tile_comp[TILE_C];
     __shared__ float tile_core2[TILE_C];
     __shared__ float tile_norm2[TILE_C];
-    // The tensor-core path's tile (TF32, padded), products and query rows.
-    __shared__ __align__(16) float tile_t[TILE_C][TF32_STRIDE];
-    __shared__ float prod[LS_MAX_LEAF][TILE_C + 1];
-    __shared__ int qrow[LS_MAX_LEAF];
     __shared__ int warp_busy[LS_MAX_LEAF / 32];
     __shared__ int go;
     __shared__ int want;
@@ -137,7 +136,7 @@ extern "C" __global__ void leaf_candidates(
     const float inf = __int_as_float(0x7f800000);
     const float* centre = centres + (long long)ql * d;
     // The screen's |p|^2: relative to the leaf's centre with the tensor cores.
-    const float my_norm2 = !active ? 0.0f : tf32 ? shifted_norm2(x, d, p, centre) : norm2[p];
+    const float my_norm2 = !active ? 0.0f : TF32 ? shifted_norm2(x, d, p, centre) : norm2[p];
 
     float best_key[LS_MAX_KEEP];
     int best_idx[LS_MAX_KEEP];
@@ -153,9 +152,8 @@ extern "C" __global__ void leaf_candidates(
     int rows = 0;
     float skipped2 = inf;  // least bound of the rows skipped for us
 
-    // For the tensor cores: each thread's row, and whether its warp has a query at all (a
-    // warp-wide decision: the MMA needs every lane of a warp that does it).
-    qrow[t] = p;
+    // For the tensor cores: whether this thread's warp has a query at all (a warp-wide
+    // decision: the MMA needs every lane of a warp that does it).
     if (t < LS_MAX_LEAF / 32) warp_busy[t] = 0;
     __syncthreads();
     if (active) warp_busy[t >> 5] = 1;
@@ -262,12 +260,9 @@ extern "C" __global__ void leaf_candidates(
             }
             rows += last - c0 + 1;
             float acc[TILE_C];
-            if (tf32) {
-                tile_products_tf32(x, d, cs + c0, last - c0 + 1, comp, core2, centre, qrow,
-                                   warp_has_query, tile_t, prod, tile_comp, tile_core2,
-                                   tile_norm2);
-#pragma unroll
-                for (int r = 0; r < TILE_C; ++r) acc[r] = prod[t][r];
+            if (TF32) {
+                tile_products_tf32(x, d, cs + c0, last - c0 + 1, comp, core2, centre, p,
+                                   warp_has_query, tile_comp, tile_core2, tile_norm2, acc);
             } else {
 #pragma unroll
                 for (int r = 0; r < TILE_C; ++r) acc[r] = 0.0f;
@@ -326,4 +321,32 @@ extern "C" __global__ void leaf_candidates(
         out_unseen2[slot] = fminf(unseen2, skipped2);
     }
     if (t == 0) out_rows[blockIdx.x] = rows;
+}
+
+// The two screens' kernels (see above); the host picks one by `Screen`.
+#define LEAF_SEARCH_PARAMS                                                                       \
+    const float* __restrict__ x, int d, const int* __restrict__ leaf_start,                     \
+        const int* __restrict__ qleaves, const int* __restrict__ qpos,                          \
+        const int* __restrict__ cand, const float* __restrict__ cand_lb2,                       \
+        const float* __restrict__ rest_lb2, int m, const float* __restrict__ cutoff2,           \
+        const int* __restrict__ comp, const float* __restrict__ core2,                          \
+        const int* __restrict__ leaf_comp, const float* __restrict__ leaf_core2_lo,             \
+        const int* __restrict__ tile_one_comp, const float* __restrict__ tile_core2_lo,         \
+        int* comp_best2, const float* __restrict__ centres, const float* __restrict__ radius,   \
+        const float* __restrict__ tc_lo, const float* __restrict__ tc_hi, float slack,          \
+        const float* __restrict__ norm2, float screen_err, int walk, int need, int keep,        \
+        float* __restrict__ out_key, int* __restrict__ out_idx,                                 \
+        float* __restrict__ out_unseen2, int* __restrict__ out_rows
+#define LEAF_SEARCH_ARGS                                                                         \
+    x, d, leaf_start, qleaves, qpos, cand, cand_lb2, rest_lb2, m, cutoff2, comp, core2,         \
+        leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo, comp_best2, centres, radius,    \
+        tc_lo, tc_hi, slack, norm2, screen_err, walk, need, keep, out_key, out_idx,             \
+        out_unseen2, out_rows
+
+extern "C" __global__ void leaf_candidates(LEAF_SEARCH_PARAMS) {
+    leaf_search<false>(LEAF_SEARCH_ARGS);
+}
+
+extern "C" __global__ void leaf_candidates_tf32(LEAF_SEARCH_PARAMS) {
+    leaf_search<true>(LEAF_SEARCH_ARGS);
 }

@@ -152,23 +152,29 @@ __device__ inline float shifted_norm2(const float* __restrict__ x, int d, int p,
     return s;
 }
 
+// Most threads per block of tile_products_tf32 (one query each).
+#define TF32_MAX_QUERIES 128
+
 // The dot products, relative to the point `shift` (the query leaf's centre), of a block's
-// queries (row qrow[t] for thread t; blockDim a multiple of 32) with tile rows base .. base +
-// count - 1, on the tensor cores: (x_q - shift).(x_o - shift) is written to prod[t][r], and
-// |x_o - shift|^2 (f32, column order, as shifted_norm2) to tile_norm2[r]; the tile's
-// components and cores are staged as stage_tile does. Relative to the centre, because the
-// TF32 error scales with the vectors' norms: a leaf's rows lie near its centre, while their
-// norms can be many times the keys that matter. The values are taken in f32 and rounded to
-// TF32 as the fragments are loaded. A warp with no query (`busy` false for all its lanes)
-// skips its products; its rows of prod are then stale. Every thread of the block must call
-// it; it ends with a barrier.
+// queries (row `my_row` for this thread; blockDim a multiple of 32, at most TF32_MAX_QUERIES)
+// with tile rows base .. base + count - 1, on the tensor cores: (x_q - shift).(x_o - shift)
+// goes to this thread's acc[r], and |x_o - shift|^2 (f32, column order, as shifted_norm2) to
+// tile_norm2[r]; the tile's components and cores are staged as stage_tile does. Relative to
+// the centre, because the TF32 error scales with the vectors' norms: a leaf's rows lie near
+// its centre, while their norms can be many times the keys that matter. The values are taken
+// in f32 and rounded to TF32 as the fragments are loaded. A warp with no query (`busy` false
+// for all its lanes) skips its products, and its acc is then meaningless. Every thread of the
+// block must call it, between barriers; it ends with one.
 __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, int base, int count,
                                           const int* __restrict__ comp,
                                           const float* __restrict__ core2,
-                                          const float* __restrict__ shift, const int* qrow,
-                                          bool busy, float (*tile)[TF32_STRIDE],
-                                          float (*prod)[TILE_C + 1], int* tile_comp,
-                                          float* tile_core2, float* tile_norm2) {
+                                          const float* __restrict__ shift, int my_row, bool busy,
+                                          int* tile_comp, float* tile_core2, float* tile_norm2,
+                                          float (&out)[TILE_C]) {
+    __shared__ __align__(16) float tile[TILE_C][TF32_STRIDE];
+    __shared__ float prod[TF32_MAX_QUERIES][TILE_C + 1];
+    __shared__ int qrow[TF32_MAX_QUERIES];
+    qrow[threadIdx.x] = my_row;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int g = lane >> 2;
@@ -180,19 +186,20 @@ __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, in
         for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc[m][nt][i] = 0.0f;
-    // The four rows of x this lane reads for its A fragments.
-    long long arow[2][2];
-#pragma unroll
-    for (int m = 0; m < 2; ++m) {
-        arow[m][0] = (long long)qrow[warp * 32 + m * 16 + g] * d;
-        arow[m][1] = (long long)qrow[warp * 32 + m * 16 + g + 8] * d;
-    }
+    long long arow[2][2];  // the four rows of x this lane reads for its A fragments
     float row_norm2 = 0.0f;  // the first TILE_C threads: their tile row's, column by column
     for (int d0 = 0; d0 < d; d0 += TILE_D) {
         __syncthreads();
         stage_tile(x, d, base, count, d0, comp, core2, nullptr, tile, tile_comp, tile_core2,
                    nullptr, shift);
         __syncthreads();
+        if (d0 == 0) {
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+                arow[m][0] = (long long)qrow[warp * 32 + m * 16 + g] * d;
+                arow[m][1] = (long long)qrow[warp * 32 + m * 16 + g + 8] * d;
+            }
+        }
         if (threadIdx.x < TILE_C) {
             for (int c = 0; c < TILE_D && d0 + c < d; ++c)
                 row_norm2 = fmaf(tile[threadIdx.x][c], tile[threadIdx.x][c], row_norm2);
@@ -231,4 +238,6 @@ __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, in
                         acc[m][nt][i];
     }
     __syncthreads();
+#pragma unroll
+    for (int r = 0; r < TILE_C; ++r) out[r] = prod[threadIdx.x][r];
 }

@@ -32,7 +32,11 @@ fn kernels_compile_with_nvrtc() {
     for cc in [(9, 0), (8, 0), (7, 5)] {
         let ptx = compile_kernels(Some(cc)).unwrap_or_else(|e| panic!("NVRTC from {dir}: {e:#}"));
         let src = ptx.to_src();
-        for entry in ["nearest_candidates", "leaf_candidates"] {
+        for entry in [
+            "nearest_candidates",
+            "leaf_candidates",
+            "leaf_candidates_tf32",
+        ] {
             assert!(
                 src.contains(&format!(".entry {entry}")),
                 "PTX lacks the kernel entry {entry}"

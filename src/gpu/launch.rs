@@ -170,7 +170,11 @@ impl NearestKernels for CudaKernels<'_> {
             block_dim: (MAX_LEAF as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = g.stream.launch_builder(&g.leaf);
+        let (kernel, screen_err) = match g.screen {
+            Screen::F32 => (&g.leaf, &l.screen_err),
+            Screen::Tf32 => (&g.leaf_tf32, &l.screen_err_tf32),
+        };
+        let mut b = g.stream.launch_builder(kernel);
         b.arg(&l.x)
             .arg(&l.d)
             .arg(&l.leaf_start)
@@ -192,18 +196,15 @@ impl NearestKernels for CudaKernels<'_> {
             b.arg(&null).arg(&null).arg(&null);
         }
         b.arg(&l.centres).arg(&l.radius).arg(&l.tc_lo).arg(&l.tc_hi);
-        let (screen_err, tf32) = match g.screen {
-            Screen::F32 => (&l.screen_err, 0i32),
-            Screen::Tf32 => (&l.screen_err_tf32, 1i32),
-        };
-        b.arg(&l.slack).arg(&l.norm2).arg(screen_err).arg(&tf32);
+        b.arg(&l.slack).arg(&l.norm2).arg(screen_err);
         b.arg(&walk_i).arg(&need_i).arg(&keep_i);
         b.arg(&mut out_key).arg(&mut out_idx).arg(&mut out_unseen);
         b.arg(&mut out_rows);
-        // SAFETY: the arguments follow leaf_candidates' signature in order (device slices for
-        // pointers, a null u64 for absent ones, i32 and f32 for scalars), and every buffer has
-        // the length the kernel indexes: outputs blocks x MAX_LEAF (x keep), tables as loaded,
-        // components and cutoffs n each.
+        // SAFETY: the arguments follow the signature of leaf_candidates (and of
+        // leaf_candidates_tf32, the same) in order (device slices for pointers, a null u64 for
+        // absent ones, i32 and f32 for scalars), and every buffer has the length the kernel
+        // indexes: outputs blocks x MAX_LEAF (x keep), tables as loaded, components and
+        // cutoffs n each.
         unsafe { b.launch(cfg) }
             .map_err(|e| anyhow!("launching leaf_candidates ({blocks} leaves): {e:?}"))?;
         Ok(LeafFound {

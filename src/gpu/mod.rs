@@ -95,7 +95,9 @@ pub(crate) struct Inner {
     pub(crate) blas: Option<CudaBlas>,
     pub(crate) nearest: CudaFunction,
     pub(crate) leaf: CudaFunction,
-    /// Where the leaf search's dot products run.
+    /// The same search with the tensor cores' screen (a trap before sm_80; never launched there).
+    pub(crate) leaf_tf32: CudaFunction,
+    /// Where the leaf search's dot products run: which of the two is launched.
     pub(crate) screen: Screen,
     /// Most bytes one batch plans to allocate (`Gpu::limit_memory`).
     pub(crate) memory_limit: Option<usize>,
@@ -169,6 +171,9 @@ impl Gpu {
         let leaf = module
             .load_function("leaf_candidates")
             .map_err(|e| anyhow!("kernel leaf_candidates missing from the module: {e:?}"))?;
+        let leaf_tf32 = module
+            .load_function("leaf_candidates_tf32")
+            .map_err(|e| anyhow!("kernel leaf_candidates_tf32 missing from the module: {e:?}"))?;
         let stream = ctx
             .new_stream()
             .map_err(|e| anyhow!("creating a CUDA stream: {e:?}"))?;
@@ -199,6 +204,7 @@ impl Gpu {
                 blas,
                 nearest,
                 leaf,
+                leaf_tf32,
                 screen,
                 memory_limit: None,
             }),

@@ -199,6 +199,7 @@ inline void warp_mma_tf32(float (&acc)[2][4][4], const unsigned (&a)[2][4],
 
 #define __global__
 #define __device__
+#define __forceinline__ inline
 #define __shared__ static thread_local
 #define __align__(n) __attribute__((aligned(n)))
 #define threadIdx (emu::thread_idx)

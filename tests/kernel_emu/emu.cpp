@@ -35,10 +35,11 @@ extern "C" void emu_leaf_candidates(unsigned grid, unsigned block, const float* 
                                     int walk,
                                     int need, int keep, float* out_key,
                                     int* out_idx, float* out_unseen2, int* out_rows) {
+    // tf32 != 0: leaf_candidates_tf32, the tensor cores' screen.
     emu::launch(grid, block, [&] {
-        leaf_candidates(x, d, leaf_start, qleaves, qpos, cand, cand_lb2, rest_lb2, m, cutoff2,
-                        comp, core2, leaf_comp, leaf_core2_lo, tile_one_comp, tile_core2_lo,
-                        comp_best2, centres, radius, tc_lo, tc_hi, slack, norm2, screen_err,
-                        tf32, walk, need, keep, out_key, out_idx, out_unseen2, out_rows);
+        if (tf32)
+            leaf_candidates_tf32(LEAF_SEARCH_ARGS);
+        else
+            leaf_candidates(LEAF_SEARCH_ARGS);
     });
 }
