@@ -35,8 +35,9 @@ done
 # The parity suite reads the scikit-learn fixtures; the executables were built elsewhere.
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export SEGCLUST_FIXTURES=${SEGCLUST_FIXTURES:-$ROOT/tests/fixtures/hdbscan}
-# The GPU module's debug lines time each stage (leaf tables, kNN, Boruvka, PCA's memory plan).
-export SEGCLUST_LOG=${SEGCLUST_LOG:-info,segclust::gpu=debug}
+# The GPU module's debug lines time each stage (leaf tables, kNN, Boruvka, PCA's memory plan),
+# the cluster module's the host's labels after the MST.
+export SEGCLUST_LOG=${SEGCLUST_LOG:-info,segclust::gpu=debug,segclust::cluster=debug}
 LIMIT=${STEP_LIMIT_S:-240}
 DIM=${BENCH_DIM:-3072}
 BIN="$DIR/segclust"
@@ -93,7 +94,7 @@ for name in compare big big-f32; do
     [ -f "$OUT/$name.log" ] || continue
     while IFS= read -r line; do
         summary+=("  $name: $line")
-    done < <(grep -E "using GPU|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: " \
+    done < <(grep -E "using GPU|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
                  "$OUT/$name.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +[A-Z]+ +//')
 done
 

@@ -122,9 +122,22 @@ pub fn labels_with_ties(
     ties: TieOrder,
     params: &HdbscanParams,
 ) -> Clustering {
+    // The host's share after any MST (the GPU's included): timed, since at 1M rows it counts
+    // against the same budget as the kernels.
+    let started = std::time::Instant::now();
     let tree = linkage::single_linkage(n, mst, ties);
+    let linked = started.elapsed().as_secs_f64();
     let condensed = condense::condense(&tree, params.min_cluster_size);
-    select::labels(&condensed, params)
+    let condensed_at = started.elapsed().as_secs_f64();
+    let clustering = select::labels(&condensed, params);
+    tracing::debug!(
+        rows = n,
+        linkage_seconds = linked,
+        condense_seconds = condensed_at - linked,
+        select_seconds = started.elapsed().as_secs_f64() - condensed_at,
+        "labels from the MST"
+    );
+    clustering
 }
 
 /// HDBSCAN on the CPU. The device-agnostic entry point is `crate::device::Device::hdbscan`.
