@@ -52,9 +52,9 @@
 // rather than 2^-16 at d = 100), and relative to the centre those norms are small (on the
 // bench's projection, |p - c|^2 is a seventh of |p|^2). A few more rows pass to the
 // difference form, and the lists stay bit-for-bit the same. The two screens are two kernels,
-// one template body, because the tensor cores' path needs about 100 registers and 22 KB of
-// shared memory where the FP32 path needs 80 and 4.5 KB: one kernel would hold the FP32 path
-// to the other's occupancy.
+// one template body, because the tensor cores' path needs 120 registers and 22 KB of shared
+// memory where the FP32 path needs 80 and 4.5 KB (ptxas, sm_90): one kernel would hold the
+// FP32 path to the other's occupancy.
 //
 // In Boruvka, a query only wants edges lighter than its component's best, and the queries of a
 // component share what they find through `comp_best2` (squared f32 keys as int bits, which

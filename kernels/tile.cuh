@@ -158,12 +158,12 @@ __device__ inline float shifted_norm2(const float* __restrict__ x, int d, int p,
 // The dot products, relative to the point `shift` (the query leaf's centre), of a block's
 // queries (row `my_row` for this thread; blockDim a multiple of 32, at most TF32_MAX_QUERIES)
 // with tile rows base .. base + count - 1, on the tensor cores: (x_q - shift).(x_o - shift)
-// goes to this thread's acc[r], and |x_o - shift|^2 (f32, column order, as shifted_norm2) to
+// goes to this thread's out[r], and |x_o - shift|^2 (f32, column order, as shifted_norm2) to
 // tile_norm2[r]; the tile's components and cores are staged as stage_tile does. Relative to
 // the centre, because the TF32 error scales with the vectors' norms: a leaf's rows lie near
 // its centre, while their norms can be many times the keys that matter. The values are taken
 // in f32 and rounded to TF32 as the fragments are loaded. A warp with no query (`busy` false
-// for all its lanes) skips its products, and its acc is then meaningless. Every thread of the
+// for all its lanes) skips its products, and its out is then meaningless. Every thread of the
 // block must call it, between barriers; it ends with one.
 __device__ inline void tile_products_tf32(const float* __restrict__ x, int d, int base, int count,
                                           const int* __restrict__ comp,

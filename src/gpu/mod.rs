@@ -80,6 +80,7 @@ pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
 pub struct Gpu {
     /// What the logs and reports call it: device, architecture and screen.
     name: String,
+    /// The driver's name for the device, and its architecture: `name` is made from them.
     device: String,
     compute_capability: (i32, i32),
     kernels_from: kernel_cache::Origin,
