@@ -17,7 +17,9 @@ use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim}
 use segclust::demo::{DemoParams, generate};
 use segclust::device::{Accelerator, Device};
 use segclust::gpu::leaves::{Components, MAX_LEAF};
-use segclust::gpu::{GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, mst_with};
+use segclust::gpu::{
+    GpuMstParams, LeafFound, LeafParams, LeafTables, NearestKernels, Screen, canary, mst_with,
+};
 use segclust::labeling::FallbackLabeler;
 use segclust::matrix::Matrix;
 use segclust::pipeline::{PipelineConfig, run_team};
@@ -707,6 +709,22 @@ fn bench_projection(n: usize) -> Matrix {
         .projected;
     segclust::npy::write_matrix(&cache, &y).expect("cache the projection");
     y
+}
+
+#[test]
+fn the_start_up_check_passes_on_the_emulated_kernels() {
+    // `Gpu::open` keeps the tensor cores only if both screens give the same tree on the
+    // canary's rows: a correct kernel must pass it (a broken one is shown to fail it by
+    // mutating the fragment layout; see STATUS.md, session 16).
+    let rows = canary::rows();
+    let agree = canary::screens_agree(|screen| {
+        let mut emu = Emu {
+            tf32: screen == Screen::Tf32,
+            ..Emu::default()
+        };
+        mst_with(&mut emu, &rows, 2, &GpuMstParams::default())
+    });
+    assert!(agree.expect("the emulated MSTs"), "the screens disagree");
 }
 
 /// A measurement, not a check: the host's share after the MST (single linkage, condensing,

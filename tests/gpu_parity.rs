@@ -214,6 +214,13 @@ fn gpu_matches_cpu() {
     );
     drop(again);
     eprintln!("GPU parity suite on {}", gpu.name());
+    if gpu.tensor_cores() && std::env::var("SEGCLUST_GPU_SCREEN").is_err() {
+        assert_eq!(
+            gpu.screen(),
+            Screen::Tf32,
+            "the tensor cores' screen failed its start-up check (see the log)"
+        );
+    }
     mst_against_oracle(&gpu);
     fixtures_parity(&gpu);
     // Batches run on other threads than the one that opened the GPU.

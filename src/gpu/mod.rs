@@ -20,6 +20,7 @@
 //!   re-orthonormalization fallbacks are tested without a GPU.
 
 mod blas;
+pub mod canary;
 pub mod kernel_cache;
 mod launch;
 pub mod leaves;
@@ -145,6 +146,42 @@ impl Screen {
     }
 }
 
+/// The tensor cores' screen if it passes the start-up check (`canary`), else FP32, said in the
+/// log: a screen that disagrees would give wrong trees, not errors.
+fn checked_screen(inner: &mut Inner, device: &str) -> Screen {
+    let started = std::time::Instant::now();
+    let rows = canary::rows();
+    let agree = canary::screens_agree(|screen| {
+        inner.screen = screen;
+        let mut kernels = launch::CudaKernels::new(inner);
+        mst_with(&mut kernels, &rows, 2, &GpuMstParams::default())
+    });
+    match agree {
+        Ok(true) => {
+            tracing::debug!(
+                seconds = started.elapsed().as_secs_f64(),
+                "the tensor cores' screen passed its start-up check"
+            );
+            Screen::Tf32
+        }
+        Ok(false) => {
+            tracing::error!(
+                "on {device}, the tensor cores' (TF32) screen gave another tree than the FP32 \
+                 screen in the start-up check; using the FP32 screen. Please report this with \
+                 the device and driver version."
+            );
+            Screen::F32
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the start-up check of the tensor cores' screen failed ({e:#}); using the FP32 \
+                 screen"
+            );
+            Screen::F32
+        }
+    }
+}
+
 fn describe(device: &str, cc: (i32, i32), screen: Screen) -> String {
     format!("{device} (sm_{}{}, {} screen)", cc.0, cc.1, screen.as_str())
 }
@@ -192,23 +229,27 @@ impl Gpu {
             None
         };
         let screen = Screen::choose(cc, std::env::var("SEGCLUST_GPU_SCREEN").ok().as_deref())?;
+        let mut inner = Inner {
+            ctx,
+            stream,
+            blas,
+            nearest,
+            leaf,
+            leaf_tf32,
+            screen,
+            memory_limit: None,
+        };
+        if screen == Screen::Tf32 {
+            inner.screen = checked_screen(&mut inner, &name);
+        }
         let device = name;
-        let name = describe(&device, cc, screen);
+        let name = describe(&device, cc, inner.screen);
         Ok(Self {
             name,
             device,
             compute_capability: cc,
             kernels_from,
-            inner: Mutex::new(Inner {
-                ctx,
-                stream,
-                blas,
-                nearest,
-                leaf,
-                leaf_tf32,
-                screen,
-                memory_limit: None,
-            }),
+            inner: Mutex::new(inner),
         })
     }
 
@@ -221,7 +262,13 @@ impl Gpu {
         self.kernels_from
     }
 
-    /// The leaf search's screen (`Screen::choose` picked it when the GPU was opened).
+    /// Whether the device has TF32 tensor cores (sm_80 and later).
+    pub fn tensor_cores(&self) -> bool {
+        self.compute_capability.0 >= 8
+    }
+
+    /// The leaf search's screen (`Screen::choose` picked it when the GPU was opened, and the
+    /// start-up check kept it).
     pub fn screen(&self) -> Screen {
         self.inner.lock().map_or(Screen::F32, |i| i.screen)
     }
