@@ -94,7 +94,7 @@ for name in compare big big-f32; do
     [ -f "$OUT/$name.log" ] || continue
     while IFS= read -r line; do
         summary+=("  $name: $line")
-    done < <(grep -E "using GPU|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
+    done < <(grep -E "using GPU|start-up check|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
                  "$OUT/$name.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +[A-Z]+ +//')
 done
 
