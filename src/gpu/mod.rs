@@ -418,7 +418,8 @@ impl Inner {
 }
 
 /// Rejects input the f32 kernels cannot represent (NaN, infinities, values whose squared
-/// distances would overflow f32), which would break the error bounds the proofs rely on.
+/// distances would overflow f32, or whose smallest differences' squares would underflow it),
+/// which would break the error bounds the proofs rely on. The CPU takes such a batch.
 pub(crate) fn check_finite(x: &Matrix) -> Result<()> {
     use rayon::prelude::*;
     // Branch-free per chunk so it vectorizes (a scalar fold took 1 s at 100k x 3072).
@@ -442,6 +443,15 @@ pub(crate) fn check_finite(x: &Matrix) -> Result<()> {
     let limit = (1e36 / (4.0 * x.cols().max(1) as f64)).sqrt();
     if f64::from(max_abs) > limit {
         crate::unsuited!("input values up to {max_abs} are too large for f32 distances on the GPU");
+    }
+    // Two f32 values below m differ by a multiple of about m 2^-24 or not at all; below
+    // m = 1e-10 the square of that step leaves f32's normal range (1.2e-38), where the kernels'
+    // relative error bounds stop holding (and the tensor cores may flush to zero). All zeros
+    // are fine: every product is exact.
+    if max_abs > 0.0 && max_abs < 1e-10 {
+        crate::unsuited!(
+            "input values are all below {max_abs:e}: too small for f32 distances on the GPU"
+        );
     }
     Ok(())
 }
@@ -481,6 +491,12 @@ mod tests {
             let m = Matrix::new(2, 2, vec![1.0, bad, 3.0, 0.5]).unwrap();
             assert!(check_finite(&m).is_err(), "{bad} accepted");
         }
+        let tiny = Matrix::new(2, 2, vec![1e-12, -3e-11, 0.0, 2e-12]).unwrap();
+        assert!(check_finite(&tiny).is_err(), "values below 1e-10 accepted");
+        let small_but_normal = Matrix::new(2, 2, vec![1e-12, -3e-9, 0.0, 2e-12]).unwrap();
+        assert!(check_finite(&small_but_normal).is_ok());
+        let zeros = Matrix::new(2, 2, vec![0.0; 4]).unwrap();
+        assert!(check_finite(&zeros).is_ok(), "all zeros rejected");
     }
 
     #[test]
