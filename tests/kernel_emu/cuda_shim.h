@@ -156,7 +156,8 @@ inline float add_toward_zero(float sum, float term) {
 //   A: a0 (groupID, tig), a1 (groupID + 8, tig), a2 (groupID, tig + 4), a3 (groupID + 8, tig + 4)
 //   B: b0 (row tig, col groupID), b1 (row tig + 4, col groupID)
 //   C/D: c0, c1 (groupID, 2 tig + i), c2, c3 (groupID + 8, 2 tig + i - 2)
-// Products of TF32 values are exact in f32; the sum runs in k order, rounding toward zero.
+// Operands keep their TF32 bits only. Products of TF32 values are exact in f32; the sum runs in
+// k order, rounding toward zero.
 inline void warp_mma_tf32(float (&acc)[2][4][4], const unsigned (&a)[2][4],
                           const unsigned (&b)[4][2]) {
     const unsigned t = thread_idx.x;
@@ -167,7 +168,10 @@ inline void warp_mma_tf32(float (&acc)[2][4][4], const unsigned (&a)[2][4],
     std::memcpy(s.a[lane], a, sizeof s.a[lane]);
     std::memcpy(s.b[lane], b, sizeof s.b[lane]);
     wait_at(warp_barriers[t / 32], 32, "a warp-wide MMA");
+    // The tensor cores read only an operand register's TF32 bits (sign, exponent, the top 10
+    // mantissa bits): a value the kernel did not round loses its low bits, as on the device.
     auto as_float = [](unsigned bits) {
+        bits &= 0xffffe000u;
         float f;
         std::memcpy(&f, &bits, sizeof f);
         return f;
