@@ -3,6 +3,7 @@
 //! - `knn`: exact k nearest neighbours, hence core distances (the point itself counts as the first);
 //! - `boruvka`: minimum spanning tree of the complete mutual-reachability graph;
 //! - `prim`: a dense O(N^2) Prim, the small-input path and the oracle the fast path is tested against;
+//! - `simd`: the f32 distance kernels the searches screen with (portable, AVX2, AVX-512, NEON);
 //! - `linkage`: single-linkage tree from the MST;
 //! - `condense`: condensed tree for `min_cluster_size`;
 //! - `select`: leaf / excess-of-mass selection, epsilon, labels and probabilities.
@@ -13,6 +14,7 @@ pub mod knn;
 pub mod linkage;
 pub mod prim;
 pub mod select;
+pub mod simd;
 
 pub use linkage::TieOrder;
 
