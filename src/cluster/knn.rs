@@ -29,7 +29,8 @@
 
 use super::prim::euclidean4;
 use super::simd::{
-    GROUP, LANES, PanelFn, Proj4, exact_generic, panel_generic, proj4_generic, sq4_generic,
+    Exact, GROUP, LANES, PanelFn, Proj4, Sq4, exact_generic, panel_generic, proj4_generic,
+    sq4_generic,
 };
 use crate::matrix::{Matrix, dot64, norm64};
 use anyhow::{Result, ensure};
@@ -98,7 +99,7 @@ pub fn simd_cap() -> SimdLevel {
 #[derive(Clone, Copy)]
 pub(crate) struct Kernels {
     /// f32 squared distances from `q` to four rows, with the error bound `rel`.
-    pub sq4: fn(&[f32], [&[f32]; 4]) -> [f32; 4],
+    pub sq4: Sq4,
     /// The scans' workhorse: f32 screening values for up to six queries against up to
     /// `panels_per_call` panels of 16 rows stored dimension-major (`LeafIndex::panels`), in
     /// the dot-product form `n'(q) + n'(r) - 2 <q, r>`, where `n'` are squared norms shrunk by
@@ -110,7 +111,7 @@ pub(crate) struct Kernels {
     /// Panels `panel` takes at once: 2 with AVX-512 (twelve 16-lane accumulators), else 1.
     pub panels_per_call: usize,
     /// An f64 distance for bounds (partial sums: may differ from `prim::euclidean` by an ulp).
-    pub exact: fn(&[f32], &[f32]) -> f64,
+    pub exact: Exact,
     /// f32 projections `<row - c, u>` of four rows, error below `rel * |row - c| * |u|`.
     pub proj4: Proj4,
     /// Relative error bound of `sq4` (generous: twice the worst case, plus f64 round-off).
@@ -134,6 +135,20 @@ impl Kernels {
         // cap.
         let (panel, panels_per_call) = pick_panel(Self::panel_variants(), cap)
             .map_or((panel_generic::<false> as PanelFn, 1), |v| (v.1, v.2));
+        let (sq4, exact, proj4) = Self::row_kernels(cap);
+        Self {
+            sq4,
+            panel,
+            panels_per_call,
+            exact,
+            proj4,
+            rel,
+            norm_shrink,
+        }
+    }
+
+    /// `sq4`, `exact` and `proj4` for this CPU within `cap`.
+    fn row_kernels(cap: SimdLevel) -> (Sq4, Exact, Proj4) {
         #[cfg(target_arch = "x86_64")]
         {
             use super::simd::x86;
@@ -141,40 +156,16 @@ impl Kernels {
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return Self {
-                    sq4: x86::sq4_avx2,
-                    panel,
-                    panels_per_call,
-                    exact: x86::exact_avx2,
-                    proj4: x86::proj4_avx2,
-                    rel,
-                    norm_shrink,
-                };
+                return (x86::sq4_avx2, x86::exact_avx2, x86::proj4_avx2);
             }
         }
         // Every aarch64 CPU fuses multiply-adds in hardware, and the compiler vectorizes the
         // portable kernels with NEON once they use them.
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
         if cap >= SimdLevel::Neon {
-            return Self {
-                sq4: sq4_generic::<true>,
-                panel,
-                panels_per_call,
-                exact: exact_generic,
-                proj4: proj4_generic::<true>,
-                rel,
-                norm_shrink,
-            };
+            return (sq4_generic::<true>, exact_generic, proj4_generic::<true>);
         }
-        Self {
-            sq4: sq4_generic::<false>,
-            panel,
-            panels_per_call,
-            exact: exact_generic,
-            proj4: proj4_generic::<false>,
-            rel,
-            norm_shrink,
-        }
+        (sq4_generic::<false>, exact_generic, proj4_generic::<false>)
     }
 
     /// The name of the panel kernel `new` picks on this CPU (for logs and benchmarks).

@@ -18,6 +18,10 @@ pub const GROUP: usize = 6;
 /// Rows per panel (two AVX vectors, one AVX-512 vector, four NEON vectors).
 pub const LANES: usize = 16;
 
+/// Squared distances from a query to four rows: (query, rows).
+pub type Sq4 = fn(&[f32], [&[f32]; 4]) -> [f32; 4];
+/// An f64 distance between two rows, for bounds.
+pub type Exact = fn(&[f32], &[f32]) -> f64;
 /// `<row - c, u>` for four rows: (c, u, rows).
 pub type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
 /// Up to `GROUP` queries against consecutive panels of `LANES` rows, screened (see
