@@ -252,7 +252,7 @@ impl LeafTables {
         let screen_err_tf32 =
             (2.0 * super::mst::rel_err(d) + 2.0 * tf32_dot_err(d) + 2f64.powi(-20)) as f32;
         let norm2: Vec<f32> = perm
-            .iter()
+            .par_iter()
             .map(|&r| {
                 let s: f64 = x
                     .row(r as usize)
