@@ -87,7 +87,9 @@ impl TieOrder {
 /// weight are merged as `ties` says; in the given order `left` is the set of the edge's `a`
 /// endpoint and `right` the set of `b`, as in scikit-learn.
 pub fn single_linkage(n: usize, mut mst: Vec<MstEdge>, ties: TieOrder) -> SingleLinkageTree {
-    mst.sort_by(|x, y| x.weight.total_cmp(&y.weight));
+    // Rayon's parallel sort is stable too: the same order as `sort_by`, on every core.
+    use rayon::slice::ParallelSliceMut;
+    mst.par_sort_by(|x, y| x.weight.total_cmp(&y.weight));
     for e in &mst {
         let (a, b) = (e.a as usize, e.b as usize);
         assert!(a < n && b < n, "MST edge ({a}, {b}) outside {n} points");
