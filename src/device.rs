@@ -285,6 +285,17 @@ impl Device {
         }
     }
 
+    /// Ends a rest now, as if its cooldown had passed: the breaker's tests use a cooldown no
+    /// slow host can outlast (under emulation, the CPU fallbacks between two checks outlasted
+    /// 300 ms) and call this instead of sleeping through it.
+    #[cfg(test)]
+    fn end_rest(&self) {
+        let mut b = self.breaker();
+        if b.resting_until.is_some() {
+            b.resting_until = Some(Instant::now());
+        }
+    }
+
     fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -558,7 +569,7 @@ mod tests {
         let (x, (pp, hp)) = (data(), params());
         let faulty = Faulty::default();
         let (healthy, _, calls) = faulty.handles();
-        let rest = Duration::from_millis(300);
+        let rest = Duration::from_secs(3600);
         let dev = Device::with_accelerator(Box::new(faulty)).with_breaker(BreakerParams {
             failures: 3,
             cooldown: rest,
@@ -570,8 +581,13 @@ mod tests {
             GpuState::Up,
             "two failures in a row: still up"
         );
+        let before = Instant::now();
         dev.pca(&x, &pp).unwrap();
-        assert!(matches!(dev.gpu_state(), GpuState::Resting { .. }));
+        assert!(
+            matches!(dev.gpu_state(), GpuState::Resting { until } if until >= before + rest),
+            "rests for the cooldown: {:?}",
+            dev.gpu_state()
+        );
         assert_eq!(calls.load(Ordering::Relaxed), 3);
         dev.hdbscan(&projected, &hp).unwrap();
         dev.pca(&x, &pp).unwrap();
@@ -579,14 +595,14 @@ mod tests {
         assert_eq!((dev.gpu_fallbacks(), dev.gpu_skips()), (3, 2));
 
         // After the rest one failed trial is enough to send it back.
-        std::thread::sleep(rest);
+        dev.end_rest();
         assert_eq!(dev.gpu_state(), GpuState::Up);
         dev.pca(&x, &pp).unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 4);
         assert!(matches!(dev.gpu_state(), GpuState::Resting { .. }));
 
         // A trial that works closes the breaker: the count starts again from zero.
-        std::thread::sleep(rest);
+        dev.end_rest();
         healthy.store(true, Ordering::Relaxed);
         dev.pca(&x, &pp).unwrap();
         healthy.store(false, Ordering::Relaxed);
@@ -595,5 +611,25 @@ mod tests {
         assert_eq!(dev.gpu_state(), GpuState::Up);
         assert_eq!(calls.load(Ordering::Relaxed), 7);
         assert_eq!(dev.gpu_fallbacks(), 6);
+    }
+
+    /// The rest ends by the clock (the test above ends it by hand). Slowness only lets more
+    /// time pass, so this cannot race.
+    #[test]
+    fn a_rest_ends_when_its_cooldown_has_passed() {
+        let (x, (pp, _)) = (data(), params());
+        let faulty = Faulty::default();
+        let (_, _, calls) = faulty.handles();
+        let rest = Duration::from_millis(50);
+        let dev = Device::with_accelerator(Box::new(faulty)).with_breaker(BreakerParams {
+            failures: 1,
+            cooldown: rest,
+        });
+        dev.pca(&x, &pp).unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        std::thread::sleep(rest);
+        assert_eq!(dev.gpu_state(), GpuState::Up);
+        dev.pca(&x, &pp).unwrap();
+        assert_eq!(calls.load(Ordering::Relaxed), 2, "the trial after the rest");
     }
 }
