@@ -22,10 +22,10 @@
 //! that may find something in r; those go in groups of six, sorted by distance to r's centre,
 //! over the union of their contiguous pivot ranges, through `Kernels::panel`: six queries by a
 //! panel of 16 rows stored dimension-major, a GEMM micro-kernel's shape (AVX-512 or AVX2+FMA
-//! intrinsics, whichever the CPU has, or NEON on aarch64; `super::simd`). It replaced a 4 x 2 kernel on differences, which ran at
-//! about 7 of 16 possible pair-dimensions per cycle. Per-candidate bounds were tried and dropped: on 50,000
-//! clustered rows they kept 95% of the kNN candidates, and testing them cost more than the
-//! distances they saved.
+//! intrinsics, whichever the CPU has, or NEON on aarch64; `super::simd`). It replaced a 4 x 2
+//! kernel on differences, which ran at about 7 of 16 possible pair-dimensions per cycle.
+//! Per-candidate bounds were tried and dropped: on 50,000 clustered rows they kept 95% of the
+//! kNN candidates, and testing them cost more than the distances they saved.
 
 use super::prim::euclidean4;
 use super::simd::{
