@@ -30,6 +30,11 @@ if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-st
 fi
 
 cd tools/simd-check
+echo "== simd-check: rustfmt and clippy (its own crate, outside the main build), both targets"
+cargo fmt --check
+cargo clippy --quiet --release -- -D warnings
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+  cargo clippy --quiet --release --target "$TARGET" -- -D warnings
 echo "== simd-check on this CPU"
 cargo run --quiet --release
 echo "== simd-check for $TARGET under qemu"
