@@ -29,8 +29,8 @@
 
 use super::prim::euclidean4;
 use super::simd::{
-    Exact, GROUP, LANES, PanelFn, Proj4, Sq4, exact_generic, panel_generic, proj4_generic,
-    sq4_generic,
+    Exact, GROUP, LANES, PanelFn, Proj4, Sq4, exact_generic, panel_generic, panel_variants,
+    proj4_generic, sq4_generic,
 };
 use crate::matrix::{Matrix, dot64, norm64};
 use anyhow::{Result, ensure};
@@ -133,7 +133,7 @@ impl Kernels {
         let cap = simd_cap();
         // The fastest panel kernel this CPU runs (`panel_variants` lists them all) within the
         // cap.
-        let (panel, panels_per_call) = pick_panel(Self::panel_variants(), cap)
+        let (panel, panels_per_call) = pick_panel(panel_variants(), cap)
             .map_or((panel_generic::<false> as PanelFn, 1), |v| (v.1, v.2));
         let (sq4, exact, proj4) = Self::row_kernels(cap);
         Self {
@@ -170,29 +170,7 @@ impl Kernels {
 
     /// The name of the panel kernel `new` picks on this CPU (for logs and benchmarks).
     pub(crate) fn panel_name() -> &'static str {
-        pick_panel(Self::panel_variants(), simd_cap()).map_or("portable", |v| v.0)
-    }
-
-    /// Every panel kernel this CPU can run, slowest first, as (name, kernel, panels per call):
-    /// `new` takes the last; the tests check them all.
-    pub(crate) fn panel_variants() -> Vec<(&'static str, PanelFn, usize)> {
-        #[allow(unused_mut)]
-        let mut v: Vec<(&'static str, PanelFn, usize)> =
-            vec![("portable", panel_generic::<false>, 1)];
-        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-        v.push(("neon", super::simd::neon::panel_neon as PanelFn, 1));
-        #[cfg(target_arch = "x86_64")]
-        {
-            use super::simd::x86;
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                v.push(("avx2", x86::panel_avx2, 1));
-            }
-            if has!("avx512f") {
-                v.push(("avx512", x86::panel_avx512, 2));
-            }
-        }
-        v
+        pick_panel(panel_variants(), simd_cap()).map_or("portable", |v| v.0)
     }
 
     /// An f32 threshold for `sq4` and `panel` results: every pair whose exact distance is
@@ -1291,7 +1269,7 @@ mod tests {
     #[test]
     fn panel_results_pass_the_screen_of_their_exact_distance() {
         let mut rng = StdRng::seed_from_u64(5);
-        let variants = Kernels::panel_variants();
+        let variants = panel_variants();
         for d in [1usize, 7, 8, 13, 100, 104, 3072] {
             for scale in [1e-3f32, 1.0, 1e3] {
                 for offset in [0.0f32, 20.0] {

@@ -29,6 +29,29 @@ pub type Proj4 = fn(&[f32], &[f32], [&[f32]; 4]) -> [f32; 4];
 /// scaled norms). The number of panels is `norms.len() / LANES`.
 pub type PanelFn = fn(&[&[f32]], &[f32], &[f32], &[f32], &[f32]) -> [u32; GROUP];
 
+/// Every panel kernel this CPU can run, slowest first, as (name, kernel, panels per call):
+/// `knn::Kernels` takes the fastest within `SEGCLUST_SIMD`'s cap; the tests and
+/// `tools/simd-check` check them all.
+// Pushes under `cfg`: on aarch64 the first push follows the creation.
+#[allow(clippy::vec_init_then_push)]
+pub fn panel_variants() -> Vec<(&'static str, PanelFn, usize)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, PanelFn, usize)> = vec![("portable", panel_generic::<false>, 1)];
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    v.push(("neon", neon::panel_neon as PanelFn, 1));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            v.push(("avx2", x86::panel_avx2, 1));
+        }
+        if has!("avx512f") {
+            v.push(("avx512", x86::panel_avx512, 2));
+        }
+    }
+    v
+}
+
 #[inline(always)]
 pub fn sq4_generic<const FMA: bool>(q: &[f32], r: [&[f32]; 4]) -> [f32; 4] {
     let d = q.len();
@@ -269,7 +292,7 @@ pub mod x86 {
         panel: &[f32],
         pn: &[f32],
     ) -> [u32; super::GROUP] {
-        // SAFETY: only reachable through `Kernels::panel_variants`, after AVX2 and FMA were
+        // SAFETY: only reachable through `panel_variants`, after AVX2 and FMA were
         // detected.
         unsafe {
             match qs.len() {
@@ -353,7 +376,7 @@ pub mod x86 {
                 }
             };
         }
-        // SAFETY: only reachable through `Kernels::panel_variants`, after AVX-512F was
+        // SAFETY: only reachable through `panel_variants`, after AVX-512F was
         // detected.
         unsafe {
             if pn.len() == 2 * super::LANES {

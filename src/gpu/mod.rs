@@ -119,11 +119,16 @@ pub enum Screen {
     Tf32,
 }
 
+/// Whether a device of this compute capability has TF32 tensor cores (sm_80 and later).
+fn has_tensor_cores(compute_capability: (i32, i32)) -> bool {
+    compute_capability.0 >= 8
+}
+
 impl Screen {
     /// The tensor cores where the device has them, unless `SEGCLUST_GPU_SCREEN` (`f32` or
     /// `tf32`) says otherwise: the switch exists to compare the two on one device.
     pub fn choose(compute_capability: (i32, i32), env: Option<&str>) -> Result<Self> {
-        let tensor_cores = compute_capability.0 >= 8;
+        let tensor_cores = has_tensor_cores(compute_capability);
         match env.map(str::trim) {
             None | Some("") => Ok(if tensor_cores { Self::Tf32 } else { Self::F32 }),
             Some("f32") => Ok(Self::F32),
@@ -264,7 +269,7 @@ impl Gpu {
 
     /// Whether the device has TF32 tensor cores (sm_80 and later).
     pub fn tensor_cores(&self) -> bool {
-        self.compute_capability.0 >= 8
+        has_tensor_cores(self.compute_capability)
     }
 
     /// The leaf search's screen (`Screen::choose` picked it when the GPU was opened, and the

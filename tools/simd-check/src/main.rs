@@ -28,27 +28,6 @@ impl Rng {
     }
 }
 
-/// The intrinsic kernels this CPU can run: (name, kernel, panels per call).
-// Pushes under `cfg`: on aarch64 the first push follows the creation.
-#[allow(clippy::vec_init_then_push)]
-fn variants() -> Vec<(&'static str, PanelFn, usize)> {
-    #[allow(unused_mut)]
-    let mut v: Vec<(&'static str, PanelFn, usize)> = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::is_x86_feature_detected as has;
-        if has!("avx2") && has!("fma") {
-            v.push(("avx2", simd::x86::panel_avx2, 1));
-        }
-        if has!("avx512f") {
-            v.push(("avx512", simd::x86::panel_avx512, 2));
-        }
-    }
-    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
-    v.push(("neon", simd::neon::panel_neon, 1));
-    v
-}
-
 /// One problem: `GROUP` queries of `d` values, `panels` panels of `LANES` rows stored
 /// dimension-major, and their (scaled) squared norms.
 struct Case {
@@ -110,7 +89,11 @@ impl Case {
 }
 
 fn main() {
-    let variants = variants();
+    // The intrinsic kernels this CPU runs: the engine's own list, less the portable one.
+    let variants: Vec<_> = simd::panel_variants()
+        .into_iter()
+        .filter(|v| v.0 != "portable")
+        .collect();
     let names: Vec<&str> = variants.iter().map(|v| v.0).collect();
     if variants.is_empty() {
         println!("simd-check: no intrinsic panel kernel on this CPU; nothing to compare");
