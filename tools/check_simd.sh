@@ -12,21 +12,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source tools/lib.sh
+
 TARGET=aarch64-unknown-linux-gnu
-apt_install() {
-  local sudo=""
-  [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get install -y -qq "$@" >/dev/null ||
-    { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null; } ||
-    { echo "tools/check_simd.sh: FAIL: cannot install $* (apt-get)" >&2; exit 1; }
-}
 if ! rustup target list --installed | grep -qx "$TARGET"; then
   echo "== installing the Rust target $TARGET"
   rustup target add "$TARGET"
 fi
 if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
   echo "== installing gcc-aarch64-linux-gnu and qemu-user-static (Debian)"
-  apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
+  apt_install tools/check_simd.sh gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static
 fi
 
 cd tools/simd-check

@@ -14,16 +14,13 @@
 # and SEGCLUST_CLICKHOUSE_CURRENT_DIR; `stop` takes that directory too.
 set -euo pipefail
 
+source "$(dirname "$0")/lib.sh"
 log() { echo "tools/clickhouse.sh: $*" >&2; }
 
 start() {
   if ! command -v clickhouse-server >/dev/null 2>&1; then
     log "installing Debian's clickhouse-server"
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get install -y -q clickhouse-server >&2 ||
-      { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q clickhouse-server >&2; } ||
-      { log "FAIL: cannot install clickhouse-server (apt-get install clickhouse-server)"; exit 1; }
+    apt_install tools/clickhouse.sh clickhouse-server
   fi
   local dir port tcp
   dir="$(mktemp -d /tmp/segclust-clickhouse.XXXXXX)"

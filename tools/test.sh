@@ -4,6 +4,7 @@
 # suite with cargo-nextest. A missing server is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tools/lib.sh
 
 export SEGCLUST_TEST_PG="${SEGCLUST_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 
@@ -45,15 +46,13 @@ export SEGCLUST_TEST_CLICKHOUSE_CURRENT SEGCLUST_TEST_CLICKHOUSE_CURRENT_LOG
 # The report's browser test (tests/report_browser.rs) needs headless Chromium.
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   echo "tools/test.sh: installing chromium (Debian package) for the report's browser test"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium
-  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+  apt_install tools/test.sh chromium
 fi
 
 # tests/gpu_emu.rs compiles the CUDA kernels for the CPU with the system C++ compiler (C++20).
 if ! command -v "${CXX:-c++}" >/dev/null; then
   echo "tools/test.sh: installing g++ (Debian package) for the GPU kernel emulator tests"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq g++
-  else sudo apt-get update -qq && sudo apt-get install -y -qq g++; fi
+  apt_install tools/test.sh g++
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
