@@ -26,8 +26,8 @@ if [ ! -x "$BIN/nvcc" ] || [ ! -x "$BIN/ptxas" ] || ! ls "$LIB"/libnvrtc.so* >/d
 fi
 # Some wheels ship only versioned sonames; NVRTC is loaded as libnvrtc.so.
 if [ ! -e "$LIB/libnvrtc.so" ]; then
-    v=$(ls "$LIB"/libnvrtc.so.* | head -n1)
-    ln -sf "$(basename "$v")" "$LIB/libnvrtc.so"
+    versioned=("$LIB"/libnvrtc.so.*)
+    ln -sf "$(basename "${versioned[0]}")" "$LIB/libnvrtc.so"
 fi
 
 OUT=$(mktemp -d)

@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=tools/lib.sh
 source tools/lib.sh
 
 TARGET=aarch64-unknown-linux-gnu

@@ -14,6 +14,7 @@
 # and SEGCLUST_CLICKHOUSE_CURRENT_DIR; `stop` takes that directory too.
 set -euo pipefail
 
+# shellcheck source=tools/lib.sh
 source "$(dirname "$0")/lib.sh"
 log() { echo "tools/clickhouse.sh: $*" >&2; }
 
@@ -91,9 +92,11 @@ start_current() {
   venv="$root/.tools/chdb"
   if ! "$venv/bin/python" -c "import chdb, sys; sys.exit(chdb.__version__ != '$CHDB_VERSION')" 2>/dev/null; then
     log "installing chdb-core==$CHDB_VERSION (a current ClickHouse engine) into $venv"
-    python3 -m venv "$venv" >&2 &&
-      "$venv/bin/pip" install -q --disable-pip-version-check "chdb-core==$CHDB_VERSION" >&2 ||
-      { log "FAIL: cannot install chdb-core==$CHDB_VERSION from PyPI"; exit 1; }
+    if ! { python3 -m venv "$venv" >&2 &&
+      "$venv/bin/pip" install -q --disable-pip-version-check "chdb-core==$CHDB_VERSION" >&2; }; then
+      log "FAIL: cannot install chdb-core==$CHDB_VERSION from PyPI"
+      exit 1
+    fi
   fi
   dir="$(mktemp -d /tmp/segclust-clickhouse.XXXXXX)"
   (cd "$dir" || exit 1

@@ -41,7 +41,10 @@ export SEGCLUST_LOG=${SEGCLUST_LOG:-info,segclust::gpu=debug,segclust::cluster=d
 LIMIT=${STEP_LIMIT_S:-240}
 DIM=${BENCH_DIM:-3072}
 BIN="$DIR/segclust"
-PARITY=$(ls "$DIR"/gpu_parity* 2>/dev/null | grep -v '\.d$' | head -n1)
+PARITY=""
+for f in "$DIR"/gpu_parity*; do
+    case $f in *.d) ;; *) [ -f "$f" ] && PARITY=$f && break ;; esac
+done
 status=0
 summary=()
 
@@ -67,7 +70,7 @@ echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv || echo "(nvidia-smi not available)"
 echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 [ -x "$BIN" ] || { echo "no executable $BIN (run tools/gpu_bundle.sh on the build machine)" >&2; exit 2; }
-[ -n "$PARITY" ] && [ -x "$PARITY" ] || { echo "no executable $DIR/gpu_parity* found" >&2; exit 2; }
+if [ -z "$PARITY" ] || [ ! -x "$PARITY" ]; then echo "no executable $DIR/gpu_parity* found" >&2; exit 2; fi
 
 for s in $STEPS; do
     case "$s" in

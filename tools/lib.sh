@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the tools/*.sh scripts (source it; it runs nothing by itself).
 
 # apt_install WHO PACKAGE...: installs Debian packages, as root or through sudo. It tries without

@@ -4,6 +4,7 @@
 # suite with cargo-nextest. A missing server is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/lib.sh
 source tools/lib.sh
 
 export SEGCLUST_TEST_PG="${SEGCLUST_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
@@ -11,8 +12,9 @@ export SEGCLUST_TEST_PG="${SEGCLUST_TEST_PG:-postgres://postgres@127.0.0.1:5432/
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 if ! pg_up; then
   echo "tools/test.sh: PostgreSQL is not answering on 127.0.0.1:5432; trying to start the local cluster"
-  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  versions=(/etc/postgresql/*/)
+  if command -v pg_ctlcluster >/dev/null && [ -d "${versions[0]}" ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(basename "${versions[0]}")" main start || true
   fi
   for _ in $(seq 30); do pg_up && break; sleep 1; done
   pg_up || { echo "tools/test.sh: FAIL: PostgreSQL is required at 127.0.0.1:5432 (trust auth) for the store tests" >&2; exit 1; }
@@ -22,7 +24,11 @@ fi
 # unless the caller points at one already.
 # The servers this script starts are stopped when it exits, however it exits.
 started=()
-trap 'for d in "${started[@]}"; do bash tools/clickhouse.sh stop "$d"; done' EXIT
+stop_started() {
+  local d
+  for d in "${started[@]}"; do bash tools/clickhouse.sh stop "$d"; done
+}
+trap stop_started EXIT
 if [ -z "${SEGCLUST_TEST_CLICKHOUSE:-}" ]; then
   eval "$(bash tools/clickhouse.sh start)" ||
     { echo "tools/test.sh: FAIL: could not start ClickHouse for the source tests" >&2; exit 1; }
