@@ -323,7 +323,20 @@ __device__ __forceinline__ void leaf_search(
     if (t == 0) out_rows[blockIdx.x] = rows;
 }
 
-// The two screens' kernels (see above); the host picks one by `Screen`.
+// The two screens' kernels (see above); the host picks one by `Screen`. Their launch bounds are
+// tuning knobs, unset by default (the compiler's choice of registers): -DLS_MIN_BLOCKS_TF32=5
+// caps the TF32 kernel's registers so that five blocks of LS_MAX_LEAF threads fit on an SM
+// (SEGCLUST_GPU_NVRTC_OPTIONS at run time; src/gpu/mod.rs, KernelOptions). Speed only.
+#ifdef LS_MIN_BLOCKS_F32
+#define LS_BOUNDS_F32 __launch_bounds__(LS_MAX_LEAF, LS_MIN_BLOCKS_F32)
+#else
+#define LS_BOUNDS_F32
+#endif
+#ifdef LS_MIN_BLOCKS_TF32
+#define LS_BOUNDS_TF32 __launch_bounds__(LS_MAX_LEAF, LS_MIN_BLOCKS_TF32)
+#else
+#define LS_BOUNDS_TF32
+#endif
 #define LEAF_SEARCH_PARAMS                                                                       \
     const float* __restrict__ x, int d, const int* __restrict__ leaf_start,                     \
         const int* __restrict__ qleaves, const int* __restrict__ qpos,                          \
@@ -343,10 +356,10 @@ __device__ __forceinline__ void leaf_search(
         tc_lo, tc_hi, slack, norm2, screen_err, walk, need, keep, out_key, out_idx,             \
         out_unseen2, out_rows
 
-extern "C" __global__ void leaf_candidates(LEAF_SEARCH_PARAMS) {
+extern "C" __global__ void LS_BOUNDS_F32 leaf_candidates(LEAF_SEARCH_PARAMS) {
     leaf_search<false>(LEAF_SEARCH_ARGS);
 }
 
-extern "C" __global__ void leaf_candidates_tf32(LEAF_SEARCH_PARAMS) {
+extern "C" __global__ void LS_BOUNDS_TF32 leaf_candidates_tf32(LEAF_SEARCH_PARAMS) {
     leaf_search<true>(LEAF_SEARCH_ARGS);
 }

@@ -130,7 +130,8 @@ fn parse_arch(s: &str) -> std::result::Result<Arch, String> {
 }
 
 fn kernels_cmd(a: KernelsArgs) -> Result<()> {
-    let cache = crate::gpu::KernelCache::from_setting(&a.kernel_cache);
+    let cache = crate::gpu::KernelCache::from_setting(&a.kernel_cache)
+        .with_options(crate::gpu::KernelOptions::from_env()?);
     if a.kernel_cache.trim() == "off" {
         anyhow::bail!("--kernel-cache off keeps nothing: give the directory to fill");
     }

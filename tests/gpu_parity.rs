@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use segclust::cluster::{self, HdbscanParams, MstEdge, Selection, TieOrder, prim};
 use segclust::gpu::kernel_cache::Origin;
-use segclust::gpu::{Gpu, KernelCache, Screen, canary, compile_kernels};
+use segclust::gpu::{Gpu, KernelCache, KernelOptions, Screen, canary, compile_kernels};
 use segclust::matrix::Matrix;
 use segclust::reduce::{self, PcaParams};
 use std::time::Instant;
@@ -30,7 +30,8 @@ fn kernels_compile_with_nvrtc() {
     };
     // sm_75 (T4) has no TF32 tensor cores: the kernels must still compile there, without them.
     for cc in [(9, 0), (8, 0), (7, 5)] {
-        let ptx = compile_kernels(Some(cc)).unwrap_or_else(|e| panic!("NVRTC from {dir}: {e:#}"));
+        let ptx = compile_kernels(Some(cc), &KernelOptions::default())
+            .unwrap_or_else(|e| panic!("NVRTC from {dir}: {e:#}"));
         let src = ptx.to_src();
         for entry in [
             "nearest_candidates",
@@ -54,7 +55,36 @@ fn kernels_compile_with_nvrtc() {
             cc.1
         );
     }
+    launch_bounds_are_a_build_option();
     kernel_cache_is_filled_ahead_of_time_and_read_back();
+}
+
+/// The directives between a kernel's `.entry` and its body (launch bounds among them).
+fn entry_directives<'a>(ptx: &'a str, entry: &str) -> &'a str {
+    let at = ptx
+        .find(&format!(".entry {entry}("))
+        .unwrap_or_else(|| panic!("no .entry {entry}"));
+    let rest = &ptx[at..];
+    &rest[..rest.find('{').unwrap_or(rest.len())]
+}
+
+/// `SEGCLUST_GPU_NVRTC_OPTIONS=-DLS_MIN_BLOCKS_TF32=5` reaches the TF32 kernel as launch
+/// bounds, and only that kernel; without it no kernel has any.
+fn launch_bounds_are_a_build_option() {
+    let plain = compile_kernels(Some((9, 0)), &KernelOptions::default()).unwrap();
+    let tuned = KernelOptions::parse("-DLS_MIN_BLOCKS_TF32=5").unwrap();
+    let tuned = compile_kernels(Some((9, 0)), &tuned).unwrap();
+    let (plain, tuned) = (plain.to_src(), tuned.to_src());
+    for entry in ["leaf_candidates", "leaf_candidates_tf32"] {
+        assert!(
+            !entry_directives(&plain, entry).contains(".minnctapersm"),
+            "{entry} has launch bounds by default"
+        );
+    }
+    let tf32 = entry_directives(&tuned, "leaf_candidates_tf32");
+    assert!(tf32.contains(".maxntid 128, 1, 1"), "{tf32}");
+    assert!(tf32.contains(".minnctapersm 5"), "{tf32}");
+    assert!(!entry_directives(&tuned, "leaf_candidates").contains(".minnctapersm"));
 }
 
 /// `segclust kernels` fills a cache with NVRTC's PTX; a process then takes the kernels from
@@ -91,7 +121,12 @@ fn kernel_cache_is_filled_ahead_of_time_and_read_back() {
         assert!(stdout.contains(&file.display().to_string()), "{stdout}");
         let (ptx, origin) = cache.kernels(cc).unwrap();
         assert_eq!(origin, Origin::Cache);
-        assert_eq!(ptx.to_src(), compile_kernels(Some(cc)).unwrap().to_src());
+        assert_eq!(
+            ptx.to_src(),
+            compile_kernels(Some(cc), &KernelOptions::default())
+                .unwrap()
+                .to_src()
+        );
     }
     let file = cache.file((9, 0)).unwrap();
     let whole = std::fs::read(&file).unwrap();
@@ -111,6 +146,37 @@ fn kernel_cache_is_filled_ahead_of_time_and_read_back() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a compute capability"));
+
+    // A tuning build gets a file of its own, beside the default one, which stays as it was.
+    let knob = "-DLS_MIN_BLOCKS_TF32=5";
+    let out = std::process::Command::new(bin)
+        .args(["kernels", "--arch", "9.0", "--kernel-cache"])
+        .arg(dir.path())
+        .env(KernelOptions::ENV, knob)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tuned = cache
+        .clone()
+        .with_options(KernelOptions::parse(knob).unwrap());
+    let tuned_file = tuned.file((9, 0)).unwrap();
+    assert_ne!(tuned_file, file);
+    let (ptx, origin) = tuned.kernels((9, 0)).unwrap();
+    assert_eq!(origin, Origin::Cache);
+    assert!(entry_directives(&ptx.to_src(), "leaf_candidates_tf32").contains(".minnctapersm 5"));
+    assert_eq!(std::fs::read(&file).unwrap(), whole);
+    let bad = std::process::Command::new(bin)
+        .args(["kernels", "--arch", "9.0", "--kernel-cache"])
+        .arg(dir.path())
+        .env(KernelOptions::ENV, "--use_fast_math")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("only speed knobs"));
 }
 
 /// `n` points around `clusters` well-separated Gaussian centres in `d` dimensions.

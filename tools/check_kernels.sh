@@ -45,6 +45,13 @@ for cu in "${kernels[@]}"; do
         echo "warning: $name spills registers (see above)"
     fi
 done
+# The launch-bounds knob (SEGCLUST_GPU_NVRTC_OPTIONS, a lease's `big-lb5` step): it must build,
+# and ptxas shows what it costs in registers and spills.
+echo "== ptxas leaf_search.ptx with -DLS_MIN_BLOCKS_TF32=5"
+"$BIN/nvcc" --ptx -arch=sm_90 -I "$INC" --pre-include kernels/tile.cuh -Werror all-warnings \
+    -DLS_MIN_BLOCKS_TF32=5 -o "$OUT/leaf_search_lb5.ptx" kernels/leaf_search.cu
+"$BIN/ptxas" -arch=sm_90 -v -o "$OUT/leaf_search_lb5.cubin" "$OUT/leaf_search_lb5.ptx" 2>&1 |
+    grep -A2 "Function properties for leaf_candidates_tf32"
 # The leaf search's tensor-core screen must really be there for sm_90 (not the sm_75 trap).
 grep -q "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32" "$OUT/leaf_search.ptx" || {
     echo "kernels/leaf_search.cu: no TF32 mma.sync in the sm_90 PTX" >&2

@@ -10,6 +10,8 @@
 #   STEPs (default: all, in this order): parity compare big pca big-parity
 #   big-f32 (not in the default): the 1M bench again with the FP32 screen instead of the
 #   tensor cores' (SEGCLUST_GPU_SCREEN=f32), to compare the two on one device.
+#   big-lb5 (not in the default): the 1M bench with __launch_bounds__(128, 5) on the TF32
+#   kernel (SEGCLUST_GPU_NVRTC_OPTIONS=-DLS_MIN_BLOCKS_TF32=5), to compare with `big`.
 # Env: OUT (a folder; default /tmp/segclust-gpu-check): logs and the benches' JSON go there.
 #      BENCH_DIM (default 3072), COMPARE_SIZES (default 200000), BIG_SIZES (default 1000000),
 #      PCA_SIZES (default 100000), SEGCLUST_FIXTURES (default: this checkout's fixtures),
@@ -84,20 +86,25 @@ for s in $STEPS; do
                  --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" --json "$OUT/big.json" ;;
         big-f32) SEGCLUST_GPU_SCREEN=f32 step big-f32 "$BIN" bench --device gpu --no-sklearn \
                      --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" --json "$OUT/big-f32.json" ;;
+        # The 1M bench with launch bounds on the TF32 kernel: 96 registers, 5 blocks an SM
+        # instead of 120 and 4 (ptxas, tools/check_kernels.sh); kernels rebuilt by NVRTC here.
+        big-lb5) SEGCLUST_GPU_NVRTC_OPTIONS=-DLS_MIN_BLOCKS_TF32=5 step big-lb5 "$BIN" bench \
+                     --device gpu --no-sklearn --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" \
+                     --json "$OUT/big-lb5.json" ;;
         # The GPU PCA against scikit-learn's on the same input (its HDBSCAN is too slow here).
         pca) step pca "$BIN" bench --device gpu --python python3 --sklearn-hdbscan-max-n 0 \
                  --sizes "${PCA_SIZES:-100000}" --dim "$DIM" --json "$OUT/pca.json" ;;
-        *) echo "unknown step $s (parity compare big pca big-parity big-f32)" >&2; status=2 ;;
+        *) echo "unknown step $s (parity compare big pca big-parity big-f32 big-lb5)" >&2; status=2 ;;
     esac
 done
 
 # Where each bench's GPU MST spent its time: the host's stages (split, lists) and the device's
 # and host's shares, which tell whether a kernel or the host is what stands between a run and a bar.
-for name in compare big big-f32; do
+for name in compare big big-f32 big-lb5; do
     [ -f "$OUT/$name.log" ] || continue
     while IFS= read -r line; do
         summary+=("  $name: $line")
-    done < <(grep -E "using GPU|start-up check|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
+    done < <(grep -E "using GPU|kernels built with|start-up check|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
                  "$OUT/$name.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +[A-Z]+ +//')
 done
 

@@ -5,8 +5,9 @@
 //! compile, and needs libnvrtc at all. With the cache filled at image build time, the run needs
 //! only the driver (and cuBLAS for the PCA).
 //!
-//! One file per (kernel source, target architecture): its name carries a hash of both, so an
-//! upgraded binary never loads an older binary's kernels. The file's first line is a checksum
+//! One file per (kernel source, target architecture, build options): its name carries a hash
+//! of them, so an upgraded binary never loads an older binary's kernels, nor a tuning run's
+//! variant (`SEGCLUST_GPU_NVRTC_OPTIONS`) the default ones. The file's first line is a checksum
 //! of the rest, so a truncated or altered file is recompiled rather than handed to the driver.
 //! A PTX the driver still rejects (one compiled by a newer NVRTC than the driver knows) is
 //! recompiled by `Gpu::open` and overwritten. Failing to write the cache is a warning, never
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use cudarc::nvrtc::Ptx;
 
-use super::{KERNEL_SOURCE, compile_kernels};
+use super::{KERNEL_SOURCE, KernelOptions, compile_kernels};
 use crate::fnv::fnv1a;
 
 /// Where the kernels came from (logged, and checked by the tests).
@@ -27,21 +28,35 @@ pub enum Origin {
     Compiled,
 }
 
-/// Where compiled kernels are kept; `None` keeps nothing.
+/// Where compiled kernels are kept (`None` keeps nothing), and the options they are built with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelCache {
     dir: Option<PathBuf>,
+    options: KernelOptions,
 }
 
 impl KernelCache {
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: Some(dir.into()),
+            options: KernelOptions::default(),
         }
     }
 
     pub fn off() -> Self {
-        Self { dir: None }
+        Self {
+            dir: None,
+            options: KernelOptions::default(),
+        }
+    }
+
+    /// The same cache, for kernels built with `options` (a file of their own).
+    pub fn with_options(self, options: KernelOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    pub fn options(&self) -> &KernelOptions {
+        &self.options
     }
 
     /// What `--kernel-cache` means: empty for the user's cache directory
@@ -61,6 +76,7 @@ impl KernelCache {
                     });
                 Self {
                     dir: base.map(|b| b.join("segclust").join("kernels")),
+                    options: KernelOptions::default(),
                 }
             }
             dir => Self::at(dir),
@@ -71,9 +87,15 @@ impl KernelCache {
         self.dir.as_deref()
     }
 
-    /// The file for `compute_XY` kernels of this binary's source.
+    /// The file for `compute_XY` kernels of this binary's source and the cache's options.
     pub fn file(&self, (major, minor): (i32, i32)) -> Option<PathBuf> {
-        let key = fnv1a(format!("{}\0compute_{major}{minor}", KERNEL_SOURCE).as_bytes());
+        let mut key = format!("{}\0compute_{major}{minor}", KERNEL_SOURCE);
+        // Without options the key is what it always was: caches filled before keep working.
+        for opt in self.options.as_slice() {
+            key.push('\0');
+            key.push_str(opt);
+        }
+        let key = fnv1a(key.as_bytes());
         self.dir
             .as_ref()
             .map(|d| d.join(format!("segclust-compute_{major}{minor}-{key:016x}.ptx")))
@@ -90,7 +112,7 @@ impl KernelCache {
 
     /// Compiles with NVRTC and keeps the result, whatever the cache holds.
     pub fn compile(&self, cc: (i32, i32)) -> Result<(Ptx, Origin)> {
-        let text = compiled_text(cc)?;
+        let text = compiled_text(cc, &self.options)?;
         if let Err(e) = self.write(cc, &text) {
             tracing::warn!("could not keep the compiled kernels: {e:#}");
         }
@@ -145,13 +167,13 @@ pub fn fill(cache: &KernelCache, cc: (i32, i32)) -> Result<PathBuf> {
     }
     // The write's own error, not a look for the file afterwards: an older file proves nothing.
     cache
-        .write(cc, &compiled_text(cc)?)?
+        .write(cc, &compiled_text(cc, &cache.options)?)?
         .context("no kernel cache directory")
 }
 
 /// The kernels for `cc` compiled by NVRTC, as PTX text.
-fn compiled_text(cc: (i32, i32)) -> Result<String> {
-    let ptx = compile_kernels(Some(cc))?;
+fn compiled_text(cc: (i32, i32), options: &KernelOptions) -> Result<String> {
+    let ptx = compile_kernels(Some(cc), options)?;
     let bytes = ptx
         .as_bytes()
         .context("NVRTC returned no PTX image")?
@@ -194,6 +216,33 @@ mod tests {
         assert_eq!(KernelCache::off().file((9, 0)), None);
         assert_eq!(KernelCache::from_setting("off"), KernelCache::off());
         assert_eq!(KernelCache::from_setting(" /x/y "), KernelCache::at("/x/y"));
+    }
+
+    #[test]
+    fn build_options_get_files_of_their_own() {
+        let plain = KernelCache::at("/k");
+        // The name without options is the one caches filled by earlier builds carry.
+        let before = fnv1a(format!("{KERNEL_SOURCE}\0compute_90").as_bytes());
+        assert_eq!(
+            plain.file((9, 0)).unwrap(),
+            PathBuf::from(format!("/k/segclust-compute_90-{before:016x}.ptx"))
+        );
+        let five = KernelOptions::parse("-DLS_MIN_BLOCKS_TF32=5").unwrap();
+        let six = KernelOptions::parse("-DLS_MIN_BLOCKS_TF32=6").unwrap();
+        let a = plain
+            .clone()
+            .with_options(five.clone())
+            .file((9, 0))
+            .unwrap();
+        assert_ne!(a, plain.file((9, 0)).unwrap());
+        assert_ne!(a, plain.clone().with_options(six).file((9, 0)).unwrap());
+        assert_eq!(
+            a,
+            KernelCache::at("/k")
+                .with_options(five)
+                .file((9, 0))
+                .unwrap()
+        );
     }
 
     #[test]

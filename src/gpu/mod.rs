@@ -52,10 +52,70 @@ pub const KERNEL_SOURCE: &str = concat!(
     include_str!("../../kernels/leaf_search.cu")
 );
 
+/// Build options for the kernels beyond the architecture: speed knobs, so a GPU host with no
+/// Rust toolchain can time variants of one binary (`SEGCLUST_GPU_NVRTC_OPTIONS`, e.g.
+/// `-DLS_MIN_BLOCKS_TF32=5`, which puts `__launch_bounds__(128, 5)` on the tensor-core search).
+/// Only knobs that cannot change an answer are taken: the kernels' tuning macros
+/// ([`KernelOptions::KNOBS`]) with a whole number, and `--maxrregcount=N`. `--use_fast_math`, say, would change the arithmetic
+/// that the proofs' rounding bounds assume. The options are part of the kernel cache's key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelOptions(Vec<String>);
+
+impl KernelOptions {
+    pub const ENV: &'static str = "SEGCLUST_GPU_NVRTC_OPTIONS";
+    /// The macros kernels/leaf_search.cu reads for its launch bounds (unset: none).
+    pub const KNOBS: [&'static str; 2] = ["LS_MIN_BLOCKS_F32", "LS_MIN_BLOCKS_TF32"];
+
+    /// Whitespace-separated options; an error names the first one not taken and what is.
+    pub fn parse(text: &str) -> Result<Self> {
+        let number =
+            |v: &str| !v.is_empty() && v.len() <= 6 && v.bytes().all(|b| b.is_ascii_digit());
+        let mut out = Vec::new();
+        for opt in text.split_whitespace() {
+            let ok = if let Some(def) = opt.strip_prefix("-D") {
+                def.split_once('=')
+                    .is_some_and(|(name, value)| Self::KNOBS.contains(&name) && number(value))
+            } else {
+                opt.strip_prefix("--maxrregcount=").is_some_and(number)
+            };
+            if !ok {
+                bail!(
+                    "{}: {opt:?} is not taken; only speed knobs are: -D{}=N and --maxrregcount=N",
+                    Self::ENV,
+                    Self::KNOBS.join("=N, -D")
+                );
+            }
+            out.push(opt.to_string());
+        }
+        Ok(Self(out))
+    }
+
+    /// From `SEGCLUST_GPU_NVRTC_OPTIONS`; none when it is unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(text) => Self::parse(&text),
+            Err(std::env::VarError::NotPresent) => Ok(Self::default()),
+            Err(e) => bail!("{}: {e}", Self::ENV),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// As NVRTC and the logs take them.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// Compiles the kernels to PTX with NVRTC. Needs only the NVRTC library, no GPU or driver, so
 /// tools/check_kernels.sh can check the run-time compile path on a machine without a GPU.
 /// `compute_capability` picks `--gpu-architecture=compute_XY`; `None` means compute_90 (H100).
-pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
+pub fn compile_kernels(
+    compute_capability: Option<(i32, i32)>,
+    extra: &KernelOptions,
+) -> Result<Ptx> {
     // SAFETY: only tries to dlopen the library; no symbol is called.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         bail!(
@@ -65,7 +125,9 @@ pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
     }
     let (major, minor) = compute_capability.unwrap_or((9, 0));
     let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{major}{minor}")],
+        options: std::iter::once(format!("--gpu-architecture=compute_{major}{minor}"))
+            .chain(extra.as_slice().iter().cloned())
+            .collect(),
         name: Some("segclust_kernels.cu".to_string()),
         ..Default::default()
     };
@@ -73,7 +135,10 @@ pub fn compile_kernels(compute_capability: Option<(i32, i32)>) -> Result<Ptx> {
         std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, opts))
             .map_err(|_| anyhow!("NVRTC panicked while compiling kernels/*.cu"))?;
     compiled.map_err(|e| {
-        anyhow!("NVRTC could not compile kernels/*.cu for compute_{major}{minor}: {e:?}")
+        anyhow!(
+            "NVRTC could not compile kernels/*.cu for compute_{major}{minor} (options {:?}): {e:?}",
+            extra.as_slice()
+        )
     })
 }
 
@@ -207,7 +272,12 @@ impl Gpu {
         let cc = ctx
             .compute_capability()
             .map_err(|e| anyhow!("querying the compute capability of {name}: {e:?}"))?;
-        let (module, kernels_from) = load_kernels(&ctx, cache, cc, &name)?;
+        let options = KernelOptions::from_env()?;
+        if !options.is_empty() {
+            tracing::info!(options = ?options.as_slice(), "kernels built with {}", KernelOptions::ENV);
+        }
+        let cache = cache.clone().with_options(options);
+        let (module, kernels_from) = load_kernels(&ctx, &cache, cc, &name)?;
         let nearest = module
             .load_function("nearest_candidates")
             .map_err(|e| anyhow!("kernel nearest_candidates missing from the module: {e:?}"))?;
@@ -464,6 +534,32 @@ pub(crate) fn check_finite(x: &Matrix) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_speed_knobs_are_taken_as_kernel_options() {
+        let ok = KernelOptions::parse("  -DLS_MIN_BLOCKS_TF32=5\t--maxrregcount=96 ").unwrap();
+        assert_eq!(
+            ok.as_slice(),
+            ["-DLS_MIN_BLOCKS_TF32=5", "--maxrregcount=96"].as_slice()
+        );
+        assert!(KernelOptions::parse("").unwrap().is_empty());
+        for bad in [
+            "--use_fast_math",
+            "-DLS_MIN_BLOCKS_TF32",
+            "-DLS_MIN_BLOCKS_TF32=",
+            "-DLS_MIN_BLOCKS_TF32=five",
+            "-DLS_MAX_LEAF=64 -DLS_=1",
+            "-DTILE_C=16",
+            "-DLS_X=1;",
+            "-DLS_x=1",
+            "--maxrregcount=",
+            "--maxrregcount=9999999",
+            "-G",
+        ] {
+            let e = KernelOptions::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("only speed knobs"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn the_tensor_core_screen_is_chosen_where_it_exists_and_never_forced_where_it_does_not() {

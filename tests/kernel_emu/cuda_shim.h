@@ -202,6 +202,7 @@ inline void warp_mma_tf32(float (&acc)[2][4][4], const unsigned (&a)[2][4],
 }  // namespace emu
 
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static thread_local
