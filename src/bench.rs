@@ -25,23 +25,7 @@ pub fn synthetic_embeddings(n: usize, dim: usize, seed: u64) -> (Matrix, Vec<i64
     let centers: Vec<Vec<f32>> = (0..clusters)
         .map(|_| gaussian_unit(&mut rng, dim))
         .collect();
-    // Zipf-like sizes: cluster c gets weight 1/(c+1); 20% of rows are noise.
-    let weights: Vec<f64> = (0..clusters).map(|c| 1.0 / (c as f64 + 1.0)).collect();
-    let total: f64 = weights.iter().sum();
-    let mut truth = Vec::with_capacity(n);
-    for _ in 0..n {
-        if rng.random::<f64>() < 0.2 {
-            truth.push(-1);
-            continue;
-        }
-        let mut u = rng.random::<f64>() * total;
-        let mut c = 0;
-        while c + 1 < clusters && u > weights[c] {
-            u -= weights[c];
-            c += 1;
-        }
-        truth.push(c as i64);
-    }
+    let truth = pick_problems(n, clusters, &mut rng);
     let mut data = vec![0.0f32; n * dim];
     data.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
         let mut r = StdRng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -61,6 +45,28 @@ pub fn synthetic_embeddings(n: usize, dim: usize, seed: u64) -> (Matrix, Vec<i64
         Matrix::new(n, dim, data).expect("shape is n x dim by construction"),
         truth,
     )
+}
+
+/// Each row's problem, or -1 for noise: Zipf-like sizes (problem c has weight 1/(c+1)), 20% of
+/// rows noise. A binary search over the cumulative weights: a walk along them cost O(clusters)
+/// a row, which at the millions of rows a GPU takes was minutes of one core before the bench.
+fn pick_problems(n: usize, clusters: usize, rng: &mut StdRng) -> Vec<i64> {
+    let cumulative: Vec<f64> = (0..clusters)
+        .scan(0.0, |sum, c| {
+            *sum += 1.0 / (c as f64 + 1.0);
+            Some(*sum)
+        })
+        .collect();
+    let total = cumulative.last().copied().unwrap_or(0.0);
+    (0..n)
+        .map(|_| {
+            if rng.random::<f64>() < 0.2 {
+                return -1;
+            }
+            let u = rng.random::<f64>() * total;
+            cumulative.partition_point(|&s| s < u).min(clusters - 1) as i64
+        })
+        .collect()
 }
 
 fn gaussian_unit(rng: &mut StdRng, dim: usize) -> Vec<f32> {
@@ -110,11 +116,70 @@ pub struct BenchOptions {
     pub save_inputs: Option<std::path::PathBuf>,
     /// Also time the CPU path on each input (`CpuComparison`).
     pub compare_cpu: bool,
+    /// After `sizes`, the largest batch the GPU takes whole (`largest_that_fits`).
+    pub largest_that_fits: bool,
+}
+
+/// Host bytes a bench row needs besides its own floats and its share of the problems' centres:
+/// the projection, the GPU MST's copy of it, lists and labels. Generous on purpose: running
+/// out of host memory kills the process, where a smaller batch only measures a little less.
+const HOST_BYTES_PER_ROW_BESIDES_X: usize = 4096;
+
+/// The largest batch of `opts.dim`-wide rows the GPU takes whole
+/// (`Device::largest_gpu_batch`), within 80% of the host's available memory.
+pub fn largest_that_fits(device: &Device, opts: &BenchOptions) -> Result<usize> {
+    let gpu_rows = device.largest_gpu_batch(opts.dim, &opts.pca)?;
+    // X, and the centres synthetic_embeddings draws: one per 25 rows.
+    let per_row = opts.dim * 4 + opts.dim * 4 / 25 + HOST_BYTES_PER_ROW_BESIDES_X;
+    let host = available_host_memory();
+    let host_rows = host.map(|bytes| bytes / 5 * 4 / per_row);
+    let n = host_rows.map_or(gpu_rows, |h| h.min(gpu_rows));
+    tracing::info!(
+        gpu_rows,
+        host_rows,
+        host_available_mib = host.map(|b| b >> 20),
+        n,
+        "largest batch that fits: {}",
+        match host_rows {
+            Some(h) if h < gpu_rows => "host memory is the limit",
+            Some(_) => "GPU memory is the limit",
+            None => "GPU memory (host memory unknown: no MemAvailable in /proc/meminfo)",
+        }
+    );
+    if n < 2 {
+        anyhow::bail!(
+            "not even two rows of {} columns fit (GPU: {gpu_rows} rows, host: {host_rows:?})",
+            opts.dim
+        );
+    }
+    Ok(n)
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None off Linux or when it cannot be read).
+fn available_host_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<usize> {
+    let kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<usize>()
+        .ok()?;
+    kib.checked_mul(1024)
 }
 
 pub fn run(device: &Device, opts: &BenchOptions, workdir: &Path) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    for &n in &opts.sizes {
+    let mut sizes = opts.sizes.clone();
+    if opts.largest_that_fits {
+        sizes.push(largest_that_fits(device, opts)?);
+    }
+    for n in sizes {
         let span = tracing::info_span!("bench", n, dim = opts.dim);
         let _g = span.enter();
         let (x, _) = synthetic_embeddings(n, opts.dim, 42);
@@ -333,6 +398,40 @@ mod tests {
         }
     }
 
+    /// The walk `pick_problems` replaced, kept to show the search picks the same problems (the
+    /// benchmarks' data, and so their figures, stay comparable across versions).
+    fn pick_problems_by_walking(n: usize, clusters: usize, rng: &mut StdRng) -> Vec<i64> {
+        let weights: Vec<f64> = (0..clusters).map(|c| 1.0 / (c as f64 + 1.0)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut truth = Vec::with_capacity(n);
+        for _ in 0..n {
+            if rng.random::<f64>() < 0.2 {
+                truth.push(-1);
+                continue;
+            }
+            let mut u = rng.random::<f64>() * total;
+            let mut c = 0;
+            while c + 1 < clusters && u > weights[c] {
+                u -= weights[c];
+                c += 1;
+            }
+            truth.push(c as i64);
+        }
+        truth
+    }
+
+    #[test]
+    fn problems_are_picked_as_the_walk_picked_them() {
+        for (n, clusters, seed) in [(200_000, 8_000, 42), (50_000, 1, 3), (30_000, 37, 9)] {
+            let rng = StdRng::seed_from_u64(seed);
+            let searched = pick_problems(n, clusters, &mut rng.clone());
+            assert_eq!(
+                searched,
+                pick_problems_by_walking(n, clusters, &mut rng.clone())
+            );
+        }
+    }
+
     #[test]
     fn synthetic_data_is_deterministic_unit_and_clustered() {
         let (a, truth) = synthetic_embeddings(500, 64, 7);
@@ -376,6 +475,7 @@ mod tests {
             sklearn_hdbscan_max_n: 0,
             save_inputs: None,
             compare_cpu: true,
+            largest_that_fits: false,
         };
         let dir = std::env::temp_dir();
         let rows = run(&Device::cpu(), &opts, &dir).expect("bench");
@@ -408,6 +508,72 @@ mod tests {
         }
     }
 
+    /// A GPU with `memory` bytes free that computes on the CPU.
+    struct Roomy {
+        memory: usize,
+    }
+
+    impl crate::device::Accelerator for Roomy {
+        fn name(&self) -> String {
+            "roomy test device".into()
+        }
+        fn pca(&self, x: &Matrix, p: &PcaParams) -> Result<crate::reduce::Pca> {
+            crate::reduce::pca_cpu(x, p)
+        }
+        fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<crate::cluster::MstEdge>> {
+            crate::cluster::mst_cpu(x, min_samples)
+        }
+        fn planning_memory(&self) -> Result<usize> {
+            Ok(self.memory)
+        }
+    }
+
+    #[test]
+    fn the_largest_batch_is_sized_to_the_gpus_memory() {
+        let pca = PcaParams {
+            components: 8,
+            ..PcaParams::default()
+        };
+        let opts = BenchOptions {
+            sizes: Vec::new(),
+            dim: 48,
+            pca: pca.clone(),
+            hdbscan: HdbscanParams::default(),
+            python: None,
+            sklearn_hdbscan_max_n: 0,
+            save_inputs: None,
+            compare_cpu: false,
+            largest_that_fits: true,
+        };
+        // Room for 3,000 rows and their sketches (the host has far more than that).
+        let memory = crate::gpu::pca_bytes_besides_rows(3_000, 48, &pca) + 3_000 * 48 * 4;
+        let device = Device::with_accelerator(Box::new(Roomy { memory }));
+        let rows = run(&device, &opts, &std::env::temp_dir()).expect("bench");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].n, 3_000);
+        assert!(
+            rows[0].on_cpu_instead.is_empty(),
+            "{:?}",
+            rows[0].on_cpu_instead
+        );
+        let e = run(&Device::cpu(), &opts, &std::env::temp_dir()).unwrap_err();
+        assert!(format!("{e:#}").contains("needs a usable GPU"), "{e:#}");
+        let tiny = Device::with_accelerator(Box::new(Roomy { memory: 1_000 }));
+        let e = largest_that_fits(&tiny, &opts).unwrap_err();
+        assert!(format!("{e:#}").contains("not even two rows"), "{e:#}");
+    }
+
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let text = "MemTotal:       24589036 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(parse_mem_available(text), Some(20_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_mem_available("MemAvailable: lots\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(available_host_memory().is_some_and(|b| b > 1 << 20));
+        }
+    }
+
     /// Seconds timed on the CPU after a GPU failure must not pass for the GPU's.
     #[test]
     fn stages_the_gpu_handed_to_the_cpu_are_marked() {
@@ -423,6 +589,7 @@ mod tests {
             sklearn_hdbscan_max_n: 0,
             save_inputs: None,
             compare_cpu: false,
+            largest_that_fits: false,
         };
         let dir = std::env::temp_dir();
         let device = Device::with_accelerator(Box::new(Broken));

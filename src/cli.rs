@@ -179,7 +179,8 @@ const DEMO_EXAMPLES: &str = "Examples:
 
 const BENCH_EXAMPLES: &str = "Examples:
   segclust bench --sizes 2000,10000,50000
-  segclust bench --sizes 50000 --no-sklearn --device gpu --json bench.json";
+  segclust bench --sizes 50000 --no-sklearn --device gpu --json bench.json
+  segclust bench --device gpu --no-sklearn --largest-that-fits";
 
 const COMPLETIONS_EXAMPLES: &str = "Examples:
   segclust completions bash > ~/.local/share/bash-completion/completions/segclust
@@ -309,6 +310,11 @@ pub struct BenchArgs {
     /// identical. This measures the GPU bars (tools/gpu_check.sh uses it at 200,000 rows).
     #[arg(long)]
     pub compare_cpu: bool,
+    /// Instead of --sizes, time the largest N x --dim batch the GPU takes whole: its rows stay
+    /// in GPU memory through the PCA (larger batches stream them in blocks), within 80% of this
+    /// host's available memory. Needs --device gpu.
+    #[arg(long, conflicts_with = "sizes")]
+    pub largest_that_fits: bool,
     #[command(flatten)]
     pub numeric: NumericArgs,
 }
@@ -484,7 +490,12 @@ fn cluster(a: ClusterArgs) -> Result<()> {
 fn bench_cmd(a: BenchArgs) -> Result<()> {
     let device = Device::open(a.numeric.device, &a.numeric.gpu_options())?;
     let opts = BenchOptions {
-        sizes: a.sizes,
+        sizes: if a.largest_that_fits {
+            Vec::new()
+        } else {
+            a.sizes
+        },
+        largest_that_fits: a.largest_that_fits,
         dim: a.dim,
         pca: a.numeric.pca(),
         hdbscan: a.numeric.hdbscan(),

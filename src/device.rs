@@ -31,6 +31,10 @@ pub trait Accelerator: Send + Sync {
     fn pca(&self, x: &Matrix, params: &PcaParams) -> Result<Pca>;
     /// The exact minimum spanning tree of the mutual-reachability graph.
     fn mst(&self, x: &Matrix, min_samples: usize) -> Result<Vec<MstEdge>>;
+    /// Device memory a batch may plan with now (`segclust bench --largest-that-fits`).
+    fn planning_memory(&self) -> Result<usize> {
+        bail!("{} does not report its memory", self.name())
+    }
     /// Asked after a failure: `Err` when the device cannot run anything any more (a sticky
     /// CUDA error, a poisoned handle), so later batches are not sent to it.
     fn health(&self) -> Result<()> {
@@ -50,6 +54,9 @@ impl Accelerator for Gpu {
     }
     fn health(&self) -> Result<()> {
         Gpu::health(self)
+    }
+    fn planning_memory(&self) -> Result<usize> {
+        Gpu::planning_memory(self)
     }
 }
 
@@ -248,6 +255,20 @@ impl Device {
     pub fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic in another team's numeric core leaves nothing shared half-written.
         self.turn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most rows of `dim` columns the GPU takes whole: X stays resident through the PCA
+    /// (`gpu::largest_resident_rows`) in the memory free now. Host memory is the caller's to
+    /// check. An error without a usable GPU.
+    pub fn largest_gpu_batch(&self, dim: usize, pca: &PcaParams) -> Result<usize> {
+        let Some(gpu) = &self.gpu else {
+            bail!(
+                "sizing a batch to the GPU's memory needs a usable GPU (--device gpu); this run \
+                 is on the CPU"
+            );
+        };
+        let free = gpu.planning_memory()?;
+        Ok(crate::gpu::largest_resident_rows(free, dim, pca))
     }
 
     /// How many GPU stages (PCA or MST) ran on the CPU instead: the GPU failed them, or could

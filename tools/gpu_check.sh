@@ -7,7 +7,8 @@
 # Usage: tools/gpu_check.sh DIR [STEP ...]
 #   DIR holds prebuilt executables: `bash tools/gpu_bundle.sh` makes .gpu-bundle/ (release
 #   builds of segclust and the gpu_parity test, stripped; small enough to carry to the host).
-#   STEPs (default: all, in this order): parity compare big pca big-parity
+#   STEPs (default: all, in this order): parity compare big pca big-parity largest
+#   (largest: the biggest N x 3072 the GPU takes whole, `bench --largest-that-fits`)
 #   big-f32 (not in the default): the 1M bench again with the FP32 screen instead of the
 #   tensor cores' (SEGCLUST_GPU_SCREEN=f32), to compare the two on one device.
 #   big-lb5 (not in the default): the 1M bench with __launch_bounds__(128, 5) on the TF32
@@ -23,7 +24,7 @@
 set -uo pipefail
 DIR=${1:?usage: tools/gpu_check.sh DIR-with-prebuilt-executables [STEP ...]}
 shift
-STEPS=${*:-parity compare big pca big-parity}
+STEPS=${*:-parity compare big pca big-parity largest}
 OUT=${OUT:-/tmp/segclust-gpu-check}
 mkdir -p "$OUT"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
@@ -91,20 +92,24 @@ for s in $STEPS; do
         big-lb5) SEGCLUST_GPU_NVRTC_OPTIONS=-DLS_MIN_BLOCKS_TF32=5 step big-lb5 "$BIN" bench \
                      --device gpu --no-sklearn --sizes "${BIG_SIZES:-1000000}" --dim "$DIM" \
                      --json "$OUT/big-lb5.json" ;;
+        # The largest batch whose rows stay in GPU memory through the PCA (within 80% of the
+        # host's memory): millions of rows on an 80 GB card.
+        largest) step largest "$BIN" bench --device gpu --no-sklearn --largest-that-fits \
+                     --dim "$DIM" --json "$OUT/largest.json" ;;
         # The GPU PCA against scikit-learn's on the same input (its HDBSCAN is too slow here).
         pca) step pca "$BIN" bench --device gpu --python python3 --sklearn-hdbscan-max-n 0 \
                  --sizes "${PCA_SIZES:-100000}" --dim "$DIM" --json "$OUT/pca.json" ;;
-        *) echo "unknown step $s (parity compare big pca big-parity big-f32 big-lb5)" >&2; status=2 ;;
+        *) echo "unknown step $s (parity compare big pca big-parity largest big-f32 big-lb5)" >&2; status=2 ;;
     esac
 done
 
 # Where each bench's GPU MST spent its time: the host's stages (split, lists) and the device's
 # and host's shares, which tell whether a kernel or the host is what stands between a run and a bar.
-for name in compare big big-f32 big-lb5; do
+for name in compare big big-f32 big-lb5 largest; do
     [ -f "$OUT/$name.log" ] || continue
     while IFS= read -r line; do
         summary+=("  $name: $line")
-    done < <(grep -E "using GPU|kernels built with|start-up check|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
+    done < <(grep -E "using GPU|kernels built with|largest batch that fits|start-up check|GPU MST: (rows split|candidate lists|core distances|spanning tree)|GPU kNN: |labels from the MST|PCA \(GPU" \
                  "$OUT/$name.log" | sed -E 's/\x1b\[[0-9;]*m//g; s/^[^ ]+ +[A-Z]+ +//')
 done
 

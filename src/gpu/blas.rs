@@ -150,11 +150,6 @@ impl Linalg for CudaLinalg<'_> {
     }
 
     fn free_bytes(&self) -> Result<usize> {
-        let (free, _) = self
-            .g
-            .ctx
-            .mem_get_info()
-            .map_err(|e| anyhow!("querying free GPU memory: {e:?}"))?;
-        Ok(self.g.memory_limit.map_or(free, |limit| free.min(limit)))
+        Ok(self.g.planning_memory()?.0)
     }
 }

@@ -31,6 +31,7 @@ pub use kernel_cache::KernelCache;
 pub use leaves::{LeafParams, LeafTables};
 pub use mst::{GpuMstParams, LeafFound, NearestKernels, mst_with};
 pub use pca::bytes_besides_rows as pca_bytes_besides_rows;
+pub use pca::largest_resident_rows;
 
 use crate::cluster::MstEdge;
 use crate::matrix::Matrix;
@@ -361,6 +362,11 @@ impl Gpu {
         Ok(())
     }
 
+    /// The device memory a batch may plan with now (free, within [`Gpu::limit_memory`]'s cap).
+    pub fn planning_memory(&self) -> Result<usize> {
+        Ok(self.lock()?.planning_memory()?.0)
+    }
+
     /// Caps the device memory a batch plans with (PCA and MST), below what the driver reports
     /// free: for a GPU shared with other jobs (`clustering.gpu_memory_mib`), and for the parity
     /// suite, which uses it to make the PCA stream X in blocks on a GPU that could hold it.
@@ -472,13 +478,22 @@ fn load_kernels(
 }
 
 impl Inner {
-    /// Fails (so the batch goes to the CPU) unless `bytes` plus headroom fit in free memory.
-    pub(crate) fn ensure_free(&self, bytes: usize, what: &str) -> Result<()> {
+    /// Bytes a batch may plan with, and the device's total: free memory, within
+    /// `limit_memory`'s cap.
+    pub(crate) fn planning_memory(&self) -> Result<(usize, usize)> {
         let (free, total) = self
             .ctx
             .mem_get_info()
             .map_err(|e| anyhow!("querying free GPU memory: {e:?}"))?;
-        let free = self.memory_limit.map_or(free, |limit| free.min(limit));
+        Ok((
+            self.memory_limit.map_or(free, |limit| free.min(limit)),
+            total,
+        ))
+    }
+
+    /// Fails (so the batch goes to the CPU) unless `bytes` plus headroom fit in free memory.
+    pub(crate) fn ensure_free(&self, bytes: usize, what: &str) -> Result<()> {
+        let (free, total) = self.planning_memory()?;
         let need = bytes.saturating_add(256 << 20);
         if need > free {
             crate::unsuited!(

@@ -311,6 +311,32 @@ pub fn bytes_besides_rows(n: usize, d: usize, p: &PcaParams) -> usize {
     fixed_bytes(n, d, sketch_width(n, d, k, p), k)
 }
 
+/// The most rows of `d` columns whose PCA keeps X resident in `free` bytes of device memory,
+/// with its sketches (`block_rows` gives all of them, nothing streams): the largest batch
+/// `segclust bench --largest-that-fits` times. 0 when not even two rows fit.
+pub fn largest_resident_rows(free: usize, d: usize, p: &PcaParams) -> usize {
+    let fits = |n: usize| {
+        n.checked_mul(d * 4)
+            .and_then(|x| x.checked_add(bytes_besides_rows(n, d, p)))
+            .is_some_and(|bytes| bytes <= free)
+    };
+    if !fits(2) {
+        return 0;
+    }
+    // What a batch needs grows with its rows, so the largest that fits is found by bisection
+    // between one that fits and one that cannot (X alone would not).
+    let (mut lo, mut hi) = (2, free / (d * 4).max(1) + 1);
+    while lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
 /// Rows of X per block: all N when X fits next to the sketches, else as many as fit.
 fn block_rows(n: usize, d: usize, l: usize, k: usize, free: usize) -> Result<usize> {
     let fixed = fixed_bytes(n, d, l, k);

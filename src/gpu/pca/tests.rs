@@ -275,6 +275,31 @@ fn x_too_large_for_the_device_is_streamed_in_blocks() {
 }
 
 #[test]
+fn the_largest_resident_batch_fits_whole_and_one_more_row_streams() {
+    let d = 200;
+    let p = params(16);
+    // Room for 1,500 rows and their sketches, and less than one more row's worth.
+    let free = bytes_besides_rows(1_500, d, &p) + 1_500 * d * 4 + 1_000;
+    assert_eq!(largest_resident_rows(free, d, &p), 1_500);
+    let x = spectrum(1_501, d, &[9.0, 7.0, 5.0, 3.0], 0.2, 5);
+    let first = Matrix::new(1_500, d, x.as_slice()[..1_500 * d].to_vec()).unwrap();
+    // Allocations past `memory` fail, so finishing proves the plan fits.
+    let (_, stats) = run(&HostLinalg::new(free), &first, &p);
+    assert_eq!(stats.block_rows, 1_500, "resident: {stats:?}");
+    let (_, stats) = run(&HostLinalg::new(free), &x, &p);
+    assert!(stats.block_rows < 1_501, "one more row streams: {stats:?}");
+    assert_eq!(largest_resident_rows(free / 1_000, d, &p), 0);
+    // An 80 GB card holds millions of 3072-wide rows; the search stays exact that far.
+    let h100 = 79 << 30;
+    let n = largest_resident_rows(h100, 3_072, &PcaParams::default());
+    let need = |n: usize| bytes_besides_rows(n, 3_072, &PcaParams::default()) + n * 3_072 * 4;
+    assert!(
+        need(n) <= h100 && need(n + 1) > h100 && n > 5_000_000,
+        "{n}"
+    );
+}
+
+#[test]
 fn too_little_memory_for_the_sketches_is_an_error_not_a_crash() {
     let x = spectrum(2_000, 64, &[5.0, 4.0, 3.0], 0.1, 3);
     let la = HostLinalg::new(HEADROOM + 4 * 2_000 * 20);
