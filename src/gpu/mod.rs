@@ -57,8 +57,9 @@ pub const KERNEL_SOURCE: &str = concat!(
 /// Rust toolchain can time variants of one binary (`SEGCLUST_GPU_NVRTC_OPTIONS`, e.g.
 /// `-DLS_MIN_BLOCKS_TF32=5`, which puts `__launch_bounds__(128, 5)` on the tensor-core search).
 /// Only knobs that cannot change an answer are taken: the kernels' tuning macros
-/// ([`KernelOptions::KNOBS`]) with a whole number, and `--maxrregcount=N`. `--use_fast_math`, say, would change the arithmetic
-/// that the proofs' rounding bounds assume. The options are part of the kernel cache's key.
+/// ([`KernelOptions::KNOBS`]) with a whole number, and `--maxrregcount=N`. `--use_fast_math`,
+/// say, would change the arithmetic that the proofs' rounding bounds assume. The options are
+/// part of the kernel cache's key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelOptions(Vec<String>);
 
@@ -275,7 +276,8 @@ impl Gpu {
             .map_err(|e| anyhow!("querying the compute capability of {name}: {e:?}"))?;
         let options = KernelOptions::from_env()?;
         if !options.is_empty() {
-            tracing::info!(options = ?options.as_slice(), "kernels built with {}", KernelOptions::ENV);
+            let env = KernelOptions::ENV;
+            tracing::info!(options = ?options.as_slice(), "kernels built with {env}");
         }
         let cache = cache.clone().with_options(options);
         let (module, kernels_from) = load_kernels(&ctx, &cache, cc, &name)?;
