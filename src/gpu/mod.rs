@@ -274,12 +274,15 @@ impl Gpu {
         let cc = ctx
             .compute_capability()
             .map_err(|e| anyhow!("querying the compute capability of {name}: {e:?}"))?;
+        // The environment's options, when set, take the place of the cache's own.
         let options = KernelOptions::from_env()?;
-        if !options.is_empty() {
+        let cache = if options.is_empty() {
+            cache.clone()
+        } else {
             let env = KernelOptions::ENV;
             tracing::info!(options = ?options.as_slice(), "kernels built with {env}");
-        }
-        let cache = cache.clone().with_options(options);
+            cache.clone().with_options(options)
+        };
         let (module, kernels_from) = load_kernels(&ctx, &cache, cc, &name)?;
         let nearest = module
             .load_function("nearest_candidates")
