@@ -37,15 +37,17 @@ pub struct KernelCache {
 
 impl KernelCache {
     pub fn at(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: Some(dir.into()),
-            options: KernelOptions::default(),
-        }
+        Self::in_dir(Some(dir.into()))
     }
 
     pub fn off() -> Self {
+        Self::in_dir(None)
+    }
+
+    /// Kernels built with the default options (none beyond the architecture).
+    fn in_dir(dir: Option<PathBuf>) -> Self {
         Self {
-            dir: None,
+            dir,
             options: KernelOptions::default(),
         }
     }
@@ -53,10 +55,6 @@ impl KernelCache {
     /// The same cache, for kernels built with `options` (a file of their own).
     pub fn with_options(self, options: KernelOptions) -> Self {
         Self { options, ..self }
-    }
-
-    pub fn options(&self) -> &KernelOptions {
-        &self.options
     }
 
     /// What `--kernel-cache` means: empty for the user's cache directory
@@ -74,10 +72,7 @@ impl KernelCache {
                             .filter(|v| !v.is_empty())
                             .map(|h| PathBuf::from(h).join(".cache"))
                     });
-                Self {
-                    dir: base.map(|b| b.join("segclust").join("kernels")),
-                    options: KernelOptions::default(),
-                }
+                Self::in_dir(base.map(|b| b.join("segclust").join("kernels")))
             }
             dir => Self::at(dir),
         }

@@ -315,10 +315,10 @@ pub fn bytes_besides_rows(n: usize, d: usize, p: &PcaParams) -> usize {
 /// with its sketches (`block_rows` gives all of them, nothing streams): the largest batch
 /// `segclust bench --largest-that-fits` times. 0 when not even two rows fit.
 pub fn largest_resident_rows(free: usize, d: usize, p: &PcaParams) -> usize {
+    // The plan `randomized_pca` makes for n rows, asked whether it keeps all of them.
     let fits = |n: usize| {
-        n.checked_mul(d * 4)
-            .and_then(|x| x.checked_add(bytes_besides_rows(n, d, p)))
-            .is_some_and(|bytes| bytes <= free)
+        let k = effective_components(n, d, p.components);
+        block_rows(n, d, sketch_width(n, d, k, p), k, free).is_ok_and(|rows| rows == n)
     };
     if !fits(2) {
         return 0;
